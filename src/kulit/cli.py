@@ -1,0 +1,64 @@
+"""`kulit data|train|evaluate|export|predict|serve|explain`.
+
+Each command imports its module lazily, so `kulit predict` and `kulit serve` never load torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable
+
+import typer
+
+from kulit.errors import KulitError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="kulit: skin-disease photo classifier. Not a diagnosis.",
+)
+
+
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn user errors into one clear line and a non-zero exit, never a stack trace."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KulitError as e:
+            typer.echo(f"error: {e.message}", err=True)
+            raise typer.Exit(2) from None
+        except FileNotFoundError as e:
+            typer.echo(f"error: not found: {e.filename or e}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.command()
+@friendly
+def data(
+    path: Annotated[Path, typer.Argument(help="Image folder, one subfolder per class")],
+    out: Annotated[Path, typer.Option(help="Where split.csv and data_report.json go")] = Path(
+        "runs/data"
+    ),
+    seed: Annotated[int, typer.Option(help="Seed of the stratified split")] = 0,
+    val: Annotated[float, typer.Option(help="Validation fraction")] = 0.2,
+    test: Annotated[float, typer.Option(help="Test fraction")] = 0.1,
+) -> None:
+    """Scan, validate and de-duplicate an image folder; write a grouped, stratified split."""
+    from kulit.data import run_data
+
+    code = run_data(path, out, seed=seed, val_frac=val, test_frac=test)
+    raise typer.Exit(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

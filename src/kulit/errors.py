@@ -1,0 +1,33 @@
+"""Errors a user can cause; the CLI prints them as one line and the API maps them to 4xx."""
+
+from __future__ import annotations
+
+
+class KulitError(Exception):
+    """A problem with the user's input or environment, reported without a stack trace."""
+
+    code = "error"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class ImageError(KulitError):
+    """An image that cannot be used. code: not_image | unreadable | too_large | too_small."""
+
+    code = "unreadable"
+
+
+class ModelError(KulitError):
+    """A model directory that is missing or malformed."""
+
+    code = "model_error"
+
+
+class DataError(KulitError):
+    """A data folder or split file that cannot be used."""
+
+    code = "data_error"
