@@ -42,6 +42,11 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+@app.callback()
+def main() -> None:
+    """kulit: skin-disease photo classifier. Not a diagnosis."""
+
+
 @app.command()
 @friendly
 def data(
