@@ -1,0 +1,87 @@
+"""ModelCard: the contract from training to serving, stored as card.json beside model.onnx."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kulit.errors import ModelError
+from kulit.preprocess import Preprocessing
+
+SCHEMA_VERSION = 1
+CARD_FILE = "card.json"
+ONNX_FILE = "model.onnx"
+HEAD_FILE = "head.npz"  # head weights for the torch-free Grad-CAM
+
+
+@dataclass
+class ModelCard:
+    """Everything serving needs to know about a model; nothing is retyped by hand."""
+
+    name: str  # model id shown to users, e.g. "kulit-skin8"
+    classes: list[str]  # index = logit position
+    backbone: str  # registry name, e.g. "efficientnet-lite0"
+    preprocessing: Preprocessing  # resize/crop/normalisation, shared with training
+    temperature: float = 1.0  # logits are divided by this before softmax (fitted on val)
+    threshold: float = 0.5  # top-1 probability below this -> "uncertain"
+    recipe: str = "kulit"  # "kulit" or "paper"
+    head: str = "linear"  # "linear" (GAP->fc) or "paper" (BN->GAP->fc1->ReLU->fc2)
+    inputs: dict[str, str] = field(default_factory=lambda: {"image": "float32[N,3,H,W]"})
+    outputs: dict[str, str] = field(
+        default_factory=lambda: {"logits": "float32[N,C]", "features": "float32[N,K,h,w]"}
+    )
+    metrics: dict[str, Any] = field(default_factory=dict)  # test-split numbers
+    data: dict[str, Any] = field(default_factory=dict)  # hash, sources, licence, counts
+    seed: int = 0
+    train_config: dict[str, Any] = field(default_factory=dict)
+    kulit_version: str = ""
+    limits: list[str] = field(default_factory=list)  # known limits, in plain words
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["preprocessing"] = self.preprocessing.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelCard:
+        if d.get("schema_version") != SCHEMA_VERSION:
+            raise ModelError(
+                f"card.json schema_version {d.get('schema_version')!r} is not {SCHEMA_VERSION}"
+            )
+        try:
+            d = dict(d)
+            d["preprocessing"] = Preprocessing.from_dict(d["preprocessing"])
+            known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+            card = cls(**known)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelError(f"card.json is malformed: {e}") from None
+        if not card.classes or len(set(card.classes)) != len(card.classes):
+            raise ModelError("card.json must list distinct classes")
+        if not card.temperature > 0:
+            raise ModelError("card.json temperature must be positive")
+        return card
+
+
+def save_card(card: ModelCard, model_dir: Path) -> Path:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    path = model_dir / CARD_FILE
+    path.write_text(json.dumps(card.to_dict(), indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def load_card(model_dir: Path) -> ModelCard:
+    """Read and validate a model directory's card, with one clear error if anything is off."""
+    model_dir = Path(model_dir)
+    if not model_dir.exists():
+        raise ModelError(f"model directory not found: {model_dir}")
+    path = model_dir / CARD_FILE
+    if not path.is_file():
+        raise ModelError(f"{model_dir} is not a kulit model: {CARD_FILE} is missing")
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{path}: not valid JSON ({e})") from None
+    return ModelCard.from_dict(d)

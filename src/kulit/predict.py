@@ -1,0 +1,258 @@
+"""Predictor: a model directory (model.onnx + card.json + head.npz) on ONNX Runtime. No torch.
+
+Decoding and preprocessing come from `kulit.preprocess` (the same code training uses); the
+heatmap is Grad-CAM on the exported last convolutional feature map, with the head's gradient
+computed in numpy from the head weights in head.npz.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+from PIL import Image
+
+from kulit.card import HEAD_FILE, ONNX_FILE, ModelCard, load_card
+from kulit.errors import ImageError, ModelError
+from kulit.preprocess import load_and_preprocess, normalize, open_image, resize_crop
+
+# A top answer of one of these always comes with "see a doctor soon".
+URGENT_CLASSES = frozenset({"Melanoma"})
+
+ImageSource = str | Path | bytes | BinaryIO | Image.Image
+
+
+@dataclass
+class Prediction:
+    """One image's answer: calibrated probabilities, the top-k, and whether to trust it."""
+
+    classes: list[str]
+    probs: np.ndarray  # calibrated, sums to 1, in card class order
+    logits: np.ndarray  # raw model logits (before temperature)
+    threshold: float
+    top_k: int = 3
+    heatmap: np.ndarray | None = None  # [h, w] in [0, 1] for the top class
+    image: Image.Image | None = None  # the square crop the model saw
+    source: str = ""
+    timing_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def top(self) -> list[tuple[str, float]]:
+        order = np.argsort(-self.probs, kind="stable")[: self.top_k]
+        return [(self.classes[i], float(self.probs[i])) for i in order]
+
+    @property
+    def label(self) -> str:
+        return self.top[0][0]
+
+    @property
+    def confidence(self) -> float:
+        return self.top[0][1]
+
+    @property
+    def uncertain(self) -> bool:
+        return self.confidence < self.threshold
+
+    @property
+    def see_doctor(self) -> bool:
+        """Melanoma on the list, or an uncertain answer: point the person to a doctor."""
+        return self.uncertain or self.label in URGENT_CLASSES
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "top": [{"label": c, "probability": round(p, 6)} for c, p in self.top],
+            "label": None if self.uncertain else self.label,
+            "confidence": round(self.confidence, 6),
+            "uncertain": self.uncertain,
+            "see_doctor": self.see_doctor,
+        }
+
+
+def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
+    z = z - z.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+class Predictor:
+    """Load a model directory once; predict on one image or a batch, torch-free."""
+
+    def __init__(self, model_dir: str | Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.model_dir = Path(model_dir)
+        self.card: ModelCard = load_card(self.model_dir)
+        onnx_path = self.model_dir / ONNX_FILE
+        if not onnx_path.is_file():
+            raise ModelError(f"{self.model_dir} is not a kulit model: {ONNX_FILE} is missing")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or min(os.cpu_count() or 1, 4)
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(
+                str(onnx_path), opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:  # noqa: BLE001 - any ORT load failure is a bad model file
+            raise ModelError(f"{onnx_path}: cannot load the ONNX model ({e})") from None
+        out_names = [o.name for o in self.session.get_outputs()]
+        if "logits" not in out_names:
+            raise ModelError(f"{onnx_path}: has no 'logits' output (has {out_names})")
+        self._has_features = "features" in out_names
+        self.head = self._load_head()
+        self.pre = self.card.preprocessing
+        n_out = self.session.get_outputs()[out_names.index("logits")].shape[-1]
+        if isinstance(n_out, int) and n_out != len(self.card.classes):
+            raise ModelError(
+                f"model has {n_out} outputs but card.json lists {len(self.card.classes)} classes"
+            )
+
+    @property
+    def classes(self) -> list[str]:
+        return self.card.classes
+
+    @property
+    def model_id(self) -> str:
+        return self.card.name
+
+    def _load_head(self) -> dict[str, np.ndarray] | None:
+        path = self.model_dir / HEAD_FILE
+        if not path.is_file():
+            return None
+        with np.load(path) as z:
+            return {k: z[k].astype(np.float64) for k in z.files}
+
+    def run(
+        self, batch: np.ndarray, features: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw ONNX run on a preprocessed batch [N,3,S,S] -> (logits, feature maps or None)."""
+        names = ["logits", "features"] if (features and self._has_features) else ["logits"]
+        outs = self.session.run(names, {"image": batch.astype(np.float32, copy=False)})
+        return outs[0], (outs[1] if len(outs) > 1 else None)
+
+    def prepare(self, source: ImageSource) -> tuple[Image.Image, np.ndarray]:
+        """Decode + preprocess one image exactly as training does. Raises ImageError."""
+        if isinstance(source, Image.Image):
+            crop = resize_crop(open_image(source), self.pre)
+            return crop, normalize(crop, self.pre)
+        return load_and_preprocess(source, self.pre)
+
+    def predict(
+        self, sources: Sequence[ImageSource], top_k: int = 3, heatmap: bool = False
+    ) -> list[Prediction]:
+        """Predict a batch in one ONNX run. Any undecodable image raises ImageError."""
+        t0 = time.perf_counter()
+        prepared = [self.prepare(s) for s in sources]
+        t1 = time.perf_counter()
+        return self._predict_prepared(prepared, sources, top_k, heatmap, t1 - t0)
+
+    def predict_many(
+        self, sources: Sequence[ImageSource], top_k: int = 3, heatmap: bool = False,
+        batch_size: int = 32,
+    ) -> list[Prediction | ImageError]:
+        """Like predict, but a bad image yields its ImageError in place and the rest still run."""
+        results: list[Prediction | ImageError] = []
+        for i in range(0, len(sources), batch_size):
+            chunk = sources[i: i + batch_size]
+            t0 = time.perf_counter()
+            prepared: list[tuple[Image.Image, np.ndarray]] = []
+            good: list[ImageSource] = []
+            slots: list[Prediction | ImageError | None] = []
+            for s in chunk:
+                try:
+                    prepared.append(self.prepare(s))
+                    good.append(s)
+                    slots.append(None)
+                except ImageError as e:
+                    slots.append(e)
+            preds = (
+                self._predict_prepared(prepared, good, top_k, heatmap, time.perf_counter() - t0)
+                if prepared else []
+            )
+            it = iter(preds)
+            results.extend(next(it) if s is None else s for s in slots)
+        return results
+
+    def predict_one(self, source: ImageSource, top_k: int = 3, heatmap: bool = False
+                    ) -> Prediction:
+        return self.predict([source], top_k=top_k, heatmap=heatmap)[0]
+
+    def _predict_prepared(
+        self, prepared: list[tuple[Image.Image, np.ndarray]], sources: Sequence[ImageSource],
+        top_k: int, heatmap: bool, prep_s: float,
+    ) -> list[Prediction]:
+        if not prepared:
+            return []
+        batch = np.stack([x for _, x in prepared])
+        t1 = time.perf_counter()
+        logits, feats = self.run(batch, features=heatmap)
+        t2 = time.perf_counter()
+        probs = softmax(logits.astype(np.float64) / self.card.temperature)
+        preds = []
+        for i, (crop, _) in enumerate(prepared):
+            src = sources[i]
+            p = Prediction(
+                classes=self.classes, probs=probs[i], logits=logits[i],
+                threshold=self.card.threshold, top_k=max(1, min(top_k, len(self.classes))),
+                image=crop, source=str(src) if isinstance(src, (str, Path)) else "upload",
+            )
+            if heatmap and feats is not None:
+                p.heatmap = self.grad_cam(feats[i], int(np.argmax(probs[i])))
+            preds.append(p)
+        t3 = time.perf_counter()
+        n = len(prepared)
+        for p in preds:
+            p.timing_ms = {
+                "preprocess": 1000 * prep_s / n,
+                "inference": 1000 * (t2 - t1) / n,
+                "postprocess": 1000 * (t3 - t2) / n,
+            }
+        return preds
+
+    def head_gradient(self, fmap: np.ndarray, cls: int) -> np.ndarray:
+        """d logit[cls] / d feature map, per channel (constant over space for a GAP head)."""
+        if self.head is None:
+            raise ModelError(f"{self.model_dir}: {HEAD_FILE} is missing, no heatmap possible")
+        h = self.head
+        hw = fmap.shape[1] * fmap.shape[2]
+        if self.card.head == "linear":
+            return h["fc_w"][cls] / hw
+        # paper head: BN(affine) -> GAP -> fc1 -> ReLU -> (dropout) -> fc2
+        pooled = h["bn_scale"] * fmap.reshape(fmap.shape[0], -1).mean(1) + h["bn_shift"]
+        hidden = h["fc1_w"] @ pooled + h["fc1_b"]
+        d_hidden = h["fc2_w"][cls] * (hidden > 0)
+        d_pooled = h["fc1_w"].T @ d_hidden
+        return h["bn_scale"] * d_pooled / hw
+
+    def grad_cam(self, fmap: np.ndarray, cls: int) -> np.ndarray:
+        """Grad-CAM for class `cls` on one feature map [K,h,w] -> [h,w] in [0,1]."""
+        fmap = fmap.astype(np.float64)
+        alpha = self.head_gradient(fmap, cls) * fmap.shape[1] * fmap.shape[2]
+        cam = np.maximum(np.tensordot(alpha, fmap, axes=(0, 0)), 0.0)
+        peak = cam.max()
+        return (cam / peak if peak > 0 else cam).astype(np.float32)
+
+
+# A perceptually ordered colour map (dark blue -> teal -> yellow -> red), no matplotlib needed.
+_CMAP_POINTS = np.array(
+    [[0.0, 0, 0, 128], [0.25, 0, 110, 200], [0.5, 30, 190, 140], [0.75, 250, 210, 40],
+     [1.0, 220, 30, 30]], dtype=np.float64
+)
+_LUT = np.stack(
+    [np.interp(np.linspace(0, 1, 256), _CMAP_POINTS[:, 0], _CMAP_POINTS[:, c]) for c in (1, 2, 3)],
+    axis=1,
+).astype(np.uint8)
+
+
+def heatmap_overlay(image: Image.Image, heatmap: np.ndarray, alpha: float = 0.45) -> Image.Image:
+    """Blend a [h,w] heatmap in [0,1] over the image (upsampled smoothly to its size)."""
+    hm = Image.fromarray((np.clip(heatmap, 0, 1) * 255).astype(np.uint8), "L")
+    hm = hm.resize(image.size, Image.Resampling.BICUBIC)
+    colour = Image.fromarray(_LUT[np.asarray(hm)], "RGB")
+    return Image.blend(image.convert("RGB"), colour, alpha)
