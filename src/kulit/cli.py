@@ -65,5 +65,38 @@ def data(
     raise typer.Exit(code)
 
 
+@app.command()
+@friendly
+def explain(
+    image: Annotated[
+        Path | None,
+        typer.Argument(help="Photo to walk through; without it, the paper's worked example"),
+    ] = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", help="Model directory", metavar="DIR")
+    ] = None,
+    at: Annotated[
+        str | None,
+        typer.Option(help="Top-left pixel X,Y of the 4x4 patch (default: the photo's centre)",
+                     metavar="X,Y"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the steps as JSON")] = False,
+) -> None:
+    """Show the CNN's steps (patch, conv, sum, ReLU, flatten, dense, softmax) with the numbers."""
+    import json
+
+    from kulit.explain import explain_image, format_explanation, paper_walkthrough, parse_at
+
+    if image is None:
+        if model is not None or at is not None:
+            raise KulitError("--model and --at need an IMAGE; without one, kulit explain "
+                             "shows the paper's worked example")
+        result = paper_walkthrough()
+    else:
+        result = explain_image(image, model_dir=model, at=parse_at(at) if at else None)
+    typer.echo(json.dumps(result, indent=2, ensure_ascii=False) if as_json
+               else format_explanation(result))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

@@ -1,0 +1,423 @@
+"""The paper's step-by-step CNN walkthrough (patch, conv, sum, ReLU, flatten, dense, softmax).
+
+Torch-free (numpy + Pillow). Every step is recomputed from its inputs, so a figure the paper
+prints that does not follow from them is shown next to the correct value and flagged. The
+functions return plain dicts (JSON-ready); the `format_*` functions turn them into text.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kulit.errors import ImageError, KulitError, ModelError
+
+PAPER_TITLE = (
+    "Penerapan Artificial Intelligence Untuk Klasifikasi Penyakit Kulit "
+    "Dengan Metode CNN Berbasis Web"
+)
+
+# ---------------------------------------------------------------------------------------------
+# The paper's figures, as printed. Inputs are what the walkthrough starts from; PAPER_PRINTED is
+# what the paper claims each step gives, and is only ever compared against, never computed with.
+# ---------------------------------------------------------------------------------------------
+PAPER_INPUTS: dict[str, Any] = {
+    "patch": {  # 4x4 pixels of a skin photo, rows top to bottom
+        "red": [[179, 182, 179, 176], [180, 183, 180, 175], [175, 179, 177, 175],
+                [185, 189, 186, 179]],
+        "green": [[179, 175, 172, 185], [179, 176, 175, 184], [182, 182, 183, 175],
+                  [178, 175, 176, 182]],
+        "blue": [[178, 187, 188, 184], [182, 191, 192, 186], [180, 189, 191, 185],
+                 [181, 181, 182, 174]],
+    },
+    "kernel": [[1, 0, -1], [1, 0, -1], [1, 0, -1]],  # same kernel on every channel
+    "stride": 1,
+    "padding": 0,
+    # The dense weights are not in the paper, so its two dense outputs are taken as given.
+    "dense_outputs": [8.918, 26.754],  # O1, O2
+}
+
+PAPER_PRINTED: dict[str, Any] = {
+    "conv": {
+        "red": [[-2, 18], [-3, 22]],
+        "green": [[10, -11], [5, -8]],
+        "blue": [[-31, 12], [-22, 16]],
+    },
+    "sum": [[-23, 19], [-22, 30]],
+    "relu": [[0, 19], [0, 30]],
+    "flatten": [0, 19, 0, 30],
+    "softmax": [0.3, 0.7],
+}
+
+# Decimals the paper prints each step with: a figure is right if the true value rounds to it.
+PAPER_DECIMALS: dict[str, int] = {"conv": 0, "sum": 0, "relu": 0, "flatten": 0, "softmax": 1}
+
+CHANNELS = ("red", "green", "blue")
+PATCH_SIZE = 4  # the walkthrough's patch side, for the paper and for a photo alike
+
+
+# ---------------------------------------------------------------------------------------------
+# Numeric steps
+# ---------------------------------------------------------------------------------------------
+def conv2d_valid(patch: np.ndarray, kernel: np.ndarray, stride: int = 1) -> np.ndarray:
+    """Cross-correlate `patch` (HxW or HxWxC) with `kernel` (kxk or kxkxC), no padding.
+
+    Returns Ho x Wo (2-D input) or Ho x Wo x C: one map per channel, not summed, because the
+    walkthrough shows each channel before adding them. Integer inputs give exact integers.
+    """
+    x = np.asarray(patch)
+    k = np.asarray(kernel)
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    if x.ndim not in (2, 3):
+        raise ValueError(f"patch must be HxW or HxWxC, got shape {x.shape}")
+    dtype = np.int64 if (x.dtype.kind in "iub" and k.dtype.kind in "iub") else np.float64
+    x = x.astype(dtype)
+    k = k.astype(dtype)
+    flat = x.ndim == 2
+    if flat:
+        x = x[:, :, None]
+    if k.ndim == 2:
+        k = np.repeat(k[:, :, None], x.shape[2], axis=2)
+    if k.ndim != 3 or k.shape[2] != x.shape[2]:
+        raise ValueError(f"kernel shape {np.shape(kernel)} does not fit patch shape {x.shape}")
+    kh, kw = k.shape[:2]
+    if kh > x.shape[0] or kw > x.shape[1]:
+        raise ValueError(f"kernel {kh}x{kw} is larger than patch {x.shape[0]}x{x.shape[1]}")
+    windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(0, 1))
+    windows = windows[::stride, ::stride]  # Ho x Wo x C x kh x kw
+    out = np.einsum("ijcab,abc->ijc", windows, k)
+    return out[:, :, 0] if flat else out
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    """max(0, x), elementwise."""
+    return np.maximum(np.asarray(x), 0)
+
+
+def softmax(logits: np.ndarray | list[float]) -> np.ndarray:
+    """Numerically stable softmax over the last axis."""
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def conv_steps(patch_hwc: np.ndarray, kernel: np.ndarray, stride: int = 1) -> dict[str, Any]:
+    """Run conv (per channel), sum over channels, ReLU and flatten; return each step as lists."""
+    per_channel = conv2d_valid(patch_hwc, kernel, stride)  # Ho x Wo x 3
+    summed = per_channel.sum(axis=2)
+    activated = relu(summed)
+    return {
+        "conv": {c: per_channel[:, :, i].tolist() for i, c in enumerate(CHANNELS)},
+        "sum": summed.tolist(),
+        "relu": activated.tolist(),
+        "flatten": activated.reshape(-1).tolist(),  # row-major, as the paper reads it
+    }
+
+
+def _patch_hwc(patch: dict[str, list[list[int]]]) -> np.ndarray:
+    return np.stack([np.asarray(patch[c]) for c in CHANNELS], axis=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's worked example
+# ---------------------------------------------------------------------------------------------
+def _agrees(paper: float, correct: float, decimals: int) -> bool:
+    return round(float(correct), decimals) == round(float(paper), decimals)
+
+
+def _compare(step: str, paper: Any, correct: Any, decimals: int) -> list[dict[str, Any]]:
+    """One entry per cell where the paper's figure is not the correct value at its precision."""
+    p, c = np.asarray(paper, dtype=np.float64), np.asarray(correct, dtype=np.float64)
+    if p.shape != c.shape:
+        return [{"step": step, "position": None, "paper": paper, "correct": correct}]
+    out = []
+    for idx in np.ndindex(p.shape):
+        if not _agrees(p[idx], c[idx], decimals):
+            out.append({
+                "step": step,
+                "position": list(idx),
+                "paper": np.asarray(paper)[idx].item(),
+                "correct": np.asarray(correct)[idx].item(),
+            })
+    return out
+
+
+def paper_walkthrough() -> dict[str, Any]:
+    """Recompute every step of the paper's example and list each printed figure that is wrong.
+
+    Discrepancies are `{step, position, paper, correct}` with step one of conv.red, conv.green,
+    conv.blue, sum, relu, flatten, softmax, and position the [row, col] or [index] of the cell.
+    """
+    steps = conv_steps(
+        _patch_hwc(PAPER_INPUTS["patch"]), np.asarray(PAPER_INPUTS["kernel"]),
+        PAPER_INPUTS["stride"],
+    )
+    outputs = [float(v) for v in PAPER_INPUTS["dense_outputs"]]
+    probs = softmax(outputs)
+    steps["dense"] = {
+        "outputs": outputs,
+        "given": True,
+        "note": "O = W·x + b with x the flattened vector; the paper does not give W and b, "
+                "so O1 and O2 are taken as printed.",
+    }
+    steps["softmax"] = probs.tolist()
+
+    discrepancies: list[dict[str, Any]] = []
+    for c in CHANNELS:
+        discrepancies += _compare(f"conv.{c}", PAPER_PRINTED["conv"][c], steps["conv"][c],
+                                  PAPER_DECIMALS["conv"])
+    for name in ("sum", "relu", "flatten", "softmax"):
+        discrepancies += _compare(name, PAPER_PRINTED[name], steps[name], PAPER_DECIMALS[name])
+
+    # Is the paper's sum at least consistent with its own per-channel figures?
+    own_sum = np.sum([PAPER_PRINTED["conv"][c] for c in CHANNELS], axis=0)
+    for d in discrepancies:
+        if d["step"] == "sum":
+            r, col = d["position"]
+            parts = [PAPER_PRINTED["conv"][c][r][col] for c in CHANNELS]
+            d["note"] = (f"the paper's own channel figures {parts[0]} + {parts[1]} + {parts[2]} "
+                         f"= {int(own_sum[r][col])}")
+        elif d["step"] == "softmax":
+            d["note"] = f"softmax({outputs[0]}, {outputs[1]})"
+
+    paper_p = PAPER_PRINTED["softmax"]
+    return {
+        "source": "paper",
+        "title": PAPER_TITLE,
+        "inputs": {
+            "patch": PAPER_INPUTS["patch"],
+            "kernel": PAPER_INPUTS["kernel"],
+            "stride": PAPER_INPUTS["stride"],
+            "padding": PAPER_INPUTS["padding"],
+        },
+        "steps": steps,
+        "paper": PAPER_PRINTED,
+        "softmax_check": {
+            "logit_gap_given": outputs[1] - outputs[0],
+            # softmax gives p2/p1 = exp(O2 - O1), so 0.3/0.7 needs O2 - O1 = ln(0.7 / 0.3).
+            "logit_gap_for_paper_softmax": math.log(paper_p[1] / paper_p[0]),
+        },
+        "discrepancies": discrepancies,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# A photo
+# ---------------------------------------------------------------------------------------------
+def parse_at(text: str) -> tuple[int, int]:
+    """Parse "X,Y" (pixel column, row) into integers, or raise KulitError."""
+    parts = text.replace(" ", "").split(",")
+    try:
+        x, y = (int(p) for p in parts)
+    except ValueError:
+        raise KulitError(f"--at wants X,Y in whole pixels (e.g. 120,80), got {text!r}",
+                         code="bad_position") from None
+    return x, y
+
+
+def _load_rgb_patch(image: Any, at: tuple[int, int] | None
+                    ) -> tuple[np.ndarray, tuple[int, int], tuple[int, int], str | None]:
+    """Decode (EXIF-upright, RGB) and cut the 4x4 patch; return patch, (x, y), (w, h), name."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    name: str | None = None
+    try:
+        if isinstance(image, Image.Image):
+            img = image
+        else:
+            if isinstance(image, (str, Path)):
+                name = str(image)
+                if not Path(image).exists():
+                    raise ImageError(f"{image}: file not found", code="unreadable")
+                if not Path(image).is_file():
+                    raise ImageError(f"{image}: not a file", code="not_image")
+                src: Any = image
+            else:
+                src = io.BytesIO(image)
+            img = Image.open(src)
+            img.load()
+        img = ImageOps.exif_transpose(img)
+    except UnidentifiedImageError:
+        raise ImageError(f"{name or 'upload'}: not an image Pillow can read",
+                         code="not_image") from None
+    except Image.DecompressionBombError:
+        raise ImageError(f"{name or 'upload'}: image too large", code="too_large") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{name or 'upload'}: cannot decode image ({e})",
+                         code="unreadable") from None
+
+    w, h = img.size
+    if w < PATCH_SIZE or h < PATCH_SIZE:
+        raise ImageError(f"image is {w}x{h}; the walkthrough needs at least "
+                         f"{PATCH_SIZE}x{PATCH_SIZE} pixels", code="too_small")
+    if at is None:
+        x, y = (w - PATCH_SIZE) // 2, (h - PATCH_SIZE) // 2  # patch centred on the photo
+    else:
+        x, y = at
+        if not (0 <= x <= w - PATCH_SIZE and 0 <= y <= h - PATCH_SIZE):
+            raise KulitError(
+                f"--at {x},{y} is outside the image: for a {w}x{h} image the "
+                f"{PATCH_SIZE}x{PATCH_SIZE} patch's top-left X must be 0..{w - PATCH_SIZE} "
+                f"and Y 0..{h - PATCH_SIZE}", code="bad_position")
+    # Cropping before converting is pixel-for-pixel the same and avoids converting a big photo.
+    patch = img.crop((x, y, x + PATCH_SIZE, y + PATCH_SIZE)).convert("RGB")
+    return np.asarray(patch, dtype=np.int64), (x, y), (w, h), name
+
+
+def explain_image(image: str | Path | bytes | Any, model_dir: str | Path | None = None,
+                  at: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Run the paper's numeric steps on a 4x4 patch of a photo (default: its centre).
+
+    `at` is the patch's top-left pixel (x = column, y = row) in the upright image.
+    """
+    if model_dir is not None:
+        raise ModelError("kulit explain --model is not available yet; "
+                         "run it without --model to see the numeric steps")
+    kernel = np.asarray(PAPER_INPUTS["kernel"])
+    patch, (x, y), (w, h), name = _load_rgb_patch(image, at)
+    return {
+        "source": "image",
+        "image": {"path": name, "width": w, "height": h},
+        "at": [x, y],
+        "inputs": {
+            "patch": {c: patch[:, :, i].tolist() for i, c in enumerate(CHANNELS)},
+            "kernel": kernel.tolist(),
+            "stride": 1,
+            "padding": 0,
+        },
+        "steps": conv_steps(patch, kernel, stride=1),
+        "model": None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Text rendering
+# ---------------------------------------------------------------------------------------------
+MARK = "✗"
+
+
+def _fmt_num(v: Any) -> str:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    v = float(v)
+    if v != 0 and abs(v) < 1e-4:
+        return f"{v:.3e}"
+    s = f"{v:.6f}"
+    return s.rstrip("0").rstrip(".") if float(s) == v else s  # 0.3 stays short, 1 - 2e-8 not
+
+
+def _marks_for(step: str, discrepancies: list[dict[str, Any]]) -> dict[tuple[int, ...], Any]:
+    return {tuple(d["position"]): d["paper"] for d in discrepancies
+            if d["step"] == step and d["position"] is not None}
+
+
+def format_matrix(rows: list[list[Any]], marks: dict[tuple[int, ...], Any] | None = None
+                  ) -> list[str]:
+    """Numbers right-aligned per column; a flagged cell reads "-20  (paper: -22 ✗)"."""
+    marks = marks or {}
+    nums = [[_fmt_num(v) for v in row] for row in rows]
+    cells = []
+    for c in range(len(nums[0])):
+        numw = max(len(row[c]) for row in nums)
+        col = [nums[r][c].rjust(numw)
+               + (f"  (paper: {_fmt_num(marks[(r, c)])} {MARK})" if (r, c) in marks else "")
+               for r in range(len(nums))]
+        w = max(len(x) for x in col)
+        cells.append([x.ljust(w) for x in col])
+    return ["  ".join(col[r] for col in cells).rstrip() for r in range(len(nums))]
+
+
+def _side_by_side(blocks: list[tuple[str, list[str]]], gap: str = "    ") -> list[str]:
+    width = [max(len(title), *(len(line) for line in lines)) for title, lines in blocks]
+    out = [gap.join(t.upper().ljust(w) for (t, _), w in zip(blocks, width, strict=True)).rstrip()]
+    for i in range(max(len(lines) for _, lines in blocks)):
+        out.append(gap.join((lines[i] if i < len(lines) else "").ljust(w)
+                            for (_, lines), w in zip(blocks, width, strict=True)).rstrip())
+    return out
+
+
+def _format_conv_part(d: dict[str, Any], discrepancies: list[dict[str, Any]]) -> list[str]:
+    steps, inputs = d["steps"], d["inputs"]
+    lines = ["1. Patch, 4x4 pixels per channel (rows top to bottom)"]
+    lines += ["   " + s for s in _side_by_side(
+        [(c, format_matrix(inputs["patch"][c])) for c in CHANNELS])]
+    lines += ["", f"2. Kernel 3x3, stride {inputs['stride']}, no padding "
+                  "(cross-correlation, as CNN layers compute it)"]
+    lines += ["   " + s for s in format_matrix(inputs["kernel"])]
+    lines += ["", "3. Convolution per channel: sum of patch window x kernel"]
+    lines += ["   " + s for s in _side_by_side(
+        [(c, format_matrix(steps["conv"][c], _marks_for(f"conv.{c}", discrepancies)))
+         for c in CHANNELS])]
+    lines += ["", "4. Sum of the three channels"]
+    lines += ["   " + s for s in format_matrix(steps["sum"], _marks_for("sum", discrepancies))]
+    lines += ["", "5. ReLU: max(0, x)"]
+    lines += ["   " + s for s in format_matrix(steps["relu"], _marks_for("relu", discrepancies))]
+    flat_marks = {(0, i): p for (i,), p in _marks_for("flatten", discrepancies).items()}
+    lines += ["", "6. Flatten, row by row"]
+    lines += ["   " + s for s in format_matrix([steps["flatten"]], flat_marks)]
+    return lines
+
+
+def format_paper_walkthrough(d: dict[str, Any]) -> str:
+    """Render `paper_walkthrough()` as plain-text tables, with the paper's wrong figures flagged."""
+    disc = d["discrepancies"]
+    lines = [f"The worked example of \"{d['title']}\", recomputed.",
+             f"A figure marked {MARK} is what the paper prints where it does not follow "
+             "from its inputs.", ""]
+    lines += _format_conv_part(d, disc)
+    dense, probs = d["steps"]["dense"], d["steps"]["softmax"]
+    lines += ["", "7. Dense layers: O = W·x + b, x the flattened vector",
+              "   The paper does not give W and b, so O1 and O2 are taken as printed "
+              "(not checked)."]
+    lines += ["   " + s for s in format_matrix([[f"O{i + 1}", o]
+                                                for i, o in enumerate(dense["outputs"])])]
+    marks = {(i, 1): p for (i,), p in _marks_for("softmax", disc).items()}
+    lines += ["", "8. Softmax: p_i = exp(O_i) / sum_j exp(O_j)"]
+    lines += ["   " + s for s in format_matrix([[f"p{i + 1}", p] for i, p in enumerate(probs)],
+                                               marks)]
+    chk = d["softmax_check"]
+    paper_p = d["paper"]["softmax"]
+    lines += [f"   The paper's {paper_p[0]} / {paper_p[1]} would need O2 - O1 = "
+              f"ln({paper_p[1]}/{paper_p[0]}) = {chk['logit_gap_for_paper_softmax']:.3f};",
+              f"   its O2 - O1 is {chk['logit_gap_given']:.3f}."]
+    lines += ["", f"Paper figures that do not follow from its inputs: {len(disc)}"]
+    for x in disc:
+        note = f"  ({x['note']})" if x.get("note") else ""
+        lines.append(f"   {x['step']} {_where(x['step'], x['position'])}: paper "
+                     f"{_fmt_num(x['paper'])}, correct {_fmt_num(x['correct'])}{note}")
+    checked = [f"conv.{c}" for c in CHANNELS] + ["sum", "relu", "flatten", "softmax"]
+    right = [s for s in checked if not any(x["step"] == s for x in disc)]
+    if right:
+        lines.append(f"All printed figures of {', '.join(right)} follow from the inputs.")
+    return "\n".join(lines)
+
+
+def _where(step: str, position: list[int] | None) -> str:
+    """A 1-based, human reading of a 0-based position."""
+    if position is None:
+        return "(shape differs)"
+    if len(position) == 2:
+        return f"row {position[0] + 1}, column {position[1] + 1}"
+    return f"p{position[0] + 1}" if step == "softmax" else f"item {position[0] + 1}"
+
+
+def format_image_steps(d: dict[str, Any]) -> str:
+    """Render `explain_image()` as plain-text tables."""
+    img = d["image"]
+    x, y = d["at"]
+    lines = [f"{img['path'] or 'image'} ({img['width']}x{img['height']}), 4x4 patch with "
+             f"top-left pixel x={x}, y={y} (upright, RGB)", ""]
+    lines += _format_conv_part(d, [])
+    return "\n".join(lines)
+
+
+def format_explanation(d: dict[str, Any]) -> str:
+    """Render either result of this module as text."""
+    return format_paper_walkthrough(d) if d["source"] == "paper" else format_image_steps(d)
