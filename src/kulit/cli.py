@@ -98,5 +98,37 @@ def explain(
                else format_explanation(result))
 
 
+@app.command()
+@friendly
+def evaluate(
+    model: Annotated[
+        Path, typer.Option("--model", help="Model directory (model.onnx + card.json)",
+                           metavar="DIR")
+    ],
+    data: Annotated[Path, typer.Option(help="Image folder, one subfolder per class")],
+    out: Annotated[
+        Path, typer.Option(help="Folder for report.md, metrics.json, plots", metavar="DIR")
+    ],
+    split: Annotated[
+        str, typer.Option(help="test|val|train (rows of --split-csv) or all (every image "
+                          "in the class folders)")
+    ] = "test",
+    split_csv: Annotated[
+        Path | None, typer.Option("--split-csv", help="split.csv from `kulit data`",
+                                  metavar="FILE")
+    ] = None,
+) -> None:
+    """Measure a model on labelled photos: metrics with 95% CIs, calibration, report.md."""
+    from kulit.evaluate import evaluate_model, summary_lines
+
+    def show(i: int, n: int) -> None:
+        print(f"\rpredicting {i}/{n}", end="\n" if i == n else "", file=sys.stderr, flush=True)
+
+    metrics = evaluate_model(model, data, split=split, split_csv=split_csv, out=out,
+                             progress=show if sys.stderr.isatty() else None)
+    for line in summary_lines(metrics, out):
+        typer.echo(line)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
