@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any
 
 import typer
 
@@ -96,6 +97,70 @@ def explain(
         result = explain_image(image, model_dir=model, at=parse_at(at) if at else None)
     typer.echo(json.dumps(result, indent=2, ensure_ascii=False) if as_json
                else format_explanation(result))
+
+
+@app.command("train")
+@friendly
+def train_cmd(
+    data: Annotated[Path, typer.Option(help="Image folder, one subfolder per class")] = Path(
+        "../shared/data/skin8"
+    ),
+    split: Annotated[Path, typer.Option("--split", help="split.csv from `kulit data`")] = Path(
+        "runs/data/split.csv"
+    ),
+    out: Annotated[Path | None, typer.Option(help="Run directory [runs/<recipe>]")] = None,
+    recipe: Annotated[str, typer.Option(help="kulit (default) or paper")] = "kulit",
+    backbone: Annotated[str, typer.Option(help="efficientnet-lite0|lite2|densenet201|tiny")] = (
+        "efficientnet-lite0"
+    ),
+    weights: Annotated[Path | None, typer.Option(help="Backbone weights file")] = None,
+    pretrained: Annotated[bool, typer.Option(help="Use bundled ImageNet weights")] = True,
+    input_size: Annotated[int | None, typer.Option(help="Input side in pixels")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate")] = None,
+    views: Annotated[int | None, typer.Option(help="Cached views per train image")] = None,
+    patience: Annotated[int | None, typer.Option(help="Early-stopping patience, 0=off")] = None,
+    mask_logo: Annotated[bool | None, typer.Option(help="Paint out the logo corner")] = (
+        None
+    ),
+    tta: Annotated[bool | None, typer.Option(help="Mirror test-time augmentation")] = None,
+    finetune_blocks: Annotated[
+        int | None, typer.Option(help="Last backbone blocks to fine-tune (0 = frozen)")
+    ] = None,
+    cache: Annotated[bool, typer.Option(help="Cache frozen-backbone features")] = True,
+    cache_dir: Annotated[Path, typer.Option(help="Feature cache folder")] = Path(".cache/kulit"),
+    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
+) -> None:
+    """Train a head on a frozen ImageNet backbone: the paper's recipe or kulit's."""
+    from kulit.train import make_config, train
+
+    cfg = make_config(
+        str(data), str(split), recipe, out=str(out or Path("runs") / recipe), backbone=backbone,
+        weights=str(weights) if weights else None, pretrained=pretrained, input_size=input_size,
+        epochs=epochs, batch_size=batch_size, lr=lr, views=views, patience=patience,
+        mask_logo=mask_logo, tta=tta, finetune_blocks=finetune_blocks, cache=cache,
+        cache_dir=str(cache_dir), seed=seed,
+    )
+    train(cfg)
+
+
+@app.command("export")
+@friendly
+def export_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory from `kulit train`")],
+    out: Annotated[Path, typer.Option(help="Model directory to write")] = Path(
+        "models/kulit-skin8"
+    ),
+    name: Annotated[str | None, typer.Option(help="Model id [the folder name]")] = None,
+    card_extra: Annotated[
+        Path | None, typer.Option(help="JSON merged into card.json (data source, licence, limits)")
+    ] = None,
+) -> None:
+    """Export a run to model.onnx + card.json + head.npz, checked against torch."""
+    from kulit.export import export, load_extra
+
+    export(run_dir, out, name=name, extra=load_extra(card_extra))
 
 
 @app.command()

@@ -36,19 +36,22 @@ class Preprocessing:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # in [0, 1] units
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     background: tuple[int, int, int] = (255, 255, 255)  # colour behind transparent pixels
+    # Box (x0, y0, x1, y1, relative to the crop) painted with the mean colour in every image,
+    # train and serve alike: hides the DermNet logo corner so no model can key on the source.
+    mask_box: tuple[float, float, float, float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("mean", "std", "background"):
-            d[k] = list(d[k])
+        for k in ("mean", "std", "background", "mask_box"):
+            d[k] = None if d[k] is None else list(d[k])
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        for k in ("mean", "std", "background"):
-            if k in known:
+        for k in ("mean", "std", "background", "mask_box"):
+            if known.get(k) is not None:
                 known[k] = tuple(known[k])
         return cls(**known)
 
@@ -150,9 +153,13 @@ def resize_crop(img: Image.Image, p: Preprocessing) -> Image.Image:
 
 
 def normalize(img: Image.Image, p: Preprocessing) -> np.ndarray:
-    """RGB PIL image -> float32 CHW array, scaled to [0,1] then (x - mean) / std."""
+    """RGB PIL image -> float32 CHW array, scaled to [0,1] then (x - mean) / std (+ mask box)."""
     arr = np.asarray(img, dtype=np.float32) * (1.0 / 255.0)
     arr = (arr - np.asarray(p.mean, np.float32)) / np.asarray(p.std, np.float32)
+    if p.mask_box is not None:
+        h, w = arr.shape[:2]
+        x0, y0, x1, y1 = p.mask_box
+        arr[round(y0 * h): round(y1 * h), round(x0 * w): round(x1 * w)] = 0.0
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 

@@ -1,0 +1,537 @@
+"""TrainConfig -> run directory (checkpoint, resolved config, history, curves).
+
+Both recipes keep the ImageNet backbone frozen, so its output is computed once per image (and
+per augmented view) and cached on disk; the head then trains on the cache in seconds.
+- `paper`: the published recipe (64x64, BN -> GAP -> Dense 128 ReLU -> Dropout -> Dense, Adam 1e-4,
+  32 epochs, batch 64), on the efficientnet-lite0 base by default (densenet201 with --weights).
+- `kulit`: higher resolution, augmented views, class balancing, label smoothing, early stopping
+  on validation balanced accuracy, flip test-time augmentation, temperature scaling on val.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import random
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance
+from torch import nn
+
+from kulit import __version__
+from kulit.backbones import build_backbone, get_spec
+from kulit.data import load_split
+from kulit.errors import DataError, ImageError
+from kulit.heads import LinearHead, PaperHead
+from kulit.preprocess import Preprocessing, open_image, preprocess_image
+
+# Where the DermNet logo sits in a centre crop of a 640x480 photo (see README, source confound).
+LOGO_BOX = (0.0, 0.64, 0.42, 0.95)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run; every CLI option maps onto a field, and the run dir stores it."""
+
+    data: str  # image folder, one subfolder per class
+    split_csv: str  # split.csv written by `kulit data`
+    out: str = "runs/kulit"  # run directory
+    recipe: str = "kulit"  # "kulit" or "paper": sets the defaults below
+    backbone: str = "efficientnet-lite0"  # registry name (kulit.backbones)
+    weights: str | None = None  # user weights file for the backbone (densenet201 needs one)
+    pretrained: bool = True  # use the bundled ImageNet weights when available
+    input_size: int = 224  # square input side
+    head: str = "linear"  # "linear" (GAP -> fc) or "paper" (BN -> GAP -> 128 -> fc)
+    hidden: int = 128  # paper head width
+    dropout: float = 0.2  # before the last layer
+    epochs: int = 300  # upper bound; early stopping may end sooner
+    batch_size: int = 64
+    lr: float = 1e-3  # Adam(W) learning rate
+    weight_decay: float = 1e-4  # AdamW decoupled weight decay
+    label_smoothing: float = 0.1
+    balance: bool = True  # weight the loss by inverse class frequency
+    views: int = 8  # cached views per training image (view 0 plain, the rest augmented)
+    tta: bool = True  # average logits over the image and its mirror image
+    finetune_blocks: int = 4  # last backbone blocks trained on cached inputs; 0 = frozen base
+    patience: int = 40  # epochs without val balanced-accuracy gain before stopping; 0 = off
+    mask_logo: bool = True  # paint the logo corner out of every image (train and serve)
+    dedupe: bool = True  # one image per duplicate group, so copies do not count twice
+    seed: int = 0
+    cache_dir: str = ".cache/kulit"  # frozen-backbone feature cache
+    cache: bool = True  # False recomputes the backbone every epoch (for the speed benchmark)
+    threads: int = 2  # torch CPU threads
+
+    def preprocessing(self) -> Preprocessing:
+        spec = get_spec(self.backbone)
+        p = spec.preprocessing(self.input_size)
+        return dataclasses.replace(p, mask_box=LOGO_BOX if self.mask_logo else None)
+
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": dict(
+        input_size=64, head="paper", hidden=128, dropout=0.5, epochs=32, batch_size=64, lr=1e-4,
+        weight_decay=0.0, label_smoothing=0.0, balance=False, views=1, tta=False, patience=0,
+        mask_logo=False, finetune_blocks=0,
+    ),
+    "kulit": dict(
+        input_size=224, head="linear", dropout=0.2, epochs=300, batch_size=64, lr=1e-3,
+        weight_decay=1e-4, label_smoothing=0.1, balance=True, views=8, tta=True, patience=40,
+        mask_logo=True, finetune_blocks=4,
+    ),
+}
+
+
+def make_config(data: str, split_csv: str, recipe: str = "kulit", **overrides: Any) -> TrainConfig:
+    """Recipe defaults, then any option the user set (None means 'keep the recipe's')."""
+    if recipe not in RECIPES:
+        raise DataError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
+    fields = {**RECIPES[recipe], **{k: v for k, v in overrides.items() if v is not None}}
+    return TrainConfig(data=data, split_csv=split_csv, recipe=recipe, **fields)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------- augmentation
+
+def augment(img: Image.Image, rng: np.random.Generator, size: int) -> Image.Image:
+    """A random view: crop, mirror, quarter turn, colour, and JPEG re-encoding.
+
+    Re-encoding every view as JPEG at a random quality removes the PNG-versus-JPEG cue that
+    separates the Chickenpox source from DermNet.
+    """
+    w, h = img.size
+    side = min(w, h)
+    area = side * side * rng.uniform(0.35, 1.0)
+    ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+    cw = int(min(w, round(math.sqrt(area * ratio))))
+    ch = int(min(h, round(math.sqrt(area / ratio))))
+    x0 = int(rng.integers(0, w - cw + 1))
+    y0 = int(rng.integers(0, h - ch + 1))
+    img = img.crop((x0, y0, x0 + cw, y0 + ch)).resize((size, size), Image.Resampling.BILINEAR)
+    if rng.random() < 0.5:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    k = int(rng.integers(0, 4))
+    if k:
+        img = img.rotate(90 * k)
+    for enh in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+        img = enh(img).enhance(float(rng.uniform(0.8, 1.2)))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=int(rng.integers(60, 96)))
+    return Image.open(buf).convert("RGB")
+
+
+# ---------------------------------------------------------------- features
+
+@dataclass
+class Sample:
+    path: Path
+    file: str
+    label: int
+    split: str
+
+
+def load_samples(cfg: TrainConfig) -> tuple[list[Sample], list[str], dict[str, Any]]:
+    """Rows of split.csv (one per duplicate group when dedupe is on) and the class list."""
+    rows = load_split(Path(cfg.split_csv), Path(cfg.data))
+    if cfg.dedupe:
+        seen: set[str] = set()
+        kept = []
+        for r in sorted(rows, key=lambda r: r.file):
+            if r.group in seen:
+                continue
+            seen.add(r.group)
+            kept.append(r)
+        rows = kept
+    classes = sorted({r.label for r in rows})
+    idx = {c: i for i, c in enumerate(classes)}
+    samples = [Sample(r.path, r.file, idx[r.label], r.split) for r in rows]
+    for split in ("train", "val"):
+        if not any(s.split == split for s in samples):
+            raise DataError(f"{cfg.split_csv}: no '{split}' rows; run `kulit data` first")
+    report_path = Path(cfg.split_csv).with_name("data_report.json")
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    return samples, classes, report
+
+
+class FeatureExtractor:
+    """The frozen backbone plus the exact preprocessing serving will use."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.pre = cfg.preprocessing()
+        weights = Path(cfg.weights) if cfg.weights else None
+        torch.manual_seed(cfg.seed)  # an unpretrained net must init the same in every process
+        self.net = build_backbone(cfg.backbone, cfg.input_size, weights, cfg.pretrained).eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.n_top = cfg.finetune_blocks
+        if self.n_top and not hasattr(self.net, "forward_stem"):
+            raise DataError(f"--finetune-blocks needs an EfficientNet-Lite backbone, "
+                            f"not {cfg.backbone}")
+        if self.n_top:
+            self.net.top(self.n_top)  # fail before the long extraction, not after
+        # a GAP->linear head on a frozen base only needs pooled features
+        self.pooled = cfg.head == "linear" and not self.n_top
+
+    def tensor(self, img: Image.Image) -> np.ndarray:
+        return preprocess_image(img, self.pre)
+
+    @torch.no_grad()
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(batch)
+        if self.n_top:  # cache what enters the trainable top, in half precision
+            return self.net.forward_stem(x, self.n_top).half().numpy()
+        f = self.net(x)
+        return (f.mean((2, 3)) if self.pooled else f).numpy()
+
+
+def view_images(s: Sample, views: int, seed: int, size: int, tta: bool, train: bool
+                ) -> list[Image.Image]:
+    """View 0 is the plain image; training adds augmented views, evaluation its mirror."""
+    img = open_image(s.path, draft=2 * size)
+    out = [img]
+    if train:
+        rng = np.random.default_rng([seed, zlib_crc(s.file)])
+        out += [augment(img, rng, size) for _ in range(views - 1)]
+    elif tta:
+        out.append(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    return out
+
+
+def zlib_crc(text: str) -> int:
+    import zlib
+
+    return zlib.crc32(text.encode())
+
+
+def cache_key(cfg: TrainConfig, samples: Sequence[Sample], data_hash: str) -> str:
+    parts = {
+        "data_hash": data_hash,
+        "files": [s.file for s in samples] if not data_hash else len(samples),
+        "backbone": cfg.backbone, "weights": cfg.weights, "pretrained": cfg.pretrained,
+        "input_size": cfg.input_size, "pre": cfg.preprocessing().to_dict(),
+        "views": cfg.views, "tta": cfg.tta, "pooled": cfg.head == "linear", "seed": cfg.seed,
+        "dedupe": cfg.dedupe, "finetune_blocks": cfg.finetune_blocks, "version": 3,
+    }
+    blob = json.dumps(parts, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def extract_features(cfg: TrainConfig, samples: list[Sample], data_hash: str,
+                     log: Callable[[str], None] = print) -> tuple[dict[str, np.ndarray], float]:
+    """Per split, features [n_images, n_views, ...]; from the cache when it holds them."""
+    key = cache_key(cfg, samples, data_hash)
+    path = Path(cfg.cache_dir) / f"features-{cfg.backbone}-{cfg.input_size}-{key}.npz"
+    if cfg.cache and path.is_file():
+        with np.load(path) as z:
+            log(f"features from cache {path}")
+            return {k: z[k] for k in z.files}, 0.0
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    fx = FeatureExtractor(cfg)
+    out: dict[str, np.ndarray] = {}
+    for split in ("train", "val"):  # test is scored later on the exported model
+        subset = [s for s in samples if s.split == split]
+        feats = []
+        pending: list[np.ndarray] = []
+        n_views = 0
+        bar = tqdm(subset, desc=f"features {split}", unit="img", leave=False)
+        for s in bar:
+            try:
+                imgs = view_images(s, cfg.views, cfg.seed, cfg.input_size, cfg.tta,
+                                   split == "train")
+            except ImageError as e:
+                raise DataError(f"{s.file}: {e.message} (re-run `kulit data`)") from None
+            n_views = len(imgs)
+            pending.extend(fx.tensor(im) for im in imgs)
+            if len(pending) >= 64:
+                feats.append(fx(np.stack(pending)))
+                pending = []
+        if pending:
+            feats.append(fx(np.stack(pending)))
+        arr = np.concatenate(feats)
+        out[split] = arr.reshape(len(subset), n_views, *arr.shape[1:])
+    seconds = time.perf_counter() - t0
+    if cfg.cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **out)
+        tmp.replace(path)
+    log(f"features computed in {seconds:.1f} s")
+    return out, seconds
+
+
+# ---------------------------------------------------------------- training
+
+def build_head(cfg: TrainConfig, in_channels: int, num_classes: int) -> nn.Module:
+    if cfg.head == "paper":
+        return PaperHead(in_channels, num_classes, hidden=cfg.hidden, dropout=cfg.dropout)
+    if cfg.head == "linear":
+        return LinearHead(in_channels, num_classes, dropout=cfg.dropout)
+    raise DataError(f"unknown head {cfg.head!r}; choose linear or paper")
+
+
+class Trainable(nn.Module):
+    """What trains on the cache: the optional backbone top, then the head."""
+
+    def __init__(self, head: nn.Module, top: nn.Module | None) -> None:
+        super().__init__()
+        self.head, self.top = head, top
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        if self.top is not None:
+            x = self.top(x)
+        if x.dim() == 2:  # cached pooled vectors become 1x1 maps: both heads take [N,C,h,w]
+            x = x[:, :, None, None]
+        return self.head(x)
+
+    def train(self, mode: bool = True) -> Trainable:
+        super().train(mode)
+        if self.top is not None:  # keep ImageNet BatchNorm statistics; small batches
+            for m in self.top.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+        return self
+
+
+def balanced_accuracy(y: np.ndarray, pred: np.ndarray, k: int) -> float:
+    recalls = [float((pred[y == c] == c).mean()) for c in range(k) if (y == c).any()]
+    return float(np.mean(recalls)) if recalls else 0.0
+
+
+@torch.no_grad()
+def eval_logits(model: nn.Module, feats: np.ndarray) -> np.ndarray:
+    """Logits averaged over the evaluation views (plain + mirror when TTA is on)."""
+    model.eval()
+    n, v = feats.shape[:2]
+    x = torch.from_numpy(feats.reshape(n * v, *feats.shape[2:]))
+    logits = torch.cat([model(x[i: i + 256]) for i in range(0, len(x), 256)])
+    return logits.reshape(n, v, -1).mean(1).numpy()
+
+
+class Recompute:
+    """Backbone-every-epoch mode (cache off): the baseline the feature cache is measured against."""
+
+    def __init__(self, cfg: TrainConfig, samples: list[Sample]) -> None:
+        self.fx = FeatureExtractor(cfg)
+        self.cfg = cfg
+        self.samples = samples
+
+    def features(self, split: str) -> np.ndarray:
+        subset = [s for s in self.samples if s.split == split]
+        tensors = [self.fx.tensor(im) for s in subset for im in view_images(
+            s, self.cfg.views, self.cfg.seed, self.cfg.input_size, self.cfg.tta, split == "train")]
+        arr = np.concatenate([self.fx(np.stack(tensors[i: i + 64]))
+                              for i in range(0, len(tensors), 64)])
+        return arr.reshape(len(subset), -1, *arr.shape[1:])
+
+
+def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
+    """Run one recipe end to end and write the run directory. Ctrl-C keeps the best so far."""
+    from tqdm import tqdm
+
+    from kulit.evaluate import fit_temperature
+
+    torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    out = Path(cfg.out)
+    samples, classes, report = load_samples(cfg)
+    k = len(classes)
+    data_hash = str(report.get("data_hash", ""))
+    t_start = time.perf_counter()
+    recompute = None if cfg.cache else Recompute(cfg, samples)
+    if recompute is None:
+        feats, feat_seconds = extract_features(cfg, samples, data_hash, log)
+    else:
+        feats, feat_seconds = {"val": recompute.features("val")}, 0.0
+    y = {s: np.array([x.label for x in samples if x.split == s], np.int64)
+         for s in ("train", "val", "test")}
+    fx = recompute.fx if recompute else None
+    top = None
+    if cfg.finetune_blocks:
+        fx = fx or FeatureExtractor(cfg)
+        top = fx.net.top(cfg.finetune_blocks)
+        for p in top.parameters():
+            p.requires_grad_(True)
+    # cached pooled vectors [n,v,C] or maps [n,v,C,h,w]; a fine-tuned top outputs the full width
+    in_channels = get_spec(cfg.backbone).out_channels if top is not None else \
+        feats["val"].shape[2]
+    torch.manual_seed(cfg.seed)
+    head = build_head(cfg, in_channels, k)
+    model = Trainable(head, top)
+    groups = [{"params": head.parameters(), "lr": cfg.lr}]
+    if top is not None:  # pretrained layers move more gently than the new head
+        groups.append({"params": top.parameters(), "lr": cfg.lr * 0.3})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    counts = np.bincount(y["train"], minlength=k).astype(np.float64)
+    weight = None
+    if cfg.balance:
+        w = counts.sum() / (k * np.maximum(counts, 1))
+        weight = torch.tensor(w, dtype=torch.float32)
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+    plain_loss = nn.CrossEntropyLoss()
+    gen = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    history: list[dict[str, float]] = []
+    best: dict[str, Any] = {"score": -1.0, "epoch": 0, "state": None}
+    yv = torch.from_numpy(y["val"])
+    interrupted = False
+    prev_handler = signal.getsignal(signal.SIGINT)
+    out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(range(1, cfg.epochs + 1), desc=f"train {cfg.recipe}", unit="epoch")
+    try:
+        for epoch in bar:
+            tr = recompute.features("train") if recompute else feats["train"]
+            n, v = tr.shape[:2]
+            pick = gen.integers(0, v, n)  # one random view per image per epoch
+            xs = torch.from_numpy(tr[np.arange(n), pick])
+            ys = torch.from_numpy(y["train"])
+            order = torch.from_numpy(gen.permutation(n))
+            model.train()
+            tot_loss, tot_correct = 0.0, 0
+            for i in range(0, n, cfg.batch_size):
+                b = order[i: i + cfg.batch_size]
+                logits = model(xs[b])
+                loss = loss_fn(logits, ys[b])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                tot_loss += float(plain_loss(logits.detach(), ys[b])) * len(b)
+                tot_correct += int((logits.argmax(1) == ys[b]).sum())
+            vfeats = recompute.features("val") if recompute else feats["val"]
+            vl = torch.from_numpy(eval_logits(model, vfeats))
+            val_loss = float(plain_loss(vl, yv))
+            vpred = vl.argmax(1).numpy()
+            row = {
+                "epoch": epoch, "loss": tot_loss / n, "accuracy": tot_correct / n,
+                "val_loss": val_loss, "val_accuracy": float((vpred == y["val"]).mean()),
+                "val_balanced_accuracy": balanced_accuracy(y["val"], vpred, k),
+            }
+            history.append(row)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", val_acc=f"{row['val_accuracy']:.3f}",
+                            val_bacc=f"{row['val_balanced_accuracy']:.3f}")
+            score = row["val_balanced_accuracy"] if cfg.patience else float(epoch)
+            if score > best["score"] + 1e-9:
+                best = {"score": score, "epoch": epoch,
+                        "state": {k_: t.clone() for k_, t in model.state_dict().items()}}
+            elif cfg.patience and epoch - best["epoch"] >= cfg.patience:
+                log(f"early stop at epoch {epoch}: best val balanced accuracy "
+                    f"{best['score']:.3f} at epoch {best['epoch']}")
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+        log(f"interrupted: keeping the best epoch so far ({best['epoch']})")
+    finally:
+        signal.signal(signal.SIGINT, prev_handler)
+    if best["state"] is None:
+        raise DataError("training stopped before the first epoch finished; nothing to save")
+    model.load_state_dict(best["state"])
+    train_seconds = time.perf_counter() - t_start
+
+    val_logits = eval_logits(model, feats["val"])
+    temperature = fit_temperature(val_logits, y["val"]) if cfg.recipe == "kulit" else 1.0
+    threshold = choose_threshold(val_logits / temperature, y["val"])
+    ckpt = {
+        "config": dataclasses.asdict(cfg), "classes": classes, "head_state": head.state_dict(),
+        "in_channels": in_channels, "temperature": temperature, "threshold": threshold,
+        "backbone_state": fx.net.state_dict() if top is not None and fx else None,
+        "best_epoch": best["epoch"], "data_hash": data_hash, "kulit_version": __version__,
+        "preprocessing": cfg.preprocessing().to_dict(), "interrupted": interrupted,
+    }
+    torch.save(ckpt, out / "checkpoint.pt")
+    timing = {"feature_seconds": feat_seconds, "total_seconds": train_seconds,
+              "epochs_run": len(history), "cached": cfg.cache}
+    write_run(out, cfg, classes, history, report, timing, best["epoch"], temperature, threshold)
+    log(format_history(history))
+    log(f"run saved to {out} (best epoch {best['epoch']}, temperature {temperature:.3f}, "
+        f"{train_seconds:.1f} s)")
+    return out
+
+
+def choose_threshold(logits: np.ndarray, y: np.ndarray, target: float = 0.9) -> float:
+    """Lowest confidence cut whose answered validation images are >= `target` accurate.
+
+    Clamped to [0.4, 0.8] so the model neither always answers nor almost never does.
+    """
+    z = logits - logits.max(1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    conf, correct = p.max(1), p.argmax(1) == y
+    for t in np.round(np.arange(0.40, 0.81, 0.05), 2):
+        keep = conf >= t
+        if keep.sum() >= max(5, 0.2 * len(y)) and correct[keep].mean() >= target:
+            return float(t)
+    return 0.8
+
+
+def format_history(history: list[dict[str, float]]) -> str:
+    """The per-epoch table, like the paper's Table 2."""
+    lines = ["| epoch | loss | accuracy | val loss | val accuracy | val balanced acc |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for h in history:
+        lines.append(f"| {h['epoch']} | {h['loss']:.4f} | {h['accuracy']:.4f} | "
+                     f"{h['val_loss']:.4f} | {h['val_accuracy']:.4f} | "
+                     f"{h['val_balanced_accuracy']:.4f} |")
+    return "\n".join(lines)
+
+
+def write_run(out: Path, cfg: TrainConfig, classes: list[str], history: list[dict[str, float]],
+              report: dict[str, Any], timing: dict[str, Any], best_epoch: int,
+              temperature: float, threshold: float) -> None:
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    with open(out / "history.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)
+    (out / "history.md").write_text(f"# Training history ({cfg.recipe} recipe, {cfg.backbone}, "
+                                    f"{cfg.input_size}px)\n\n{format_history(history)}\n")
+    summary = {"classes": classes, "best_epoch": best_epoch, "temperature": temperature,
+               "threshold": threshold, "timing": timing, "data_hash": report.get("data_hash"),
+               "final": history[best_epoch - 1]}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot_curves(history, out / "curves.png", f"{cfg.recipe} recipe: {cfg.backbone} "
+                f"{cfg.input_size}px")
+
+
+def plot_curves(history: list[dict[str, float]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(ep, [h["accuracy"] for h in history], label="train accuracy")
+    a.plot(ep, [h["val_accuracy"] for h in history], label="val accuracy")
+    a.plot(ep, [h["val_balanced_accuracy"] for h in history], label="val balanced accuracy",
+           linestyle="--")
+    a.set_xlabel("epoch")
+    a.set_ylim(0, 1)
+    a.legend()
+    a.set_title("accuracy")
+    b.plot(ep, [h["loss"] for h in history], label="train loss")
+    b.plot(ep, [h["val_loss"] for h in history], label="val loss")
+    b.set_xlabel("epoch")
+    b.legend()
+    b.set_title("loss")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,160 @@
+"""Train on the tiny backbone and generated images, export to ONNX, serve without torch."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from kulit.backbones import REGISTRY, build_backbone
+from kulit.cli import app
+from kulit.data import run_data
+from kulit.errors import ModelError
+from kulit.export import export, load_run
+from kulit.predict import Predictor
+from kulit.preprocess import open_image, preprocess_image
+from kulit.train import make_config, train
+from tests.conftest import SKIN8, TINY_CLASSES
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_split(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("split")
+    assert run_data(tiny_dataset, out, seed=0, val_frac=0.25, test_frac=0.15) == 0
+    return out / "split.csv"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_dataset, tiny_split, tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = make_config(
+        str(tiny_dataset), str(tiny_split), "kulit", out=str(tmp / "run"), backbone="tiny",
+        pretrained=False, input_size=32, epochs=60, views=3, patience=0,
+        cache_dir=str(tmp / "cache"), lr=1e-2, finetune_blocks=1,
+    )
+    return train(cfg, log=lambda s: None)
+
+
+def test_registry_has_the_required_backbones():
+    assert {"efficientnet-lite0", "efficientnet-lite2", "densenet201", "tiny"} <= set(REGISTRY)
+
+
+@pytest.mark.parametrize("name,size,channels", [("efficientnet-lite0", 64, 1280),
+                                                ("tiny", 32, 32)])
+def test_backbone_feature_maps(name, size, channels):
+    net = build_backbone(name, size, pretrained=name != "tiny").eval()
+    with torch.no_grad():
+        f = net(torch.zeros(1, 3, size, size))
+    assert f.shape[:2] == (1, channels)
+
+
+def test_lite_weights_are_real_imagenet_weights():
+    a = build_backbone("efficientnet-lite0", 64, pretrained=True).state_dict()
+    b = build_backbone("efficientnet-lite0", 64, pretrained=False).state_dict()
+    key = "net._conv_stem.weight"
+    assert not torch.allclose(a[key], b[key])
+
+
+def test_densenet_without_weights_is_a_clear_error():
+    with pytest.raises(ModelError, match="--weights"):
+        build_backbone("densenet201", 64, pretrained=True)
+
+
+def test_run_dir_contents(tiny_run: Path):
+    for f in ("checkpoint.pt", "config.json", "history.csv", "history.md", "curves.png",
+              "summary.json"):
+        assert (tiny_run / f).is_file(), f
+    rows = list(csv.DictReader(open(tiny_run / "history.csv")))
+    assert len(rows) == 60
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(rows[0])
+    # the colours are separable: the head must learn them
+    assert float(rows[-1]["accuracy"]) > 0.9
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    assert summary["temperature"] > 0 and 0.4 <= summary["threshold"] <= 0.8
+
+
+def test_feature_cache_is_reused(tiny_dataset, tiny_split, tmp_path):
+    kw = dict(backbone="tiny", pretrained=False, input_size=32, epochs=2, views=2,
+              cache_dir=str(tmp_path / "cache"), finetune_blocks=0)
+    train(make_config(str(tiny_dataset), str(tiny_split), out=str(tmp_path / "a"), **kw),
+          log=lambda s: None)
+    files = list((tmp_path / "cache").glob("*.npz"))
+    assert len(files) == 1
+    msgs: list[str] = []
+    train(make_config(str(tiny_dataset), str(tiny_split), out=str(tmp_path / "b"), **kw),
+          log=msgs.append)
+    assert any("from cache" in m for m in msgs)
+    # a different input size is a different cache entry
+    kw["input_size"] = 48
+    train(make_config(str(tiny_dataset), str(tiny_split), out=str(tmp_path / "c"), **kw),
+          log=lambda s: None)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+
+
+def test_training_is_reproducible(tiny_dataset, tiny_split, tmp_path):
+    kw = dict(backbone="tiny", pretrained=False, input_size=32, epochs=5, views=2,
+              cache_dir=str(tmp_path / "cache"), patience=0, finetune_blocks=2)
+    a = train(make_config(str(tiny_dataset), str(tiny_split), out=str(tmp_path / "a"), **kw),
+              log=lambda s: None)
+    b = train(make_config(str(tiny_dataset), str(tiny_split), out=str(tmp_path / "b"), **kw),
+              log=lambda s: None)
+    assert (a / "history.csv").read_text() == (b / "history.csv").read_text()
+
+
+def test_paper_recipe_defaults():
+    cfg = make_config("d", "s.csv", "paper")
+    assert (cfg.input_size, cfg.epochs, cfg.batch_size, cfg.lr, cfg.head) == (
+        64, 32, 64, 1e-4, "paper")
+    assert not cfg.tta and cfg.views == 1
+
+
+def test_export_and_serve_parity(tiny_run: Path, tmp_path: Path, tiny_dataset: Path):
+    model_dir = export(tiny_run, tmp_path / "model")
+    card = json.loads((model_dir / "card.json").read_text())
+    assert card["classes"] == TINY_CLASSES
+    assert card["data"]["export_check"]["real_images"] is True
+    pred = Predictor(model_dir)
+    _, cfg, model = load_run(tiny_run)
+    img_path = sorted((tiny_dataset / "Beta").glob("*.jpg"))[0]
+    # training path: open_image + preprocess_image; serving path: Predictor.prepare
+    x_train = preprocess_image(open_image(img_path, draft=64), cfg.preprocessing())
+    _, x_serve = pred.prepare(img_path)
+    np.testing.assert_array_equal(x_train, x_serve)
+    with torch.no_grad():
+        t_logits = model(torch.from_numpy(x_train[None]))[0].numpy()[0]
+    p = pred.predict_one(img_path, heatmap=True)
+    np.testing.assert_allclose(p.logits, t_logits, atol=1e-4)
+    assert p.heatmap is not None
+    assert p.label == "Beta"
+
+
+def test_export_refuses_a_missing_run(tmp_path):
+    r = runner.invoke(app, ["export", str(tmp_path / "nope"), "--out", str(tmp_path / "m")])
+    assert r.exit_code == 2 and "checkpoint" in r.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_train_cli_bad_split(tmp_path):
+    r = runner.invoke(app, ["train", "--data", str(tmp_path), "--split",
+                            str(tmp_path / "missing.csv")])
+    assert r.exit_code == 2
+    assert r.output.count("\n") <= 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SKIN8.is_dir(), reason="../shared/data/skin8 not present")
+def test_paper_recipe_on_skin8_a_few_epochs(tmp_path):
+    run_data(SKIN8, tmp_path / "data", seed=0)
+    cfg = make_config(str(SKIN8), str(tmp_path / "data" / "split.csv"), "paper",
+                      out=str(tmp_path / "run"), epochs=3, cache_dir=str(tmp_path / "cache"))
+    run = train(cfg, log=lambda s: None)
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    assert len(rows) == 3
+    assert float(rows[-1]["val_accuracy"]) > 1 / 8  # better than chance after 3 epochs
