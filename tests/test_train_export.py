@@ -129,6 +129,8 @@ def test_export_and_serve_parity(tiny_run: Path, tmp_path: Path, tiny_dataset: P
     np.testing.assert_array_equal(x_train, x_serve)
     with torch.no_grad():
         t_logits = model(torch.from_numpy(x_train[None]))[0].numpy()[0]
+    first = pred.first_layer(img_path)
+    assert first.shape == (16, 16, 16)  # tiny: 16 filters, stride 2 on 32 px
     p = pred.predict_one(img_path, heatmap=True)
     np.testing.assert_allclose(p.logits, t_logits, atol=1e-4)
     assert p.heatmap is not None

@@ -208,6 +208,25 @@ REGISTRY: dict[str, BackboneSpec] = {
 }
 
 
+def first_layer_split(net: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor],
+                                               Callable[[torch.Tensor], torch.Tensor]]:
+    """(first conv layer with its norm and activation, everything after it) of a backbone.
+
+    The first layer's maps are what "How the CNN sees your photo" shows; splitting here lets
+    the export emit them without computing anything twice.
+    """
+    if isinstance(net, LiteFeatures):
+        lite = net.net
+        rest = LiteTop(lite, len(lite._blocks))
+        return (lambda x: lite._swish(lite._bn0(lite._conv_stem(x)))), rest
+    if isinstance(net, TinyNet):
+        return net.features[:3], net.features[3:]
+    feats = getattr(net, "features", None)
+    if isinstance(feats, nn.Sequential) and len(feats) > 3:  # densenet201: conv0, norm0, relu0
+        return feats[:3], (lambda s: torch.relu(feats[3:](s)))
+    raise ModelError(f"cannot split the first layer of {type(net).__name__}")
+
+
 def get_spec(name: str) -> BackboneSpec:
     try:
         return REGISTRY[name]

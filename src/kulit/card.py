@@ -30,7 +30,8 @@ class ModelCard:
     head: str = "linear"  # "linear" (GAP->fc) or "paper" (BN->GAP->fc1->ReLU->fc2)
     inputs: dict[str, str] = field(default_factory=lambda: {"image": "float32[N,3,H,W]"})
     outputs: dict[str, str] = field(
-        default_factory=lambda: {"logits": "float32[N,C]", "features": "float32[N,K,h,w]"}
+        default_factory=lambda: {"logits": "float32[N,C]", "features": "float32[N,K,h,w]",
+                                 "first_layer": "float32[N,F,H/2,W/2]"}
     )
     metrics: dict[str, Any] = field(default_factory=dict)  # test-split numbers
     data: dict[str, Any] = field(default_factory=dict)  # hash, sources, licence, counts

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from kulit import __version__
-from kulit.backbones import build_backbone, get_spec
+from kulit.backbones import build_backbone, first_layer_split, get_spec
 from kulit.card import HEAD_FILE, ONNX_FILE, ModelCard, save_card
 from kulit.errors import ModelError
 from kulit.preprocess import Preprocessing, open_image, preprocess_image
@@ -30,19 +30,22 @@ PROB_ATOL = 1e-4  # calibrated probabilities, absolute
 
 
 class ServingModel(nn.Module):
-    """image -> (logits, last conv feature map). With TTA the map averages image and mirror,
-    so the logits of a GAP head equal the mean of the two views' logits, and Grad-CAM stays
-    exact on the exported map."""
+    """image -> (logits, last conv feature map, first conv layer's maps).
+
+    With TTA the last map averages image and mirror, so the logits of a GAP head equal the
+    mean of the two views' logits, and Grad-CAM stays exact on the exported map."""
 
     def __init__(self, backbone: nn.Module, head: nn.Module, tta: bool) -> None:
         super().__init__()
         self.backbone, self.head, self.tta = backbone, head, tta
+        self.first, self.rest = first_layer_split(backbone)
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.backbone(image)
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        stem = self.first(image)
+        f = self.rest(stem)
         if self.tta:
             f = 0.5 * (f + torch.flip(self.backbone(torch.flip(image, dims=[3])), dims=[3]))
-        return self.head(f), f
+        return self.head(f), f, stem
 
 
 def load_run(run_dir: Path) -> tuple[dict[str, Any], TrainConfig, ServingModel]:
@@ -99,8 +102,9 @@ def export_onnx(model: ServingModel, pre: Preprocessing, path: Path) -> None:
 
 def _export(model: nn.Module, dummy: torch.Tensor, path: Path) -> None:
     torch.onnx.export(
-        model, (dummy,), str(path), input_names=["image"], output_names=["logits", "features"],
-        dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}, "features": {0: "N"}},
+        model, (dummy,), str(path), input_names=["image"], output_names=["logits", "features", "first_layer"],
+        dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}, "features": {0: "N"},
+                      "first_layer": {0: "N"}},
         opset_version=OPSET, dynamo=False,
     )
 
@@ -114,7 +118,7 @@ def verify(model: ServingModel, onnx_path: Path, batch: np.ndarray, temperature:
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     o_logits, o_feats = sess.run(["logits", "features"], {"image": batch})
     with torch.no_grad():
-        t_logits, t_feats = (t.numpy() for t in model(torch.from_numpy(batch)))
+        t_logits, t_feats, _ = (t.numpy() for t in model(torch.from_numpy(batch)))
     diff = float(np.abs(o_logits - t_logits).max())
     fdiff = float(np.abs(o_feats - t_feats).max() / (np.abs(t_feats).max() + 1e-9))
 

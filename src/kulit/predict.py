@@ -104,6 +104,7 @@ class Predictor:
         out_names = [o.name for o in self.session.get_outputs()]
         if "logits" not in out_names:
             raise ModelError(f"{onnx_path}: has no 'logits' output (has {out_names})")
+        self._outputs = set(out_names)
         self._has_features = "features" in out_names
         self.head = self._load_head()
         self.pre = self.card.preprocessing
@@ -135,6 +136,13 @@ class Predictor:
         names = ["logits", "features"] if (features and self._has_features) else ["logits"]
         outs = self.session.run(names, {"image": batch.astype(np.float32, copy=False)})
         return outs[0], (outs[1] if len(outs) > 1 else None)
+
+    def first_layer(self, source: ImageSource) -> np.ndarray:
+        """The first convolution layer's feature maps [F, h, w] for one image."""
+        if "first_layer" not in self._outputs:
+            raise ModelError(f"{self.model_dir}: this model does not export its first layer")
+        _, x = self.prepare(source)
+        return self.session.run(["first_layer"], {"image": x[None]})[0][0]
 
     def prepare(self, source: ImageSource) -> tuple[Image.Image, np.ndarray]:
         """Decode + preprocess one image exactly as training does. Raises ImageError."""
