@@ -102,7 +102,8 @@ def export_onnx(model: ServingModel, pre: Preprocessing, path: Path) -> None:
 
 def _export(model: nn.Module, dummy: torch.Tensor, path: Path) -> None:
     torch.onnx.export(
-        model, (dummy,), str(path), input_names=["image"], output_names=["logits", "features", "first_layer"],
+        model, (dummy,), str(path), input_names=["image"],
+        output_names=["logits", "features", "first_layer"],
         dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}, "features": {0: "N"},
                       "first_layer": {0: "N"}},
         opset_version=OPSET, dynamo=False,
