@@ -50,6 +50,8 @@ def write_onnx_model_dir(out: Path, classes: list[str], input_size: int = 32,
                          channels: int = 8, seed: int = 0) -> Path:
     """A genuine small ONNX CNN (conv stride 4 -> ReLU -> GAP -> linear) plus card and head.
 
+    Its one conv layer is both the first layer and the last feature map.
+
     Built straight from numpy weights so torch-free tests (web, predictor) have a model dir
     with the exact layout `kulit export` writes.
     """
@@ -68,6 +70,7 @@ def write_onnx_model_dir(out: Path, classes: list[str], input_size: int = 32,
     nodes = [
         helper.make_node("Conv", ["image", "conv_w", "conv_b"], ["pre"], strides=[4, 4]),
         helper.make_node("Relu", ["pre"], ["features"]),
+        helper.make_node("Identity", ["features"], ["first_layer"]),
         helper.make_node("GlobalAveragePool", ["features"], ["pooled4"]),
         helper.make_node("Flatten", ["pooled4"], ["pooled"], axis=1),
         helper.make_node("Gemm", ["pooled", "fc_w", "fc_b"], ["logits"], transB=1),
@@ -78,6 +81,8 @@ def write_onnx_model_dir(out: Path, classes: list[str], input_size: int = 32,
                                                                     input_size])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", k]),
          helper.make_tensor_value_info("features", TensorProto.FLOAT,
+                                       ["N", channels, input_size // 4, input_size // 4]),
+         helper.make_tensor_value_info("first_layer", TensorProto.FLOAT,
                                        ["N", channels, input_size // 4, input_size // 4])],
         [numpy_helper.from_array(a, n) for a, n in
          [(conv_w, "conv_w"), (conv_b, "conv_b"), (fc_w, "fc_w"), (fc_b, "fc_b")]],
