@@ -195,5 +195,24 @@ def evaluate(
         typer.echo(line)
 
 
+@app.command("predict")
+@friendly
+def predict_cmd(
+    paths: Annotated[list[Path], typer.Argument(help="Images or folders of images")],
+    model: Annotated[Path, typer.Option(help="Model directory")] = Path("models/kulit-skin8"),
+    json_out: Annotated[bool, typer.Option("--json", help="JSON lines for programs")] = False,
+    top_k: Annotated[int, typer.Option(help="How many conditions to list")] = 3,
+    heatmap_dir: Annotated[
+        Path | None, typer.Option(help="Write Grad-CAM overlays (PNG) into this folder")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per ONNX run")] = 32,
+) -> None:
+    """Predict skin conditions for photos (torch-free). Not a diagnosis."""
+    from kulit.predict_cli import run_predict
+
+    raise typer.Exit(run_predict(paths, model, json_out=json_out, top_k=top_k,
+                                 heatmap_dir=heatmap_dir, batch_size=batch_size))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

@@ -1,0 +1,72 @@
+"""`kulit predict`: a table for people, JSON lines for programs; bad files do not stop the rest."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from kulit import DISCLAIMER_EN
+from kulit.errors import ImageError, KulitError
+from kulit.predict import Prediction, Predictor, heatmap_overlay
+
+
+def expand(paths: list[Path]) -> Iterator[Path]:
+    """Files as given; folders walked recursively in sorted order (hidden files skipped)."""
+    for p in paths:
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts):
+                    yield f
+        else:
+            yield p
+
+
+def run_predict(paths: list[Path], model: Path, *, json_out: bool = False, top_k: int = 3,
+                heatmap_dir: Path | None = None, batch_size: int = 32) -> int:
+    """Predict every file; exit status 0 if at least one image was predicted, else 1."""
+    predictor = Predictor(model)
+    files = list(expand(paths))
+    if not files:
+        raise KulitError("no files to predict (empty folder?)")
+    if heatmap_dir is not None:
+        heatmap_dir.mkdir(parents=True, exist_ok=True)
+    ok = 0
+    if not json_out:
+        print(f"model {predictor.model_id} ({len(predictor.classes)} conditions, "
+              f"uncertain below {predictor.card.threshold:.0%})")
+    for i in range(0, len(files), batch_size):
+        chunk = files[i: i + batch_size]
+        results = predictor.predict_many(chunk, top_k=top_k, heatmap=heatmap_dir is not None,
+                                         batch_size=batch_size)
+        for f, r in zip(chunk, results, strict=True):
+            if isinstance(r, ImageError):
+                if json_out:
+                    print(json.dumps({"source": str(f), "error": {"code": r.code,
+                                                                  "message": r.message}}))
+                else:
+                    print(f"{f}: error: {r.message}", file=sys.stderr)
+                continue
+            ok += 1
+            if heatmap_dir is not None and r.heatmap is not None and r.image is not None:
+                name = f"{f.stem}.heatmap.png"
+                heatmap_overlay(r.image, r.heatmap).save(heatmap_dir / name)
+            print(json.dumps(_json(r, predictor)) if json_out else _line(f, r))
+    if not json_out:
+        print(f"\n{ok} of {len(files)} predicted. {DISCLAIMER_EN}")
+    return 0 if ok else 1
+
+
+def _json(r: Prediction, predictor: Predictor) -> dict[str, object]:
+    d = r.to_dict()
+    d["model"] = predictor.model_id
+    d["disclaimer"] = DISCLAIMER_EN
+    return d
+
+
+def _line(f: Path, r: Prediction) -> str:
+    tops = ", ".join(f"{c} {p:.0%}" for c, p in r.top)
+    head = "UNCERTAIN" if r.uncertain else r.label
+    flag = "  -> see a doctor soon" if r.see_doctor else ""
+    return f"{f}: {head} ({tops}){flag}"

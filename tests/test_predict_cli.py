@@ -1,0 +1,65 @@
+"""`kulit predict` on files and folders: table, JSON lines, bad files, exit status."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from kulit.cli import app
+from kulit.predict import Predictor
+from tests.conftest import make_image
+
+runner = CliRunner()
+
+
+def test_folder_with_a_bad_file_still_predicts_the_rest(onnx_model_dir, tmp_path):
+    d = tmp_path / "photos"
+    d.mkdir()
+    for i in range(3):
+        make_image(i, (90, 70), i).save(d / f"p{i}.jpg")
+    (d / "fake.jpg").write_bytes(b"%PDF-1.4 this is a pdf")
+    r = runner.invoke(app, ["predict", "--model", str(onnx_model_dir), str(d), "--json"])
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(x) for x in r.stdout.splitlines() if x.strip()]
+    assert len(lines) == 4
+    errors = [x for x in lines if "error" in x]
+    assert len(errors) == 1 and errors[0]["error"]["code"] == "not_image"
+    good = [x for x in lines if "error" not in x]
+    pred = Predictor(onnx_model_dir)
+    for x in good:
+        p = pred.predict_one(x["source"])
+        assert x["top"][0]["label"] == p.top[0][0]
+        assert abs(x["top"][0]["probability"] - p.top[0][1]) < 1e-6
+        assert "not a diagnosis" in x["disclaimer"]
+
+
+def test_table_output_and_heatmaps(onnx_model_dir, tmp_path):
+    f = tmp_path / "a.png"
+    make_image(5).save(f)
+    r = runner.invoke(app, ["predict", "--model", str(onnx_model_dir), str(f), "--top-k", "2",
+                            "--heatmap-dir", str(tmp_path / "hm")])
+    assert r.exit_code == 0, r.output
+    assert "a.png" in r.stdout and "not a diagnosis" in r.stdout
+    assert (tmp_path / "hm" / "a.heatmap.png").is_file()
+
+
+def test_nothing_predictable_exits_non_zero(onnx_model_dir, tmp_path):
+    bad = tmp_path / "x.jpg"
+    bad.write_text("hello")
+    r = runner.invoke(app, ["predict", "--model", str(onnx_model_dir), str(bad)])
+    assert r.exit_code == 1
+    r = runner.invoke(app, ["predict", "--model", str(onnx_model_dir), str(tmp_path / "no")])
+    assert r.exit_code == 1 and "not found" in r.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = runner.invoke(app, ["predict", "--model", str(onnx_model_dir), str(empty)])
+    assert r.exit_code == 2 and "no files" in r.output
+
+
+def test_missing_model_is_one_line(tmp_path):
+    f = tmp_path / "a.png"
+    make_image(1).save(f)
+    r = runner.invoke(app, ["predict", "--model", str(tmp_path / "nomodel"), str(f)])
+    assert r.exit_code == 2
+    assert "model directory not found" in r.output and "Traceback" not in r.output
