@@ -12,17 +12,24 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from kulit.cli import app
-from kulit.errors import ImageError, KulitError
+from kulit.errors import ImageError, KulitError, ModelError
 from kulit.explain import (
     PAPER_INPUTS,
     PAPER_PRINTED,
     conv2d_valid,
     explain_image,
+    explain_photo,
+    first_layer_grid,
     format_explanation,
+    grid_columns,
     paper_walkthrough,
     parse_at,
     softmax,
+    softmax_steps,
+    to_json,
 )
+from kulit.predict import Predictor
+from tests.conftest import image_bytes, make_image
 
 runner = CliRunner()
 
@@ -317,3 +324,193 @@ def test_explain_never_imports_torch() -> None:
     code = ("import sys, kulit.explain as e; e.paper_walkthrough(); "
             "assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- the real model on a photo --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def predictor(onnx_model_dir: Path) -> Predictor:
+    return Predictor(onnx_model_dir)
+
+
+@pytest.fixture()
+def skin_photo(tmp_path: Path) -> Path:
+    path = tmp_path / "skin.jpg"
+    path.write_bytes(image_bytes(make_image(7, (130, 100), 1), quality=90))
+    return path
+
+
+def test_model_section_first_layer(onnx_model_dir: Path, predictor: Predictor,
+                                   skin_photo: Path) -> None:
+    m = explain_image(skin_photo, model_dir=onnx_model_dir)["model"]
+    maps = predictor.first_layer(skin_photo)
+    fl = m["first_layer"]
+    assert (fl["filters"], fl["height"], fl["width"]) == maps.shape == (8, 8, 8)
+    assert fl["stride"] == 4  # a 32x32 crop to 8x8 maps
+    assert fl["note"] == ("the paper's example mentions 32 filters; this model's first layer "
+                          "has 8")
+    assert fl["stats"]["mean"] == pytest.approx(maps.reshape(8, -1).mean(1), abs=1e-4)
+    assert fl["stats"]["max"] == pytest.approx(maps.reshape(8, -1).max(1), abs=1e-4)
+    # the maps are already 8x8, so the preview is the maps themselves (rounded)
+    assert np.asarray(fl["preview"]["maps"]) == pytest.approx(maps, abs=1e-3)
+    assert m["backbone"] == "tiny" and m["input_size"] == 32
+
+
+def test_preview_is_block_average_of_big_maps(predictor: Predictor, skin_photo: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    big = np.random.default_rng(0).normal(size=(3, 16, 16)).astype(np.float32)
+    monkeypatch.setattr(predictor, "first_layer", lambda src: big)
+    from kulit.explain import explain_model
+
+    fl = explain_model(predictor, skin_photo).summary["first_layer"]
+    prev = np.asarray(fl["preview"]["maps"])
+    assert prev.shape == (3, 8, 8)
+    assert prev == pytest.approx(big.reshape(3, 8, 2, 8, 2).mean(axis=(2, 4)), abs=1e-3)
+
+
+def test_softmax_steps_match_predictor(onnx_model_dir: Path, predictor: Predictor,
+                                       skin_photo: Path) -> None:
+    m = explain_image(skin_photo, model_dir=onnx_model_dir)["model"]
+    sm = m["softmax"]
+    pred = predictor.predict_one(skin_photo)
+    assert sm["temperature"] == 1.5
+    assert sm["logits"] == pytest.approx(pred.logits.tolist(), abs=1e-6)
+    assert sm["scaled"] == pytest.approx((np.asarray(sm["logits"]) / 1.5).tolist(), rel=1e-12)
+    assert sm["exp"] == pytest.approx(np.exp(np.asarray(sm["scaled"]) - sm["shift"]).tolist())
+    assert sm["sum"] == pytest.approx(sum(sm["exp"]))
+    assert sum(sm["probs"]) == pytest.approx(1.0, abs=1e-12)
+    np.testing.assert_allclose(sm["probs"], pred.probs, atol=1e-6, rtol=0)
+    assert [t["label"] for t in m["top"]] == [c for c, _ in pred.top]
+    assert m["uncertain"] == pred.uncertain and m["threshold"] == 0.5
+    assert m["check"]["max_abs_diff"] < 1e-9
+
+
+def test_softmax_steps_shift_only_when_needed() -> None:
+    small = softmax_steps([1.0, 2.0, 3.0], 2.0)
+    assert small["shift"] == 0.0 and small["exp"][0] == pytest.approx(math.exp(0.5))
+    big = softmax_steps([1000.0, 1001.0], 1.0)  # exp(1000) would overflow
+    assert big["shift"] == 1001.0 and big["exp"] == pytest.approx([math.exp(-1), 1.0])
+    assert big["probs"] == pytest.approx(softmax([0.0, 1.0]).tolist())
+
+
+def test_explain_photo_arrays_for_the_page(predictor: Predictor, skin_photo: Path) -> None:
+    d, arrays = explain_photo(skin_photo.read_bytes(), predictor=predictor, at=(3, 4))
+    assert d["at"] == [3, 4] and d["model"]["first_layer"]["filters"] == 8
+    assert arrays is not None and arrays.maps.shape == (8, 8, 8)
+    np.testing.assert_allclose(arrays.maps, predictor.first_layer(skin_photo), atol=1e-6)
+    assert arrays.prediction.heatmap is not None and arrays.prediction.image.size == (32, 32)
+    assert explain_photo(skin_photo)[1] is None  # no model, no arrays
+
+
+def test_first_layer_grid_tiles() -> None:
+    rng = np.random.default_rng(1)
+    maps = rng.normal(size=(8, 5, 6))
+    maps[2] = 3.0  # a constant map is drawn black, not divided by zero
+    img = first_layer_grid(maps)
+    assert grid_columns(8) == 4 and grid_columns(32) == 8 and grid_columns(7) == 3
+    assert img.mode == "L" and img.size == (4 * 6 + 3, 2 * 5 + 1)
+    g = np.asarray(img)
+    tiles = [g[r * 6: r * 6 + 5, c * 7: c * 7 + 6] for r in range(2) for c in range(4)]
+    assert len(tiles) == 8
+    for i, t in enumerate(tiles):
+        m = maps[i]
+        if i == 2:
+            assert (t == 0).all()
+            continue
+        want = np.round((m - m.min()) / (m.max() - m.min()) * 255)
+        np.testing.assert_array_equal(t, want)
+    assert (g[5, :] == 255).all() and (g[:, 6] == 255).all()  # 1-pixel gaps
+
+
+def test_first_layer_grid_empty_slots_scale_and_shrink() -> None:
+    maps = np.random.default_rng(2).normal(size=(7, 4, 4))
+    img = first_layer_grid(maps, scale=3)  # 3 columns, 3 rows, 2 empty slots
+    assert img.size == (3 * 12 + 2, 3 * 12 + 2)
+    g = np.asarray(img)
+    assert (g[26:, 13:] == 255).all()  # the two empty slots of the last row are gap colour
+    small = first_layer_grid(np.random.default_rng(3).normal(size=(4, 112, 112)), max_tile=28)
+    assert small.size == (2 * 28 + 1, 2 * 28 + 1)
+    with pytest.raises(ValueError):
+        first_layer_grid(np.zeros((0, 4, 4)))
+
+
+def test_text_shows_the_model_steps(onnx_model_dir: Path, skin_photo: Path) -> None:
+    d = explain_image(skin_photo, model_dir=onnx_model_dir)
+    text = format_explanation(d)
+    assert "6. Flatten" in text  # the patch steps come first
+    assert "8 filters" in text and "mentions 32 filters; this model's first layer has 8" in text
+    assert "T = 1.5" in text and "p_i = exp(z_i / T) / sum_j exp(z_j / T)" in text
+    top = d["model"]["top"][0]
+    assert f"{top['label']} {top['probability']:.1%}" in text
+    for c in d["model"]["classes"]:
+        assert c in text
+    assert "largest difference" in text
+
+
+def test_json_is_small_and_round_trips(onnx_model_dir: Path, skin_photo: Path) -> None:
+    d = explain_image(skin_photo, model_dir=onnx_model_dir)
+    text = to_json(d)
+    assert json.loads(text) == d
+    assert "[0, 1, 0, -1]" not in text and "[1, 0, -1]" in text  # matrix rows on one line
+    assert len(text) < 20_000
+    tricky = {"note": "[1,  2]", "rows": [[1, 2], [3, 4]]}
+    assert json.loads(to_json(tricky)) == tricky
+
+
+def test_bad_model_dir_is_a_model_error(tmp_path: Path, skin_photo: Path) -> None:
+    with pytest.raises(ModelError):
+        explain_image(skin_photo, model_dir=tmp_path / "nope")
+
+
+def test_cli_model_json_agrees_with_predictor(onnx_model_dir: Path, predictor: Predictor,
+                                              skin_photo: Path) -> None:
+    r = runner.invoke(app, ["explain", str(skin_photo), "--model", str(onnx_model_dir),
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.stdout)["model"]
+    pred = predictor.predict_one(skin_photo)
+    assert m["top"][0]["label"] == pred.label
+    assert m["top"][0]["probability"] == pytest.approx(pred.confidence, abs=1e-6)
+    np.testing.assert_allclose(m["softmax"]["probs"], pred.probs, atol=1e-6, rtol=0)
+
+
+def test_cli_explain_agrees_with_cli_predict(onnx_model_dir: Path, skin_photo: Path) -> None:
+    if "predict" not in [c.name for c in app.registered_commands]:
+        pytest.skip("kulit predict is not registered")
+    e = runner.invoke(app, ["explain", str(skin_photo), "--model", str(onnx_model_dir),
+                            "--json"])
+    p = runner.invoke(app, ["predict", "--model", str(onnx_model_dir), str(skin_photo),
+                            "--json"])
+    assert e.exit_code == 0 and p.exit_code == 0, e.output + p.output
+    got, want = json.loads(e.stdout)["model"], json.loads(p.stdout.splitlines()[0])
+    assert [t["label"] for t in got["top"]] == [t["label"] for t in want["top"]]
+    for a, b in zip(got["top"], want["top"], strict=True):
+        assert a["probability"] == pytest.approx(b["probability"], abs=1e-6)
+    assert got["uncertain"] == want["uncertain"]
+
+
+def test_cli_model_text(onnx_model_dir: Path, skin_photo: Path) -> None:
+    r = runner.invoke(app, ["explain", str(skin_photo), "--model", str(onnx_model_dir)])
+    assert r.exit_code == 0, r.output
+    assert "this model's first layer has 8" in r.stdout and "9. Softmax" in r.stdout
+
+
+def test_cli_default_model_or_a_note(onnx_model_dir: Path, skin_photo: Path, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no models/kulit-skin8 here
+    r = runner.invoke(app, ["explain", str(skin_photo)])
+    assert r.exit_code == 0, r.output
+    assert "No model found at models/kulit-skin8" in r.stdout and "--model DIR" in r.stdout
+    assert "6. Flatten" in r.stdout and "Softmax" not in r.stdout
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "kulit-skin8").symlink_to(onnx_model_dir)
+    r = runner.invoke(app, ["explain", str(skin_photo), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["model"]["first_layer"]["filters"] == 8
+
+
+def test_cli_bad_model_is_one_line(tmp_path: Path, skin_photo: Path) -> None:
+    r = runner.invoke(app, ["explain", str(skin_photo), "--model", str(tmp_path / "nope")])
+    assert r.exit_code == 2 and r.stdout == ""
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1

@@ -74,7 +74,9 @@ def explain(
         typer.Argument(help="Photo to walk through; without it, the paper's worked example"),
     ] = None,
     model: Annotated[
-        Path | None, typer.Option("--model", help="Model directory", metavar="DIR")
+        Path | None, typer.Option("--model", help="Model directory [models/kulit-skin8 if it "
+                                  "exists]; adds the real model's first layer and softmax",
+                                  metavar="DIR")
     ] = None,
     at: Annotated[
         str | None,
@@ -84,9 +86,14 @@ def explain(
     as_json: Annotated[bool, typer.Option("--json", help="Print the steps as JSON")] = False,
 ) -> None:
     """Show the CNN's steps (patch, conv, sum, ReLU, flatten, dense, softmax) with the numbers."""
-    import json
-
-    from kulit.explain import explain_image, format_explanation, paper_walkthrough, parse_at
+    from kulit.explain import (
+        explain_image,
+        format_explanation,
+        paper_walkthrough,
+        parse_at,
+        resolve_model_dir,
+        to_json,
+    )
 
     if image is None:
         if model is not None or at is not None:
@@ -94,9 +101,11 @@ def explain(
                              "shows the paper's worked example")
         result = paper_walkthrough()
     else:
-        result = explain_image(image, model_dir=model, at=parse_at(at) if at else None)
-    typer.echo(json.dumps(result, indent=2, ensure_ascii=False) if as_json
-               else format_explanation(result))
+        model_dir, note = resolve_model_dir(model)  # default: models/kulit-skin8 if present
+        result = explain_image(image, model_dir=model_dir, at=parse_at(at) if at else None)
+        if note:
+            result["model_note"] = note
+    typer.echo(to_json(result) if as_json else format_explanation(result))
 
 
 @app.command("train")

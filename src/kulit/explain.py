@@ -8,13 +8,16 @@ functions return plain dicts (JSON-ready); the `format_*` functions turn them in
 from __future__ import annotations
 
 import io
+import json
 import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kulit.errors import ImageError, KulitError, ModelError
+from kulit.errors import ImageError, KulitError
 
 PAPER_TITLE = (
     "Penerapan Artificial Intelligence Untuk Klasifikasi Penyakit Kulit "
@@ -270,17 +273,22 @@ def _load_rgb_patch(image: Any, at: tuple[int, int] | None
 
 
 def explain_image(image: str | Path | bytes | Any, model_dir: str | Path | None = None,
-                  at: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Run the paper's numeric steps on a 4x4 patch of a photo (default: its centre).
+                  at: tuple[int, int] | None = None, *, predictor: Any = None) -> dict[str, Any]:
+    """Run the paper's numeric steps on a 4x4 patch of a photo (default: its centre), then,
+    given a model (a directory or a loaded `Predictor`), the real model's steps on the photo.
 
     `at` is the patch's top-left pixel (x = column, y = row) in the upright image.
     """
-    if model_dir is not None:
-        raise ModelError("kulit explain --model is not available yet; "
-                         "run it without --model to see the numeric steps")
+    return explain_photo(image, model_dir, at, predictor=predictor)[0]
+
+
+def explain_photo(image: str | Path | bytes | Any, model_dir: str | Path | None = None,
+                  at: tuple[int, int] | None = None, *, predictor: Any = None
+                  ) -> tuple[dict[str, Any], ModelExplanation | None]:
+    """Like `explain_image`, also returning the arrays (maps, heatmap, crop) for rendering."""
     kernel = np.asarray(PAPER_INPUTS["kernel"])
     patch, (x, y), (w, h), name = _load_rgb_patch(image, at)
-    return {
+    result: dict[str, Any] = {
         "source": "image",
         "image": {"path": name, "width": w, "height": h},
         "at": [x, y],
@@ -293,6 +301,189 @@ def explain_image(image: str | Path | bytes | Any, model_dir: str | Path | None 
         "steps": conv_steps(patch, kernel, stride=1),
         "model": None,
     }
+    if predictor is None and model_dir is None:
+        return result, None
+    if predictor is None:
+        from kulit.predict import Predictor
+
+        predictor = Predictor(model_dir)
+    explained = explain_model(predictor, image)
+    result["model"] = explained.summary
+    return result, explained
+
+
+# ---------------------------------------------------------------------------------------------
+# The real model on a photo
+# ---------------------------------------------------------------------------------------------
+DEFAULT_MODEL_DIR = Path("models/kulit-skin8")
+PAPER_FILTERS = 32  # the paper's example says its first convolution layer has 32 filters
+PREVIEW_SIDE = 8  # first-layer maps go into JSON as at most 8x8 block averages
+PROBS_ATOL = 1e-9  # the step-by-step softmax must reproduce Predictor's probabilities
+NO_MODEL_NOTE = (
+    "No model found at {path}, so only the patch steps are shown. Train and export one "
+    "(kulit train, then kulit export RUN --out {path}) or pass --model DIR."
+)
+
+
+@dataclass
+class ModelExplanation:
+    """The model section (JSON-ready) plus the arrays a page draws: maps, heatmap, crop."""
+
+    summary: dict[str, Any]
+    maps: np.ndarray  # first conv layer after its norm and activation, [F, h, w]
+    prediction: Any  # kulit.predict.Prediction with .heatmap and .image (the crop)
+
+
+def resolve_model_dir(model: str | Path | None) -> tuple[Path | None, str | None]:
+    """An explicit --model is used as given; without it, models/kulit-skin8 if it exists.
+
+    Returns (model dir or None, a one-line note when no model is used).
+    """
+    if model is not None:
+        return Path(model), None
+    if DEFAULT_MODEL_DIR.is_dir():
+        return DEFAULT_MODEL_DIR, None
+    return None, NO_MODEL_NOTE.format(path=DEFAULT_MODEL_DIR)
+
+
+def softmax_steps(logits: np.ndarray | list[float], temperature: float) -> dict[str, Any]:
+    """p_i = exp(z_i / T) / sum_j exp(z_j / T), each intermediate kept (float64).
+
+    If some |z / T| exceeds 50, every z / T is first shifted by its maximum (recorded as
+    `shift`): the probabilities are the same and exp cannot overflow.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    scaled = z / float(temperature)
+    shift = float(scaled.max()) if np.abs(scaled).max() > 50 else 0.0
+    e = np.exp(scaled - shift)
+    total = float(e.sum())
+    return {
+        "temperature": float(temperature),
+        "logits": z.tolist(),
+        "scaled": scaled.tolist(),
+        "shift": shift,
+        "exp": e.tolist(),
+        "sum": total,
+        "probs": (e / total).tolist(),
+    }
+
+
+def _block_preview(m: np.ndarray, side: int = PREVIEW_SIDE) -> np.ndarray:
+    """Average a map down to at most `side` a side, keeping its shape (Pillow's BOX filter)."""
+    from PIL import Image
+
+    h, w = m.shape
+    if max(h, w) <= side:
+        return m.astype(np.float64)
+    size = (max(1, round(w * side / max(h, w))), max(1, round(h * side / max(h, w))))
+    img = Image.fromarray(np.ascontiguousarray(m, dtype=np.float32), "F")
+    return np.asarray(img.resize(size, Image.Resampling.BOX), dtype=np.float64)
+
+
+def explain_model(predictor: Any, image: str | Path | bytes | Any) -> ModelExplanation:
+    """The real model on the photo: its first layer's maps and its softmax, step by step.
+
+    The probabilities are recomputed here from the logits and checked against what
+    `Predictor.predict_one` (and so `kulit predict`) returns for the same photo.
+    """
+    card = predictor.card
+    pred = predictor.predict_one(image, top_k=3, heatmap=True)
+    # The crop is exactly what the model saw, so reusing it skips a second decode.
+    maps = np.asarray(predictor.first_layer(pred.image), dtype=np.float32)
+    f, h, w = maps.shape
+    size = card.preprocessing.input_size
+
+    soft = softmax_steps(pred.logits, card.temperature)
+    diff = float(np.abs(np.asarray(soft["probs"]) - pred.probs).max())
+    if diff > PROBS_ATOL:  # a bug, not a user error: the two paths must agree
+        raise RuntimeError(f"step-by-step softmax differs from Predictor by {diff:.3g}")
+
+    flat = maps.reshape(f, -1).astype(np.float64)
+    previews = [_block_preview(m) for m in maps]
+    summary: dict[str, Any] = {
+        "name": card.name,
+        "backbone": card.backbone,
+        "classes": list(card.classes),
+        "input_size": size,
+        "first_layer": {
+            "filters": f,
+            "height": h,
+            "width": w,
+            "stride": round(size / h, 3) if h else None,
+            "paper_filters": PAPER_FILTERS,
+            "note": f"the paper's example mentions {PAPER_FILTERS} filters; this model's "
+                    f"first layer has {f}",
+            "stats": {"mean": np.round(flat.mean(axis=1), 4).tolist(),  # one per filter
+                      "min": np.round(flat.min(axis=1), 4).tolist(),
+                      "max": np.round(flat.max(axis=1), 4).tolist()},
+            "preview": {"height": previews[0].shape[0], "width": previews[0].shape[1],
+                        "maps": [np.round(p, 3).tolist() for p in previews]},
+        },
+        "softmax": soft,
+        "top": [{"label": c, "probability": round(p, 6)} for c, p in pred.top],
+        "label": None if pred.uncertain else pred.label,
+        "confidence": round(pred.confidence, 6),
+        "threshold": float(card.threshold),
+        "uncertain": pred.uncertain,
+        "see_doctor": pred.see_doctor,
+        "heatmap": None if pred.heatmap is None else np.round(pred.heatmap, 3).tolist(),
+        "check": {"against": "kulit predict",
+                  "max_abs_diff": diff, "agrees": True},
+    }
+    return ModelExplanation(summary=summary, maps=maps, prediction=pred)
+
+
+def grid_columns(f: int) -> int:
+    """Columns for f tiles: about square, preferring a full last row (32 -> 8 x 4, 8 -> 4 x 2)."""
+    c0 = math.ceil(math.sqrt(f))
+    return next((c for c in range(c0, 2 * c0 + 1) if f % c == 0), c0)
+
+
+def first_layer_grid(maps: np.ndarray, cols: int | None = None, scale: int = 1,
+                     gap: int = 1, gap_value: int = 255, max_tile: int | None = None) -> Any:
+    """Tile first-layer maps [F, h, w] into one greyscale PIL image, each map min-max scaled.
+
+    Row-major in filter order, `cols` per row (default: `grid_columns`), `gap` pixels between
+    tiles. `max_tile` first box-averages larger maps down to that side (a smaller page);
+    `scale` enlarges each pixel to a scale x scale block (tiny maps). A constant map is black.
+    """
+    from PIL import Image
+
+    maps = np.asarray(maps, dtype=np.float64)
+    if maps.ndim != 3 or maps.shape[0] == 0:
+        raise ValueError(f"maps must be [F, h, w] with F >= 1, got shape {maps.shape}")
+    if max_tile is not None and max(maps.shape[1:]) > max_tile:
+        maps = np.stack([_block_preview(m, max_tile) for m in maps])
+    f, h, w = maps.shape
+    cols = cols or grid_columns(f)
+    rows = math.ceil(f / cols)
+    lo = maps.min(axis=(1, 2), keepdims=True)
+    span = maps.max(axis=(1, 2), keepdims=True) - lo
+    norm = np.where(span > 0, (maps - lo) / np.where(span > 0, span, 1.0), 0.0)
+    tiles = np.round(norm * 255).astype(np.uint8)
+    if scale > 1:
+        tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)
+        h, w = h * scale, w * scale
+    grid = np.full((rows * h + (rows - 1) * gap, cols * w + (cols - 1) * gap), gap_value,
+                   dtype=np.uint8)
+    for i in range(f):
+        r, c = divmod(i, cols)
+        grid[r * (h + gap): r * (h + gap) + h, c * (w + gap): c * (w + gap) + w] = tiles[i]
+    return Image.fromarray(grid, "L")
+
+
+_NUM_LIST = re.compile(r"\[\s*(-?[0-9][-0-9.eE+]*(?:,\s*-?[0-9][-0-9.eE+]*)*)\s*\]")
+
+
+def to_json(d: dict[str, Any]) -> str:
+    """Indented JSON with each innermost list of numbers on one line (a table row per line)."""
+    plain = json.dumps(d, indent=2, ensure_ascii=False)
+    compact = _NUM_LIST.sub(lambda m: "[" + ", ".join(re.split(r",\s*", m.group(1))) + "]",
+                            plain)
+    try:  # a string value that looks like a list must not be altered
+        return compact if json.loads(compact) == d else plain
+    except ValueError:
+        return plain
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,13 +600,94 @@ def _where(step: str, position: list[int] | None) -> str:
 
 
 def format_image_steps(d: dict[str, Any]) -> str:
-    """Render `explain_image()` as plain-text tables."""
+    """Render `explain_image()` as plain-text tables: the patch steps, then the model's."""
     img = d["image"]
     x, y = d["at"]
     lines = [f"{img['path'] or 'image'} ({img['width']}x{img['height']}), 4x4 patch with "
              f"top-left pixel x={x}, y={y} (upright, RGB)", ""]
     lines += _format_conv_part(d, [])
+    if d.get("model"):
+        lines += ["", *format_model_part(d["model"])]
+    elif d.get("model_note"):
+        lines += ["", d["model_note"]]
     return "\n".join(lines)
+
+
+def _fmt_fixed(v: float, decimals: int) -> str:
+    return f"{v:.{decimals}f}"
+
+
+def _fmt_exp(v: float) -> str:
+    return f"{v:.6g}" if 1e-4 <= abs(v) < 1e7 or v == 0 else f"{v:.4e}"
+
+
+def format_first_layer(m: dict[str, Any]) -> list[str]:
+    """Step 7: the model's first convolution layer, one row of statistics per filter."""
+    fl = m["first_layer"]
+    size = m["input_size"]
+    lines = [f"7. The real model's first convolution layer ({m['backbone']}): "
+             f"{fl['filters']} filters,",
+             f"   each gives a {fl['height']}x{fl['width']} map of the {size}x{size} crop "
+             f"(stride {_fmt_num(fl['stride'])}). Like steps 2-5, with learned kernels,",
+             "   then the layer's normalisation and activation.",
+             f"   Note: {fl['note']}."]
+    rows = [["FILTER", "MEAN", "MIN", "MAX"]]
+    st = fl["stats"]
+    rows += [[str(i + 1), _fmt_fixed(a, 4), _fmt_fixed(b, 4), _fmt_fixed(c, 4)]
+             for i, (a, b, c) in enumerate(zip(st["mean"], st["min"], st["max"], strict=True))]
+    lines += ["   " + s for s in format_matrix(rows)]
+    return lines
+
+
+def format_softmax(m: dict[str, Any]) -> list[str]:
+    """Steps 8-10: logits -> divide by T -> exp -> sum -> probabilities, then the answer."""
+    sm = m["softmax"]
+    t = sm["temperature"]
+    shift = sm["shift"]
+    e_head = "EXP(Z/T)" if not shift else f"EXP(Z/T - {_fmt_num(shift)})"
+    lines = [f"8. The model's final logits z, one per condition, divided by the temperature "
+             f"T = {_fmt_num(t)}.",
+             "   T comes from the model card, fitted on validation photos so the "
+             "probabilities are honest",
+             "   (T = 1 would leave the logits as they are).",
+             "", "9. Softmax: p_i = exp(z_i / T) / sum_j exp(z_j / T)"]
+    width = max(len("CONDITION"), *(len(c) for c in m["classes"]))
+    rows = [["CONDITION".ljust(width), "Z", "Z / T", e_head, "P"]]
+    for c, z, s, e, p in zip(m["classes"], sm["logits"], sm["scaled"], sm["exp"], sm["probs"],
+                             strict=True):
+        rows.append([c.ljust(width), _fmt_fixed(z, 4), _fmt_fixed(s, 4), _fmt_exp(e),
+                     _fmt_fixed(p, 6)])
+    rows.append(["sum".ljust(width), "", "", _fmt_exp(sm["sum"]), _fmt_fixed(sum(sm["probs"]), 6)])
+    lines += ["   " + s for s in format_matrix(rows)]
+    if shift:
+        lines.append(f"   (every z / T was first lowered by its largest value {_fmt_num(shift)}"
+                     "; the probabilities are the same and exp cannot overflow)")
+    top = ", ".join(f"{t_['label']} {t_['probability']:.1%}" for t_ in m["top"])
+    lines += ["", f"10. Top {len(m['top'])}: {top}"]
+    if m["uncertain"]:
+        lines.append(f"    UNCERTAIN: the top probability {m['confidence']:.1%} is below the "
+                     f"model's threshold {m['threshold']:.0%}")
+    else:
+        lines.append(f"    Answer: {m['label']} (top probability {m['confidence']:.1%}, "
+                     f"threshold {m['threshold']:.0%})")
+    if m["see_doctor"]:
+        lines.append("    -> see a doctor soon")
+    chk = m["check"]
+    lines.append(f"    Check: the same probabilities as {chk['against']}, "
+                 f"largest difference {chk['max_abs_diff']:.1e}.")
+    return lines
+
+
+def format_model_part(m: dict[str, Any]) -> list[str]:
+    """The real model's part of `explain_image()` as text lines."""
+    size = m["input_size"]
+    lines = [f"Model {m['name']} on this photo. Steps 1-6 used the paper's illustrative kernel "
+             "on one patch;",
+             f"the real model works on the whole photo, resized and centre-cropped to "
+             f"{size}x{size}.", ""]
+    lines += format_first_layer(m)
+    lines += [""] + format_softmax(m)
+    return lines
 
 
 def format_explanation(d: dict[str, Any]) -> str:
