@@ -223,5 +223,33 @@ def predict_cmd(
                                  heatmap_dir=heatmap_dir, batch_size=batch_size))
 
 
+@app.command()
+@friendly
+def serve(
+    model: Annotated[
+        Path, typer.Option("--model", help="Model directory (model.onnx + card.json)",
+                           metavar="DIR", envvar="KULIT_MODEL_DIR")
+    ] = Path("models/kulit-skin8"),
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port", min=1, max=65535)] = 8000,
+) -> None:
+    """Serve the web app and JSON API (torch-free). Not a diagnosis."""
+    try:
+        import uvicorn
+
+        from kulit.predict import Predictor
+        from kulit.web.app import create_app
+        from kulit.web.settings import Settings
+    except ImportError as e:
+        raise KulitError(f"kulit serve needs the serve extra ({e.name} is missing): "
+                         "pip install 'kulit[serve]'") from None
+
+    predictor = Predictor(model)  # a bad model dir fails here, before the server starts
+    settings = Settings(model_dir=model)
+    typer.echo(f"kulit: serving {predictor.model_id} on http://{host}:{port}  (Ctrl+C stops)",
+               err=True)
+    uvicorn.run(create_app(settings, predictor=predictor), host=host, port=port)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

@@ -1,0 +1,118 @@
+"""The FastAPI app factory: loads the model once in the lifespan, mounts pages, API and static."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import kulit
+from kulit.predict import Predictor
+from kulit.web import routes_api, routes_pages
+from kulit.web.routes_api import error_response
+from kulit.web.settings import Settings
+
+STATIC_DIR = Path(__file__).with_name("static")
+API_PREFIXES = ("/api/", "/healthz")
+# Pages load nothing from other hosts (no CDN; works offline). /docs is FastAPI's and is exempt.
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+    "script-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+NO_STORE_PATHS = ("/predict", "/api/v1/predict")  # answers that carry the photo or its result
+
+
+def is_api(request: Request) -> bool:
+    return request.url.path.startswith(API_PREFIXES)
+
+
+class SecurityHeaders:
+    """Add nosniff/referrer headers everywhere, a strict CSP on pages, no-store on results."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                ctype = dict(headers).get(b"content-type", b"")
+                headers += [(b"x-content-type-options", b"nosniff"),
+                            (b"referrer-policy", b"no-referrer")]
+                if ctype.startswith(b"text/html") and not path.startswith(("/docs", "/redoc")):
+                    headers.append((b"content-security-policy", PAGE_CSP.encode()))
+                if path in NO_STORE_PATHS:
+                    headers.append((b"cache-control", b"no-store"))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def create_app(settings: Settings | None = None, predictor: Predictor | None = None) -> FastAPI:
+    """Build the app. The Predictor is loaded in the lifespan unless one is handed in."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loaded_here = app.state.predictor is None
+        if loaded_here:
+            app.state.predictor = await run_in_threadpool(Predictor, settings.model_dir)
+        yield
+        if loaded_here:
+            app.state.predictor = None
+
+    app = FastAPI(
+        title="kulit",
+        version=kulit.__version__,
+        description="Skin-condition photo classifier that says how sure it is. "
+                    "**Not a diagnosis.**",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.predictor = predictor
+    app.include_router(routes_api.router)
+    app.include_router(routes_pages.router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(SecurityHeaders)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> Response:
+        if not is_api(request):
+            return await request_validation_exception_handler(request, exc)
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "query"))
+            parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else err.get("msg", ""))
+        return error_response("validation_error", "; ".join(parts) or "invalid request", 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if is_api(request):
+            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+            return error_response(code, str(exc.detail), exc.status_code)
+        if exc.status_code == 404 and request.app.state.predictor is not None:
+            s: Settings = request.app.state.settings
+            lang = routes_pages.resolve_lang(request, s.default_lang)
+            return routes_pages.render(request, "error.html", lang, s, request.app.state.predictor,
+                                       status=404)
+        return await http_exception_handler(request, exc)
+
+    return app

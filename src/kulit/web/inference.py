@@ -1,0 +1,47 @@
+"""One upload -> prediction (+ heatmap overlay) as plain data; CPU-bound, run in the threadpool."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from dataclasses import dataclass
+
+from PIL import Image
+
+from kulit.errors import ModelError
+from kulit.predict import Prediction, Predictor, heatmap_overlay
+
+
+@dataclass
+class Analysis:
+    """A prediction plus what the page and API show with it, all in memory."""
+
+    prediction: Prediction
+    overlay_png: bytes | None  # the heatmap blended over the crop, PNG
+    total_ms: float
+
+
+def analyse(predictor: Predictor, data: bytes, top_k: int, heatmap: bool) -> Analysis:
+    """Predict one image from bytes; a model without a heatmap still answers. Raises ImageError."""
+    t0 = time.perf_counter()
+    try:
+        pred = predictor.predict_one(data, top_k=top_k, heatmap=heatmap)
+    except ModelError:
+        if not heatmap:
+            raise
+        pred = predictor.predict_one(data, top_k=top_k, heatmap=False)
+    overlay = None
+    if heatmap and pred.heatmap is not None and pred.image is not None:
+        overlay = encode_image(heatmap_overlay(pred.image, pred.heatmap), "PNG")
+    return Analysis(pred, overlay, 1000 * (time.perf_counter() - t0))
+
+
+def encode_image(img: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"

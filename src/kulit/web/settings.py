@@ -1,0 +1,24 @@
+"""Serving settings from the environment (KULIT_MODEL_DIR, KULIT_MAX_UPLOAD_MB, ...)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """What the server needs to know; reached through a dependency so tests can override it."""
+
+    model_config = SettingsConfigDict(env_prefix="KULIT_", protected_namespaces=())
+
+    model_dir: Path = Path("models/kulit-skin8")  # model.onnx + card.json (+ head.npz)
+    max_upload_mb: float = Field(10.0, gt=0)  # larger uploads get 413, read no further
+    top_k: int = Field(3, ge=1, le=20)  # conditions shown / returned by default
+    default_lang: Literal["id", "en"] = "id"  # page language without ?lang= or a cookie
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)

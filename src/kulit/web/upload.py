@@ -1,0 +1,138 @@
+"""Read one file field of a multipart upload into memory, never more than the size limit.
+
+Starlette's form parser spools files over 1 MB to a temporary file on disk and reads the whole
+body before the endpoint runs; kulit promises photos never touch the disk, so it streams the
+body through python-multipart itself and keeps at most `limit + 1` bytes of the photo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+# Room for the multipart boundaries, part headers and small extra fields around the photo.
+OVERHEAD = 64 * 1024
+# Past the limit the rest of the body is read and dropped (so browsers get the error page rather
+# than a reset connection), up to this many bytes more; beyond that the server stops reading.
+DRAIN_MAX = 32 * 1024 * 1024
+
+
+class UploadRejected(Exception):
+    """An upload that cannot be used: code is missing_field | too_large | bad_request."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class _Part:
+    name: str = ""
+    is_target: bool = False
+    header_name: bytes = b""
+    header_value: bytes = b""
+    disposition: bytes = b""
+    data: bytearray = field(default_factory=bytearray)
+
+
+async def read_file_field(request: Request, name: str, limit: int) -> bytes:
+    """The bytes of multipart field `name`; UploadRejected if absent, empty, too big or garbled."""
+    ctype, params = parse_options_header(request.headers.get("content-type", ""))
+    if ctype != b"multipart/form-data":
+        raise UploadRejected(
+            "missing_field", f"send the photo as multipart/form-data with a file field '{name}'"
+        )
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise UploadRejected("bad_request", "multipart body without a boundary")
+    max_body = limit + OVERHEAD
+    too_big_msg = f"upload too large (limit {limit / 1024 / 1024:g} MB)"
+
+    found: list[bytes] = []
+    open_part = False  # a target part started and has not ended: a truncated body
+    over = False
+    part = _Part()
+
+    def on_part_begin() -> None:
+        nonlocal part
+        part = _Part()
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        part.header_name += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        part.header_value += data[start:end]
+
+    def on_header_end() -> None:
+        if part.header_name.lower() == b"content-disposition":
+            part.disposition = part.header_value
+        part.header_name = part.header_value = b""
+
+    def on_headers_finished() -> None:
+        nonlocal open_part
+        _, opts = parse_options_header(part.disposition)
+        part.name = opts.get(b"name", b"").decode("utf-8", "replace")
+        # A form may hold two inputs named `name` (file picker, camera): the first non-empty wins.
+        part.is_target = part.name == name and not found
+        open_part = part.is_target
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        nonlocal over
+        if not part.is_target or over:
+            return  # other fields are not kept; the body cap bounds their size
+        room = limit + 1 - len(part.data)  # keep at most limit + 1 bytes, enough to tell
+        part.data += data[start:min(end, start + room)]
+        if len(part.data) > limit:
+            over = True
+            part.data = bytearray()
+
+    def on_part_end() -> None:
+        nonlocal open_part
+        if part.is_target and not over and part.data:
+            found.append(bytes(part.data))
+        part.data = bytearray()
+        open_part = False
+
+    parser = MultipartParser(boundary, {
+        "on_part_begin": on_part_begin, "on_header_field": on_header_field,
+        "on_header_value": on_header_value, "on_header_end": on_header_end,
+        "on_headers_finished": on_headers_finished, "on_part_data": on_part_data,
+        "on_part_end": on_part_end,
+    })
+
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_body + DRAIN_MAX:
+        raise UploadRejected("too_large", too_big_msg)  # hopeless: do not read it at all
+    total = 0
+    broken = False
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > max_body:
+                over = True
+            if over:
+                if total > max_body + DRAIN_MAX:
+                    break
+                continue
+            try:
+                parser.write(chunk)
+            except FormParserError:
+                broken = True
+                break
+        if not (over or broken):
+            parser.finalize()
+    except FormParserError:
+        broken = True
+    except ClientDisconnect:
+        raise UploadRejected("bad_request", "the upload was interrupted") from None
+    if over:
+        raise UploadRejected("too_large", too_big_msg)
+    if broken or open_part:
+        raise UploadRejected("bad_request", "malformed multipart body")
+    if not found:
+        raise UploadRejected("missing_field", f"no photo in the file field '{name}'")
+    return found[0]
