@@ -466,19 +466,19 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
     return out
 
 
-def choose_threshold(logits: np.ndarray, y: np.ndarray, target: float = 0.9) -> float:
+def choose_threshold(logits: np.ndarray, y: np.ndarray, target: float = 0.85) -> float:
     """Lowest confidence cut whose answered validation images are >= `target` accurate.
 
-    Clamped to [0.4, 0.8] so the model neither always answers nor almost never does.
+    Clamped to [0.4, 0.7] so the model neither always answers nor almost never does.
     """
     z = logits - logits.max(1, keepdims=True)
     p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
     conf, correct = p.max(1), p.argmax(1) == y
-    for t in np.round(np.arange(0.40, 0.81, 0.05), 2):
+    for t in np.round(np.arange(0.40, 0.71, 0.05), 2):
         keep = conf >= t
         if keep.sum() >= max(5, 0.2 * len(y)) and correct[keep].mean() >= target:
             return float(t)
-    return 0.8
+    return 0.7
 
 
 def format_history(history: list[dict[str, float]]) -> str:
