@@ -170,7 +170,8 @@ def data_rows(data: dict[str, Any]) -> dict[str, Any]:
 
 def metric_rows(metrics: dict[str, Any], lang: str) -> list[dict[str, str]]:
     """The headline test numbers that exist in the card, formatted for reading."""
-    ci95 = metrics.get("ci95") if isinstance(metrics.get("ci95"), dict) else {}
+    raw_ci = metrics.get("ci95")
+    ci95: dict[str, Any] = raw_ci if isinstance(raw_ci, dict) else {}
 
     def fmt(key: str, v: float) -> str:
         if key == "n":
@@ -184,9 +185,10 @@ def metric_rows(metrics: dict[str, Any], lang: str) -> list[dict[str, str]]:
         v = metrics.get(key)
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             continue
-        ci = ci95.get(key) if ci95 else None
-        ok_ci = (isinstance(ci, (list, tuple)) and len(ci) == 2
-                 and all(isinstance(x, (int, float)) for x in ci))
-        rows.append({"label": t(lang, f"m_{key}"), "value": fmt(key, v),
-                     "ci": f"{fmt(key, ci[0])} – {fmt(key, ci[1])}" if ok_ci else ""})
+        ci = ci95.get(key)
+        ci_text = ""
+        if (isinstance(ci, (list, tuple)) and len(ci) == 2
+                and all(isinstance(x, (int, float)) for x in ci)):
+            ci_text = f"{fmt(key, ci[0])} – {fmt(key, ci[1])}"
+        rows.append({"label": t(lang, f"m_{key}"), "value": fmt(key, v), "ci": ci_text})
     return rows

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,8 +15,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KULIT_", protected_namespaces=())
 
     model_dir: Path = Path("models/kulit-skin8")  # model.onnx + card.json (+ head.npz)
-    max_upload_mb: float = Field(10.0, gt=0)  # larger uploads get 413, read no further
-    top_k: int = Field(3, ge=1, le=20)  # conditions shown / returned by default
+    max_upload_mb: Annotated[float, Field(gt=0)] = 10.0  # larger uploads: 413, read no further
+    top_k: Annotated[int, Field(ge=1, le=20)] = 3  # conditions shown / returned by default
     default_lang: Literal["id", "en"] = "id"  # page language without ?lang= or a cookie
 
     @property
