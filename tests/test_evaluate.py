@@ -336,3 +336,24 @@ def test_cli_bad_inputs_exit_2(what: str, onnx_model_dir: Path, labelled: Path,
     expected = {"model": "model directory not found", "data": "data folder not found",
                 "split_csv": "split file not found", "split": "unknown split"}[what]
     assert expected in line
+
+
+def test_evaluating_into_the_model_dir_records_metrics_in_the_card(onnx_model_dir, tmp_path):
+    import shutil
+
+    from kulit.card import load_card
+    from kulit.evaluate import evaluate_model
+    from tests.conftest import make_image
+
+    model = tmp_path / "model"
+    shutil.copytree(onnx_model_dir, model)
+    data = tmp_path / "data"
+    for c, name in enumerate(["Melanoma", "Herpes"]):
+        (data / name).mkdir(parents=True)
+        for i in range(3):
+            make_image(10 * c + i, (60, 60), c).save(data / name / f"{i}.png")
+    m = evaluate_model(model, data, split="all", out=model, n_boot=50)
+    card = load_card(model)
+    assert card.metrics["n"] == m["n"] == 6
+    assert card.metrics["balanced_accuracy"] == m["balanced_accuracy"]
+    assert card.metrics["split"] == "all"

@@ -679,7 +679,24 @@ def evaluate_model(
         _write_predictions(out / PREDICTIONS_CSV, pred_rows)
     except OSError as e:
         raise DataError(f"cannot write {out / PREDICTIONS_CSV}: {e.strerror or e}") from None
+    if Path(out).resolve() == Path(model_dir).resolve():
+        record_in_card(card, metrics, model_dir)
     return metrics
+
+
+def record_in_card(card: Any, metrics: dict[str, Any], model_dir: Path) -> None:
+    """Evaluating into the model's own folder stores the headline numbers in its card."""
+    from kulit.card import save_card
+
+    card.metrics = {
+        "split": metrics["run"]["split"],
+        **{k: metrics.get(k) for k in ("n", "accuracy", "balanced_accuracy", "macro_f1",
+                                       "top3_accuracy", "ece", "ci95")},
+        "at_threshold": metrics.get("at_threshold"),
+        "per_class": [{k: c.get(k) for k in ("class", "correct", "total", "percent")}
+                      for c in metrics.get("per_class", [])],
+    }
+    save_card(card, Path(model_dir))
 
 
 def summary_lines(metrics: dict[str, Any], out: Path) -> list[str]:

@@ -55,7 +55,7 @@ class TrainConfig:
     head: str = "linear"  # "linear" (GAP -> fc) or "paper" (BN -> GAP -> 128 -> fc)
     hidden: int = 128  # paper head width
     dropout: float = 0.2  # before the last layer
-    epochs: int = 300  # upper bound; early stopping may end sooner
+    epochs: int = 100  # upper bound; early stopping may end sooner
     batch_size: int = 64
     lr: float = 1e-3  # Adam(W) learning rate
     weight_decay: float = 1e-4  # AdamW decoupled weight decay
@@ -64,7 +64,7 @@ class TrainConfig:
     views: int = 8  # cached views per training image (view 0 plain, the rest augmented)
     tta: bool = True  # average logits over the image and its mirror image
     finetune_blocks: int = 4  # last backbone blocks trained on cached inputs; 0 = frozen base
-    patience: int = 40  # epochs without val balanced-accuracy gain before stopping; 0 = off
+    patience: int = 15  # epochs without val balanced-accuracy gain before stopping; 0 = off
     mask_logo: bool = True  # paint the logo corner out of every image (train and serve)
     dedupe: bool = True  # one image per duplicate group, so copies do not count twice
     seed: int = 0
@@ -85,8 +85,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         mask_logo=False, finetune_blocks=0,
     ),
     "kulit": dict(
-        input_size=224, head="linear", dropout=0.2, epochs=300, batch_size=64, lr=1e-3,
-        weight_decay=1e-4, label_smoothing=0.1, balance=True, views=8, tta=True, patience=40,
+        input_size=224, head="linear", dropout=0.2, epochs=100, batch_size=64, lr=1e-3,
+        weight_decay=1e-4, label_smoothing=0.1, balance=True, views=8, tta=True, patience=15,
         mask_logo=True, finetune_blocks=4,
     ),
 }
