@@ -160,3 +160,25 @@ def test_paper_recipe_on_skin8_a_few_epochs(tmp_path):
     rows = list(csv.DictReader(open(run / "history.csv")))
     assert len(rows) == 3
     assert float(rows[-1]["val_accuracy"]) > 1 / 8  # better than chance after 3 epochs
+
+
+@pytest.mark.slow
+def test_densenet201_with_a_users_weights_file(tiny_dataset, tiny_split, tmp_path):
+    """The paper's backbone: a torchvision-style weights file loads, trains, exports."""
+    from kulit.densenet import DenseNet
+
+    torch.manual_seed(0)
+    full = DenseNet(num_classes=1000)  # what torchvision.models.densenet201() would save
+    weights = tmp_path / "densenet201.pth"
+    torch.save(full.state_dict(), weights)
+    cfg = make_config(str(tiny_dataset), str(tiny_split), "paper", out=str(tmp_path / "run"),
+                      backbone="densenet201", weights=str(weights), epochs=2,
+                      cache_dir=str(tmp_path / "cache"))
+    run = train(cfg, log=lambda s: None)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert ckpt["in_channels"] == 1920
+    model_dir = export(run, tmp_path / "model")
+    pred = Predictor(model_dir)
+    p = pred.predict_one(sorted((tiny_dataset / "Alpha").glob("*.jpg"))[0])
+    assert len(p.top) == 3
+    assert pred.first_layer(sorted((tiny_dataset / "Alpha").glob("*.jpg"))[0]).shape[0] == 64

@@ -1,0 +1,142 @@
+"""Source confound: does a model recognise the website instead of the disease?
+
+    python benchmarks/confound.py --model models/kulit-skin8 [--model runs/.../model-nomask]
+
+In skin8, Chickenpox comes from web photos (224x224 PNG, no logo) and the seven other classes
+from DermNet NZ (640x480 JPEG with a logo in the lower-left corner). On the held-out photos
+(val + test split, never trained on) we change only the source cues and watch the answers:
+
+1. DermNet photos with the logo corner painted out (its median colour): accuracy and
+   P(Chickenpox) before and after.
+2. Chickenpox photos made to look like DermNet files: scaled into a 640x480 frame (padded with
+   their border colour) and re-encoded as JPEG: Chickenpox recall and P(Chickenpox).
+3. Chickenpox photos in that frame with a real DermNet logo corner pasted in (cut from a
+   DermNet photo at run time): if P(Chickenpox) falls, the model reads the logo.
+
+Writes benchmarks/results/confound.json. Torch-free (uses the exported ONNX model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SKIN8 = REPO.parent / "shared" / "data" / "skin8"
+LOGO = (40, 300, 290, 455)  # x0, y0, x1, y1 of the logo + "Te Whatu Ora" text in 640x480
+
+
+def held_out(split_csv: Path) -> list[tuple[Path, str]]:
+    from kulit.data import load_split
+
+    rows = load_split(split_csv, SKIN8)
+    return [(r.path, r.label) for r in rows if r.split in ("val", "test")]
+
+
+def jpeg(img: Image.Image, q: int = 85) -> Image.Image:
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, "JPEG", quality=q)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def mask_logo(img: Image.Image) -> Image.Image:
+    img = img.convert("RGB").copy()
+    if img.size != (640, 480):
+        return img
+    arr = np.asarray(img)
+    med = tuple(int(v) for v in np.median(arr.reshape(-1, 3), axis=0))
+    img.paste(med, LOGO)
+    return img
+
+
+def dermnet_frame(img: Image.Image) -> Image.Image:
+    """Scale into 640x480 like a DermNet file, padded with the photo's border colour."""
+    img = img.convert("RGB")
+    s = 480 / img.height
+    inner = img.resize((round(img.width * s), 480), Image.Resampling.BICUBIC)
+    arr = np.asarray(inner)
+    border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
+    frame = Image.new("RGB", (640, 480), tuple(int(v) for v in np.median(border, axis=0)))
+    frame.paste(inner, ((640 - inner.width) // 2, 0))
+    return frame
+
+
+def study(model: Path, photos: list[tuple[Path, str]], logo_src: Image.Image) -> dict:
+    from kulit.predict import Predictor
+
+    pred = Predictor(model)
+    cls = pred.classes
+    if "Chickenpox" not in cls:
+        raise SystemExit(f"error: {model} has no Chickenpox class")
+    ci = cls.index("Chickenpox")
+    logo_patch = logo_src.crop(LOGO)
+
+    def run(imgs: list[Image.Image]) -> np.ndarray:
+        return np.stack([p.probs for p in pred.predict(imgs)])
+
+    derm = [(p, y) for p, y in photos if y != "Chickenpox"]
+    pox = [(p, y) for p, y in photos if y == "Chickenpox"]
+    out: dict[str, object] = {"model": str(model), "classes": cls,
+                              "mask_box": pred.card.preprocessing.mask_box}
+
+    d_orig = [Image.open(p).convert("RGB") for p, _ in derm]
+    yd = np.array([cls.index(y) for _, y in derm])
+    a, b = run(d_orig), run([mask_logo(im) for im in d_orig])
+    out["dermnet_logo_masked"] = {
+        "n": len(derm),
+        "accuracy_original": float((a.argmax(1) == yd).mean()),
+        "accuracy_masked": float((b.argmax(1) == yd).mean()),
+        "top1_changed": float((a.argmax(1) != b.argmax(1)).mean()),
+        "mean_p_chickenpox_original": float(a[:, ci].mean()),
+        "mean_p_chickenpox_masked": float(b[:, ci].mean()),
+        "mean_abs_change_p_true": float(np.abs(a[np.arange(len(yd)), yd]
+                                               - b[np.arange(len(yd)), yd]).mean()),
+    }
+    p_orig = [Image.open(p).convert("RGB") for p, _ in pox]
+    framed = [jpeg(dermnet_frame(im)) for im in p_orig]
+    with_logo = []
+    for im in framed:
+        im = im.copy()
+        im.paste(logo_patch, LOGO[:2])
+        with_logo.append(jpeg(im))
+    c0, c1, c2 = run(p_orig), run(framed), run(with_logo)
+    out["chickenpox_as_dermnet"] = {
+        "n": len(pox),
+        "recall_original": float((c0.argmax(1) == ci).mean()),
+        "recall_dermnet_frame_jpeg": float((c1.argmax(1) == ci).mean()),
+        "recall_frame_plus_logo": float((c2.argmax(1) == ci).mean()),
+        "mean_p_chickenpox_original": float(c0[:, ci].mean()),
+        "mean_p_chickenpox_dermnet_frame_jpeg": float(c1[:, ci].mean()),
+        "mean_p_chickenpox_frame_plus_logo": float(c2[:, ci].mean()),
+    }
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", type=Path, action="append", required=True)
+    ap.add_argument("--split-csv", type=Path, default=REPO / "runs" / "data" / "split.csv")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "confound.json")
+    args = ap.parse_args()
+    if not SKIN8.is_dir():
+        sys.exit(f"error: {SKIN8} not found")
+    if not args.split_csv.is_file():
+        sys.exit(f"error: {args.split_csv} not found (run `kulit data` first)")
+    photos = held_out(args.split_csv)
+    # a DermNet photo with a plain dark background behind its logo, used as the logo source
+    logo_src = next(Image.open(p).convert("RGB") for p, y in photos
+                    if y != "Chickenpox" and Image.open(p).size == (640, 480))
+    res = [study(m, photos, logo_src) for m in args.model]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
