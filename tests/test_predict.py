@@ -159,3 +159,33 @@ def test_pil_image_input(predictor):
     a = predictor.predict_one(img)
     b = predictor.predict_one(io.BytesIO(image_bytes(img, "PNG")))
     np.testing.assert_allclose(a.logits, b.logits, rtol=1e-5, atol=1e-6)
+
+
+def test_concurrent_runs_are_capped(onnx_model_dir):
+    import threading
+    import time as _time
+
+    pred = Predictor(onnx_model_dir, max_concurrent=2)
+    real = pred.session.run
+    active, peak, lock = [0], [0], threading.Lock()
+
+    class Spy:
+        def run(self, names, feeds):
+            with lock:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+            _time.sleep(0.05)
+            try:
+                return real(names, feeds)
+            finally:
+                with lock:
+                    active[0] -= 1
+
+    pred.session = Spy()
+    raw = image_bytes(make_image(9))
+    threads = [threading.Thread(target=pred.predict_one, args=(raw,)) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] == 2

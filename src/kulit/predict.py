@@ -8,6 +8,7 @@ computed in numpy from the head weights in head.npz.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -83,9 +84,13 @@ def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
 class Predictor:
     """Load a model directory once; predict on one image or a batch, torch-free."""
 
-    def __init__(self, model_dir: str | Path, threads: int | None = None) -> None:
+    def __init__(self, model_dir: str | Path, threads: int | None = None,
+                 max_concurrent: int = 2) -> None:
         import onnxruntime as ort
 
+        # Concurrent runs on a 2-core box only queue inside ONNX Runtime while each holds its
+        # own working memory; a small cap keeps throughput and bounds the server's memory.
+        self._gate = threading.BoundedSemaphore(max(1, max_concurrent))
         self.model_dir = Path(model_dir)
         self.card: ModelCard = load_card(self.model_dir)
         onnx_path = self.model_dir / ONNX_FILE
@@ -134,7 +139,8 @@ class Predictor:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Raw ONNX run on a preprocessed batch [N,3,S,S] -> (logits, feature maps or None)."""
         names = ["logits", "features"] if (features and self._has_features) else ["logits"]
-        outs = self.session.run(names, {"image": batch.astype(np.float32, copy=False)})
+        with self._gate:
+            outs = self.session.run(names, {"image": batch.astype(np.float32, copy=False)})
         return outs[0], (outs[1] if len(outs) > 1 else None)
 
     def first_layer(self, source: ImageSource) -> np.ndarray:
@@ -142,7 +148,8 @@ class Predictor:
         if "first_layer" not in self._outputs:
             raise ModelError(f"{self.model_dir}: this model does not export its first layer")
         _, x = self.prepare(source)
-        return self.session.run(["first_layer"], {"image": x[None]})[0][0]
+        with self._gate:
+            return self.session.run(["first_layer"], {"image": x[None]})[0][0]
 
     def prepare(self, source: ImageSource) -> tuple[Image.Image, np.ndarray]:
         """Decode + preprocess one image exactly as training does. Raises ImageError."""
