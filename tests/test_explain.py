@@ -514,3 +514,16 @@ def test_cli_bad_model_is_one_line(tmp_path: Path, skin_photo: Path) -> None:
     r = runner.invoke(app, ["explain", str(skin_photo), "--model", str(tmp_path / "nope")])
     assert r.exit_code == 2 and r.stdout == ""
     assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
+
+
+def test_patch_on_crop_uses_the_square_the_model_saw(predictor: Predictor,
+                                                     skin_photo: Path) -> None:
+    d, arrays = explain_photo(skin_photo, predictor=predictor, patch_on_crop=True)
+    crop = np.asarray(predictor.prepare(skin_photo)[0]).astype(np.int64)
+    assert d["image"]["crop"] is True and (d["image"]["width"], d["image"]["height"]) == (32, 32)
+    assert d["at"] == [14, 14]
+    check_against_hand(d, crop[14:18, 14:18])
+    assert "the square crop the model saw" in format_explanation(d)
+    plain = explain_image(skin_photo, predictor=predictor)
+    assert plain["image"]["crop"] is False and plain["image"]["width"] == 130
+    assert d["model"]["softmax"]["probs"] == plain["model"]["softmax"]["probs"]

@@ -283,14 +283,30 @@ def explain_image(image: str | Path | bytes | Any, model_dir: str | Path | None 
 
 
 def explain_photo(image: str | Path | bytes | Any, model_dir: str | Path | None = None,
-                  at: tuple[int, int] | None = None, *, predictor: Any = None
+                  at: tuple[int, int] | None = None, *, predictor: Any = None,
+                  patch_on_crop: bool = False
                   ) -> tuple[dict[str, Any], ModelExplanation | None]:
-    """Like `explain_image`, also returning the arrays (maps, heatmap, crop) for rendering."""
+    """Like `explain_image`, also returning the arrays (maps, heatmap, crop) for rendering.
+
+    With `patch_on_crop` (and a model) the patch is cut from the square crop the model saw,
+    not from the photo, so every picture on a page refers to the same image.
+    """
+    if predictor is None and model_dir is not None:
+        from kulit.predict import Predictor
+
+        predictor = Predictor(model_dir)
+    explained: ModelExplanation | None = None
+    on_crop = patch_on_crop and predictor is not None
+    if on_crop:
+        explained = explain_model(predictor, image)
+        patch, (x, y), (w, h), _ = _load_rgb_patch(explained.prediction.image, at)
+        name = str(image) if isinstance(image, (str, Path)) else None
+    else:
+        patch, (x, y), (w, h), name = _load_rgb_patch(image, at)  # cheap: fail fast
     kernel = np.asarray(PAPER_INPUTS["kernel"])
-    patch, (x, y), (w, h), name = _load_rgb_patch(image, at)
     result: dict[str, Any] = {
         "source": "image",
-        "image": {"path": name, "width": w, "height": h},
+        "image": {"path": name, "width": w, "height": h, "crop": on_crop},
         "at": [x, y],
         "inputs": {
             "patch": {c: patch[:, :, i].tolist() for i, c in enumerate(CHANNELS)},
@@ -301,14 +317,10 @@ def explain_photo(image: str | Path | bytes | Any, model_dir: str | Path | None 
         "steps": conv_steps(patch, kernel, stride=1),
         "model": None,
     }
-    if predictor is None and model_dir is None:
-        return result, None
-    if predictor is None:
-        from kulit.predict import Predictor
-
-        predictor = Predictor(model_dir)
-    explained = explain_model(predictor, image)
-    result["model"] = explained.summary
+    if predictor is not None and explained is None:
+        explained = explain_model(predictor, image)
+    if explained is not None:
+        result["model"] = explained.summary
     return result, explained
 
 
@@ -603,8 +615,9 @@ def format_image_steps(d: dict[str, Any]) -> str:
     """Render `explain_image()` as plain-text tables: the patch steps, then the model's."""
     img = d["image"]
     x, y = d["at"]
+    where = "the square crop the model saw" if img.get("crop") else "upright, RGB"
     lines = [f"{img['path'] or 'image'} ({img['width']}x{img['height']}), 4x4 patch with "
-             f"top-left pixel x={x}, y={y} (upright, RGB)", ""]
+             f"top-left pixel x={x}, y={y} ({where})", ""]
     lines += _format_conv_part(d, [])
     if d.get("model"):
         lines += ["", *format_model_part(d["model"])]

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import kulit
 from kulit.predict import Predictor
-from kulit.web import routes_api, routes_pages
+from kulit.web import routes_api, routes_explain, routes_pages
 from kulit.web.routes_api import error_response
 from kulit.web.settings import Settings
 
@@ -31,7 +31,8 @@ PAGE_CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
     "script-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
-NO_STORE_PATHS = ("/predict", "/api/v1/predict")  # answers that carry the photo or its result
+# answers that carry the photo or its result
+NO_STORE_PATHS = ("/predict", "/api/v1/predict", "/explain", "/api/v1/explain")
 
 
 def is_api(request: Request) -> bool:
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     app.state.predictor = predictor
     app.include_router(routes_api.router)
     app.include_router(routes_pages.router)
+    app.include_router(routes_explain.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(SecurityHeaders)
 

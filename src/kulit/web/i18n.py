@@ -132,6 +132,59 @@ STRINGS: dict[str, dict[str, str]] = {
         # 404
         "not_found_title": "Halaman tidak ditemukan",
         "not_found_text": "Halaman ini tidak ada.",
+        # how it works (explain.html, _explain_link.html)
+        "ex_title": "Cara kerjanya",
+        "ex_button": "Cara kerjanya: lihat angka-angkanya",
+        "ex_button_note": "Mengirim foto persegi yang sama sekali lagi untuk dihitung ulang; "
+                          "tidak ada yang disimpan.",
+        "ex_intro": "Makalah yang mendasari kulit menjelaskan CNN dengan contoh perhitungan pada "
+                    "potongan 4x4 piksel sebuah foto. Berikut langkah yang sama pada foto Anda, "
+                    "lalu apa yang dihitung model sebenarnya untuk foto ini.",
+        "ex_photo_title": "1. Potongan 4x4 piksel dari foto Anda",
+        "ex_photo_alt": "Foto persegi yang dilihat model, dengan potongan 4x4 piksel ditandai",
+        "ex_photo_note": "Persegi ini adalah foto yang dilihat model ({size}x{size} piksel). "
+                         "Kotak kecil menandai potongan di tengah, mulai dari x={x}, y={y}.",
+        "ex_patch_text": "Setiap piksel adalah tiga angka dari 0 sampai 255: merah, hijau, "
+                         "dan biru.",
+        "ex_red": "Merah",
+        "ex_green": "Hijau",
+        "ex_blue": "Biru",
+        "ex_swatch": "Warnanya",
+        "ex_kernel_title": "2. Kernel (filter)",
+        "ex_kernel_text": "Kernel 3x3 digeser di atas setiap kanal, satu piksel setiap kali "
+                          "(stride 1, tanpa padding). Kernel contoh dari makalah ini bereaksi "
+                          "jika kecerahan berubah dari kiri ke kanan: sebuah tepi tegak.",
+        "ex_conv_title": "3. Konvolusi, per kanal",
+        "ex_conv_text": "Setiap angka adalah jumlah hasil kali jendela 3x3 dengan kernel, sel "
+                        "demi sel. Potongan 4x4 menghasilkan 2x2 angka.",
+        "ex_sum_title": "4. Jumlah ketiga kanal",
+        "ex_relu_title": "5. ReLU: angka negatif menjadi 0",
+        "ex_flatten_title": "6. Flatten: tabel menjadi satu baris",
+        "ex_model_intro": "Langkah 1–6 memakai kernel contoh dari makalah pada satu potongan. "
+                          "Model sebenarnya ({backbone}) melakukan hal yang sama dengan kernel "
+                          "hasil belajarnya, pada seluruh foto {size}x{size}, dalam banyak "
+                          "lapisan.",
+        "ex_layer_title": "7. Lapisan konvolusi pertama model",
+        "ex_layer_text": "Lapisan ini punya {n} filter; masing-masing menghasilkan peta {h}x{w} "
+                         "dari foto Anda (stride {stride}). Bagian terang berarti filter itu "
+                         "bereaksi kuat di sana.",
+        "ex_layer_paper": "Contoh di makalah menyebut {paper} filter; lapisan pertama model ini "
+                          "punya {n}.",
+        "ex_grid_alt": "{n} peta fitur abu-abu, satu untuk setiap filter lapisan pertama",
+        "ex_heatmap_title": "8. Ke mana model melihat",
+        "ex_softmax_title": "9. Dari skor ke probabilitas (softmax)",
+        "ex_softmax_text": "Lapisan terakhir memberi satu skor z (logit) untuk setiap kondisi. "
+                           "kulit membagi setiap skor dengan suhu T = {temp}, yang disetel pada "
+                           "foto validasi agar persentasenya jujur, lalu p = exp(z/T) dibagi "
+                           "jumlah semua exp(z/T).",
+        "ex_shift_note": "Setiap z/T terlebih dahulu dikurangi nilai terbesarnya ({shift}); "
+                         "hasil p tetap sama dan exp tidak meluap.",
+        "ex_col_condition": "Kondisi",
+        "ex_col_sum": "Jumlah",
+        "ex_answer_title": "10. Jawaban",
+        "ex_threshold": "Jika kondisi teratas di bawah {pct}, kulit menyatakan tidak yakin.",
+        "ex_check": "Angka-angka ini sama dengan halaman hasil (selisih terbesar {diff}).",
+        "ex_timing": "Dihitung dalam {ms} ms.",
     },
     "en": {
         "lang_name": "English",
@@ -238,6 +291,57 @@ STRINGS: dict[str, dict[str, str]] = {
         "about_api": "For programs: the JSON API is at /api/v1/predict, documentation at /docs.",
         "not_found_title": "Page not found",
         "not_found_text": "This page does not exist.",
+        "ex_title": "How it works",
+        "ex_button": "How it works: see the numbers",
+        "ex_button_note": "Sends the same square photo once more to recompute it; nothing is "
+                          "saved.",
+        "ex_intro": "The paper behind kulit explains a CNN with a worked example on a 4x4 "
+                    "pixel patch of a photo. Here are the same steps on your photo, then what "
+                    "the real model computed for it.",
+        "ex_photo_title": "1. A 4x4 pixel patch of your photo",
+        "ex_photo_alt": "The square photo the model saw, with the 4x4 pixel patch marked",
+        "ex_photo_note": "The square is the photo the model saw ({size}x{size} pixels). The "
+                         "small box marks the patch in the centre, starting at x={x}, y={y}.",
+        "ex_patch_text": "Every pixel is three numbers from 0 to 255: red, green and blue.",
+        "ex_red": "Red",
+        "ex_green": "Green",
+        "ex_blue": "Blue",
+        "ex_swatch": "Its colours",
+        "ex_kernel_title": "2. The kernel (filter)",
+        "ex_kernel_text": "A 3x3 kernel slides over each channel, one pixel at a time (stride 1, "
+                          "no padding). This example kernel from the paper responds where the "
+                          "brightness changes from left to right: an upright edge.",
+        "ex_conv_title": "3. Convolution, per channel",
+        "ex_conv_text": "Each number is the sum of the 3x3 window times the kernel, cell by "
+                        "cell. A 4x4 patch gives 2x2 numbers.",
+        "ex_sum_title": "4. Sum of the three channels",
+        "ex_relu_title": "5. ReLU: negative numbers become 0",
+        "ex_flatten_title": "6. Flatten: the table becomes one row",
+        "ex_model_intro": "Steps 1–6 used the paper's example kernel on one patch. The real "
+                          "model ({backbone}) does the same with kernels it learned, over the "
+                          "whole {size}x{size} photo, in many layers.",
+        "ex_layer_title": "7. The model's first convolution layer",
+        "ex_layer_text": "It has {n} filters; each one turns your photo into a map of {h}x{w} "
+                         "values (stride {stride}). Light areas are where that filter responds "
+                         "strongly.",
+        "ex_layer_paper": "The paper's example mentions {paper} filters; this model's first "
+                          "layer has {n}.",
+        "ex_grid_alt": "{n} grey feature maps, one for each filter of the first layer",
+        "ex_heatmap_title": "8. Where the model looked",
+        "ex_softmax_title": "9. From scores to probabilities (softmax)",
+        "ex_softmax_text": "The last layer gives one score z (a logit) per condition. kulit "
+                           "divides each by the temperature T = {temp}, fitted on validation "
+                           "photos so that the percentages are honest, then p = exp(z/T) "
+                           "divided by the sum of all exp(z/T).",
+        "ex_shift_note": "Every z/T was first lowered by the largest one ({shift}); this gives "
+                         "the same p and keeps exp from overflowing.",
+        "ex_col_condition": "Condition",
+        "ex_col_sum": "Sum",
+        "ex_answer_title": "10. The answer",
+        "ex_threshold": "When the top condition is below {pct}, kulit says it is not sure.",
+        "ex_check": "These are the same numbers as on the result page (largest difference "
+                    "{diff}).",
+        "ex_timing": "Computed in {ms} ms.",
     },
 }
 
