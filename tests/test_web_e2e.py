@@ -198,3 +198,39 @@ def test_without_javascript_the_server_reports_the_error(server: str, browser) -
     expect(page.locator(".bar-row")).to_have_count(3)
     expect(page.locator(".disclaimer-box")).to_contain_text(DISCLAIMER_EN)
     context.close()
+
+
+@pytest.mark.parametrize("javascript", [True, False])
+def test_how_it_works_view(server: str, browser, tmp_path: Path, javascript: bool) -> None:
+    from playwright.sync_api import expect
+
+    from kulit.web.i18n import STRINGS
+
+    context = browser.new_context(java_script_enabled=javascript,
+                                  viewport={"width": 360, "height": 740})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    page.goto(server + "/?lang=id")
+    page.set_input_files("#image", str(a_photo(tmp_path)))
+    page.click("#submit")
+    page.wait_for_url("**/predict**")
+    verdict = page.locator("#verdict").inner_text()
+
+    # The result page re-posts the same square photo; nothing is stored on the server.
+    page.click("#explain-button")
+    page.wait_for_url("**/explain**")
+    expect(page.locator("h1")).to_have_text(STRINGS["id"]["ex_title"])
+    expect(page.locator("#ex-patch table.patch")).to_have_count(3)
+    expect(page.locator("#ex-patch table.patch").first.locator("td")).to_have_count(16)
+    expect(page.locator("#ex-kernel td")).to_have_count(9)
+    expect(page.locator("#ex-conv table")).to_have_count(3)
+    grid = page.locator("#ex-grid")
+    expect(grid).to_be_visible()
+    assert page.evaluate("document.getElementById('ex-grid').naturalWidth") > 0
+    classes = page.evaluate("document.querySelectorAll('#ex-softmax tbody tr').length")
+    assert classes >= 3
+    expect(page.locator("#verdict")).to_have_text(verdict)
+    expect(page.locator(".disclaimer-box").last).to_contain_text(DISCLAIMER_ID)
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    page.screenshot(path=str(tmp_path / f"explain-js{int(javascript)}.png"), full_page=True)
+    context.close()

@@ -124,7 +124,7 @@ def explain_context(ex: Explained, lang: str) -> dict[str, Any]:
         "soft_sum": _gnum(sm["sum"], lang),
         "prob_sum": fmt_num(sum(sm["probs"]), lang, 4),
         "threshold": fmt_pct(m["threshold"]),
-        "check_diff": f"{m['check']['max_abs_diff']:.1e}",
+        "check_diff": _gnum(float(f"{m['check']['max_abs_diff']:.1e}"), lang),
         "total_ms": f"{ex.total_ms:.0f}",
     }
 
