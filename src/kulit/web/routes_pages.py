@@ -114,9 +114,10 @@ async def predict_page(request: Request, lang: LangDep, settings: SettingsDep,
                       status=STATUS.get(e.code, 400), classes=class_list(predictor, lang.code),
                       error=t(lang.code, f"err_{e.code}", mb=f"{settings.max_upload_mb:g}"))
     crop = result.prediction.image  # re-posted losslessly by "How it works" (routes_explain)
+    crop_png = await run_in_threadpool(encode_image, crop, "PNG") if crop else None
     return render(request, "result.html", lang, settings, predictor,
                   **result_context(result, lang.code),
-                  crop_png_uri=data_uri(encode_image(crop, "PNG"), "image/png") if crop else None)
+                  crop_png_uri=data_uri(crop_png, "image/png") if crop_png else None)
 
 
 def result_context(result: Analysis, lang: str) -> dict[str, Any]:
