@@ -90,7 +90,7 @@ def test_predict_matches_the_predictor(client: TestClient, onnx_model_dir: Path)
     assert resp.status_code == 200
     body = resp.json()
     assert set(body) == {"model", "top", "label", "confidence", "uncertain", "see_doctor",
-                         "disclaimer", "timing_ms"}  # no heatmap_png unless asked
+                         "advice", "disclaimer", "timing_ms"}  # no heatmap_png unless asked
     assert body["model"] == "tiny-test"
     assert body["disclaimer"] == {"en": DISCLAIMER_EN, "id": DISCLAIMER_ID}
     assert body["timing_ms"]["total"] >= body["timing_ms"]["inference"] >= 0
@@ -693,3 +693,22 @@ def test_cli_serve_bad_model_dir_exits_2(tmp_path: Path, make_dir: bool) -> None
     lines = [ln for ln in out.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert "Traceback" not in out.output
+
+
+def test_api_advice_points_to_a_doctor_for_melanoma_and_uncertain_answers():
+    import numpy as np
+
+    from kulit.predict import Prediction
+    from kulit.web.routes_api import ADVICE, advice_for
+
+    classes = ["Herpes", "Melanoma", "Warts"]
+
+    def pred(p):
+        return Prediction(classes=classes, probs=np.array(p), logits=np.zeros(3), threshold=0.5)
+
+    assert advice_for(pred([0.1, 0.8, 0.1])) == ADVICE["melanoma"]
+    assert advice_for(pred([0.4, 0.3, 0.3])) == ADVICE["uncertain"]
+    assert advice_for(pred([0.8, 0.1, 0.1])) == ADVICE["default"]
+    for a in ADVICE.values():
+        assert a["en"] and a["id"]
+    assert "doctor" in ADVICE["melanoma"]["en"] and "dokter" in ADVICE["uncertain"]["id"]

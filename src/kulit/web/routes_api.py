@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from kulit import DISCLAIMER_EN, DISCLAIMER_ID
 from kulit.errors import ImageError
+from kulit.predict import URGENT_CLASSES, Prediction
 from kulit.web.deps import PredictorDep, SettingsDep
 from kulit.web.inference import analyse
 from kulit.web.upload import UploadRejected, read_file_field
@@ -53,6 +54,7 @@ class PredictResponse(BaseModel):
     confidence: float = Field(description="probability of the top class")
     uncertain: bool = Field(description="confidence below the card's threshold")
     see_doctor: bool = Field(description="melanoma or uncertain: see a doctor soon")
+    advice: dict[str, str] = Field(description="what to do next, in en and id")
     disclaimer: dict[str, str] = Field(description="'not a diagnosis', in en and id")
     timing_ms: dict[str, float]
     heatmap_png: str | None = Field(
@@ -91,6 +93,32 @@ MULTIPART_BODY = {
 
 router = APIRouter()
 
+ADVICE = {
+    "melanoma": {
+        "en": "Melanoma is among the likely conditions: see a doctor soon, ideally a skin "
+              "specialist, within one to two weeks.",
+        "id": "Melanoma termasuk kemungkinan: segera periksakan ke dokter, sebaiknya dokter "
+              "spesialis kulit, dalam satu sampai dua minggu.",
+    },
+    "uncertain": {
+        "en": "The model is not sure. See a doctor soon if the skin problem worries you.",
+        "id": "Model tidak yakin. Segera periksakan ke dokter jika masalah kulit ini "
+              "mengkhawatirkan Anda.",
+    },
+    "default": {
+        "en": "Not a diagnosis. See a doctor if it does not improve, spreads or worries you.",
+        "id": "Bukan diagnosis. Periksakan ke dokter jika tidak membaik, menyebar, atau "
+              "mengkhawatirkan Anda.",
+    },
+}
+
+
+def advice_for(pred: Prediction) -> dict[str, str]:
+    """What to do next, in both languages: melanoma and uncertain answers point to a doctor."""
+    if pred.label in URGENT_CLASSES:
+        return ADVICE["melanoma"]
+    return ADVICE["uncertain" if pred.uncertain else "default"]
+
 
 @router.post("/api/v1/predict", response_model=PredictResponse, responses=ERRORS,
              openapi_extra=MULTIPART_BODY, tags=["api"])
@@ -119,6 +147,7 @@ async def predict(
         confidence=round(pred.confidence, 6),
         uncertain=pred.uncertain,
         see_doctor=pred.see_doctor,
+        advice=advice_for(pred),
         disclaimer={"en": DISCLAIMER_EN, "id": DISCLAIMER_ID},
         timing_ms={**{k: round(v, 3) for k, v in pred.timing_ms.items()},
                    "total": round(result.total_ms, 3)},
