@@ -360,7 +360,14 @@ def test_model_section_first_layer(onnx_model_dir: Path, predictor: Predictor,
 def test_preview_is_block_average_of_big_maps(predictor: Predictor, skin_photo: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     big = np.random.default_rng(0).normal(size=(3, 16, 16)).astype(np.float32)
-    monkeypatch.setattr(predictor, "first_layer", lambda src: big)
+    real = predictor.predict_one
+
+    def with_big_maps(*args, **kwargs):
+        pred = real(*args, **kwargs)
+        pred.first_layer = big
+        return pred
+
+    monkeypatch.setattr(predictor, "predict_one", with_big_maps)
     from kulit.explain import explain_model
 
     fl = explain_model(predictor, skin_photo).summary["first_layer"]

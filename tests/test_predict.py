@@ -189,3 +189,11 @@ def test_concurrent_runs_are_capped(onnx_model_dir):
     for t in threads:
         t.join()
     assert peak[0] == 2
+
+
+def test_first_layer_from_the_same_run_equals_a_separate_run(predictor):
+    raw = image_bytes(make_image(11))
+    p = predictor.predict_one(raw, first_layer=True)
+    assert p.first_layer is not None
+    np.testing.assert_allclose(p.first_layer, predictor.first_layer(raw), rtol=1e-6)
+    assert predictor.predict_one(raw).first_layer is None

@@ -399,9 +399,10 @@ def explain_model(predictor: Any, image: str | Path | bytes | Any) -> ModelExpla
     `Predictor.predict_one` (and so `kulit predict`) returns for the same photo.
     """
     card = predictor.card
-    pred = predictor.predict_one(image, top_k=3, heatmap=True)
-    # The crop is exactly what the model saw, so reusing it skips a second decode.
-    maps = np.asarray(predictor.first_layer(pred.image), dtype=np.float32)
+    # One network pass gives the answer, the heatmap's feature map and the first layer.
+    pred = predictor.predict_one(image, top_k=3, heatmap=True, first_layer=True)
+    first = pred.first_layer if pred.first_layer is not None else predictor.first_layer(pred.image)
+    maps = np.asarray(first, dtype=np.float32)
     f, h, w = maps.shape
     size = card.preprocessing.input_size
 

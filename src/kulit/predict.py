@@ -39,6 +39,7 @@ class Prediction:
     top_k: int = 3
     heatmap: np.ndarray | None = None  # [h, w] in [0, 1] for the top class
     image: Image.Image | None = None  # the square crop the model saw
+    first_layer: np.ndarray | None = None  # [F, h, w] first conv maps, when asked for
     source: str = ""
     timing_ms: dict[str, float] = field(default_factory=dict)
 
@@ -91,6 +92,7 @@ class Predictor:
         # Concurrent runs on a 2-core box only queue inside ONNX Runtime while each holds its
         # own working memory; a small cap keeps throughput and bounds the server's memory.
         self._gate = threading.BoundedSemaphore(max(1, max_concurrent))
+        self._local = threading.local()
         self.model_dir = Path(model_dir)
         self.card: ModelCard = load_card(self.model_dir)
         onnx_path = self.model_dir / ONNX_FILE
@@ -135,13 +137,20 @@ class Predictor:
             return {k: z[k].astype(np.float64) for k in z.files}
 
     def run(
-        self, batch: np.ndarray, features: bool = False
+        self, batch: np.ndarray, features: bool = False, first_layer: bool = False
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Raw ONNX run on a preprocessed batch [N,3,S,S] -> (logits, feature maps or None)."""
+        """Raw ONNX run on a preprocessed batch [N,3,S,S] -> (logits, feature maps or None).
+
+        With `first_layer`, the first conv maps of the same run land in `self.last_first_layer`
+        (thread-local), so the walkthrough needs one network pass, not two.
+        """
         names = ["logits", "features"] if (features and self._has_features) else ["logits"]
+        want_first = first_layer and "first_layer" in self._outputs
         with self._gate:
-            outs = self.session.run(names, {"image": batch.astype(np.float32, copy=False)})
-        return outs[0], (outs[1] if len(outs) > 1 else None)
+            outs = self.session.run(names + (["first_layer"] if want_first else []),
+                                    {"image": batch.astype(np.float32, copy=False)})
+        self._local.first_layer = outs[-1] if want_first else None
+        return outs[0], (outs[1] if len(names) > 1 else None)
 
     def first_layer(self, source: ImageSource) -> np.ndarray:
         """The first convolution layer's feature maps [F, h, w] for one image."""
@@ -159,13 +168,14 @@ class Predictor:
         return load_and_preprocess(source, self.pre)
 
     def predict(
-        self, sources: Sequence[ImageSource], top_k: int = 3, heatmap: bool = False
+        self, sources: Sequence[ImageSource], top_k: int = 3, heatmap: bool = False,
+        first_layer: bool = False,
     ) -> list[Prediction]:
         """Predict a batch in one ONNX run. Any undecodable image raises ImageError."""
         t0 = time.perf_counter()
         prepared = [self.prepare(s) for s in sources]
         t1 = time.perf_counter()
-        return self._predict_prepared(prepared, sources, top_k, heatmap, t1 - t0)
+        return self._predict_prepared(prepared, sources, top_k, heatmap, t1 - t0, first_layer)
 
     def predict_many(
         self, sources: Sequence[ImageSource], top_k: int = 3, heatmap: bool = False,
@@ -194,19 +204,20 @@ class Predictor:
             results.extend(next(it) if s is None else s for s in slots)
         return results
 
-    def predict_one(self, source: ImageSource, top_k: int = 3, heatmap: bool = False
-                    ) -> Prediction:
-        return self.predict([source], top_k=top_k, heatmap=heatmap)[0]
+    def predict_one(self, source: ImageSource, top_k: int = 3, heatmap: bool = False,
+                    first_layer: bool = False) -> Prediction:
+        return self.predict([source], top_k=top_k, heatmap=heatmap, first_layer=first_layer)[0]
 
     def _predict_prepared(
         self, prepared: list[tuple[Image.Image, np.ndarray]], sources: Sequence[ImageSource],
-        top_k: int, heatmap: bool, prep_s: float,
+        top_k: int, heatmap: bool, prep_s: float, first_layer: bool = False,
     ) -> list[Prediction]:
         if not prepared:
             return []
         batch = np.stack([x for _, x in prepared])
         t1 = time.perf_counter()
-        logits, feats = self.run(batch, features=heatmap)
+        logits, feats = self.run(batch, features=heatmap, first_layer=first_layer)
+        firsts = getattr(self._local, "first_layer", None) if first_layer else None
         t2 = time.perf_counter()
         probs = softmax(logits.astype(np.float64) / self.card.temperature)
         preds = []
@@ -219,6 +230,8 @@ class Predictor:
             )
             if heatmap and feats is not None:
                 p.heatmap = self.grad_cam(feats[i], int(np.argmax(probs[i])))
+            if firsts is not None:
+                p.first_layer = firsts[i]
             preds.append(p)
         t3 = time.perf_counter()
         n = len(prepared)
