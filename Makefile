@@ -7,7 +7,7 @@ MODEL   ?= models/kulit-skin8
 HOST    ?= 127.0.0.1
 PORT    ?= 8000
 
-.PHONY: setup test test-fast lint demo data model bench clean
+.PHONY: setup test test-fast lint demo data model bench confound clean
 
 $(BIN)/kulit: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -42,10 +42,19 @@ model: data
 	$(BIN)/kulit evaluate --model $(MODEL) --data $(DATA) --split-csv runs/data/split.csv \
 		--split test --out $(MODEL)
 
+# accuracy.py trains both recipes from a cold cache (about 20 min); inference.py then compares
+# ONNX Runtime with torch on that run's weights; serve.py loads the shipped model.
 bench: setup
 	$(BIN)/python benchmarks/accuracy.py
-	$(BIN)/python benchmarks/inference.py
+	$(BIN)/python benchmarks/inference.py --model runs/bench/model-kulit --run runs/bench/kulit
 	$(BIN)/python benchmarks/serve.py
+
+# The source-confound study: the kulit recipe without the logo mask, against the shipped model.
+confound: data
+	$(BIN)/kulit train --data $(DATA) --split runs/data/split.csv --recipe kulit \
+		--no-mask-logo --out runs/ablation-nomask
+	$(BIN)/kulit export runs/ablation-nomask --out runs/ablation-nomask/model
+	$(BIN)/python benchmarks/confound.py --model $(MODEL) --model runs/ablation-nomask/model
 
 clean:
 	rm -rf runs .pytest_cache
