@@ -137,6 +137,14 @@ def train_cmd(
     finetune_blocks: Annotated[
         int | None, typer.Option(help="Last backbone blocks to fine-tune (0 = frozen)")
     ] = None,
+    head: Annotated[str | None, typer.Option(help="linear or paper")] = None,
+    hidden: Annotated[int | None, typer.Option(help="Paper head width")] = None,
+    dropout: Annotated[float | None, typer.Option(help="Dropout before the last layer")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay")] = None,
+    label_smoothing: Annotated[float | None, typer.Option(help="Label smoothing")] = None,
+    balance: Annotated[bool | None, typer.Option(help="Inverse-frequency class weights")] = None,
+    dedupe: Annotated[bool, typer.Option(help="One image per duplicate group")] = True,
+    threads: Annotated[int, typer.Option(help="torch CPU threads")] = 2,
     cache: Annotated[bool, typer.Option(help="Cache frozen-backbone features")] = True,
     cache_dir: Annotated[Path, typer.Option(help="Feature cache folder")] = Path(".cache/kulit"),
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
@@ -149,7 +157,9 @@ def train_cmd(
         weights=str(weights) if weights else None, pretrained=pretrained, input_size=input_size,
         epochs=epochs, batch_size=batch_size, lr=lr, views=views, patience=patience,
         mask_logo=mask_logo, tta=tta, finetune_blocks=finetune_blocks, cache=cache,
-        cache_dir=str(cache_dir), seed=seed,
+        cache_dir=str(cache_dir), seed=seed, head=head, hidden=hidden, dropout=dropout,
+        weight_decay=weight_decay, label_smoothing=label_smoothing, balance=balance,
+        dedupe=dedupe, threads=threads,
     )
     train(cfg)
 
