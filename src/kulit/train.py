@@ -17,8 +17,8 @@ import io
 import json
 import math
 import random
-import signal
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,8 +214,7 @@ def view_images(s: Sample, views: int, seed: int, size: int, tta: bool, train: b
 
 
 def zlib_crc(text: str) -> int:
-    import zlib
-
+    """A stable per-file seed (Python's hash() changes between processes)."""
     return zlib.crc32(text.encode())
 
 
@@ -394,7 +393,6 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
     best: dict[str, Any] = {"score": -1.0, "epoch": 0, "state": None}
     yv = torch.from_numpy(y["val"])
     interrupted = False
-    prev_handler = signal.getsignal(signal.SIGINT)
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(range(1, cfg.epochs + 1), desc=f"train {cfg.recipe}", unit="epoch")
     try:
@@ -436,11 +434,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
                 log(f"early stop at epoch {epoch}: best val balanced accuracy "
                     f"{best['score']:.3f} at epoch {best['epoch']}")
                 break
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C: keep the best epoch so far
         interrupted = True
         log(f"interrupted: keeping the best epoch so far ({best['epoch']})")
-    finally:
-        signal.signal(signal.SIGINT, prev_handler)
     if best["state"] is None:
         raise DataError("training stopped before the first epoch finished; nothing to save")
     model.load_state_dict(best["state"])
