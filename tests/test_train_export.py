@@ -182,3 +182,25 @@ def test_densenet201_with_a_users_weights_file(tiny_dataset, tiny_split, tmp_pat
     p = pred.predict_one(sorted((tiny_dataset / "Alpha").glob("*.jpg"))[0])
     assert len(p.top) == 3
     assert pred.first_layer(sorted((tiny_dataset / "Alpha").glob("*.jpg"))[0]).shape[0] == 64
+
+
+def test_ctrl_c_keeps_the_best_epoch_so_far(tiny_dataset, tiny_split, tmp_path, monkeypatch):
+    import kulit.train as kt
+
+    real, calls = kt.eval_logits, [0]
+
+    def interrupt_on_third(model, feats):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt
+        return real(model, feats)
+
+    monkeypatch.setattr(kt, "eval_logits", interrupt_on_third)
+    cfg = make_config(str(tiny_dataset), str(tiny_split), out=str(tmp_path / "run"),
+                      backbone="tiny", pretrained=False, input_size=32, epochs=50, views=2,
+                      cache_dir=str(tmp_path / "cache"), finetune_blocks=0)
+    run = train(cfg, log=lambda s: None)
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    assert len(rows) == 2  # epochs 1 and 2 finished; the third was interrupted
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert ckpt["interrupted"] is True and ckpt["best_epoch"] in (1, 2)
