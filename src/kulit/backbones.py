@@ -47,10 +47,6 @@ class LiteFeatures(nn.Module):
         self.net = net
         del net._fc, net._dropout, net._avg_pooling
 
-    @property
-    def first_conv(self) -> nn.Conv2d:
-        return self.net._conv_stem
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.extract_features(x)
 
@@ -155,10 +151,6 @@ class TinyNet(nn.Module):
             nn.BatchNorm2d(2 * width),
             nn.ReLU(inplace=True),
         )
-
-    @property
-    def first_conv(self) -> nn.Conv2d:
-        return self.features[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
