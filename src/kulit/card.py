@@ -39,6 +39,10 @@ class ModelCard:
     train_config: dict[str, Any] = field(default_factory=dict)
     kulit_version: str = ""
     limits: list[str] = field(default_factory=list)  # known limits, in plain words
+    # trust gate cut-offs (kulit.gate scores, melanoma cut-off, per-source figures); {} = none
+    gate: dict[str, Any] = field(default_factory=dict)
+    # photo-quality limits (kulit.quality): min side, blur, exposure; {} = defaults
+    quality: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
