@@ -51,18 +51,24 @@ def main() -> None:
 @app.command()
 @friendly
 def data(
-    path: Annotated[Path, typer.Argument(help="Image folder, one subfolder per class")],
+    paths: Annotated[
+        list[Path], typer.Argument(help="Image folder(s), each with one subfolder per class")
+    ],
     out: Annotated[Path, typer.Option(help="Where split.csv and data_report.json go")] = Path(
         "runs/data"
     ),
     seed: Annotated[int, typer.Option(help="Seed of the stratified split")] = 0,
     val: Annotated[float, typer.Option(help="Validation fraction")] = 0.2,
     test: Annotated[float, typer.Option(help="Test fraction")] = 0.1,
+    exclude: Annotated[
+        Path | None,
+        typer.Option(help="Files to leave out, one <folder>/<class>/<file> per line (# comments)"),
+    ] = None,
 ) -> None:
-    """Scan, validate and de-duplicate an image folder; write a grouped, stratified split."""
+    """Scan, validate and de-duplicate image folders; split stratified by class and source."""
     from kulit.data import run_data
 
-    code = run_data(path, out, seed=seed, val_frac=val, test_frac=test)
+    code = run_data(paths, out, seed=seed, val_frac=val, test_frac=test, exclude=exclude)
     raise typer.Exit(code)
 
 

@@ -1,14 +1,19 @@
-"""Scan an image folder, validate and de-duplicate it, and write a grouped, stratified split.
+"""Scan image folders, validate and de-duplicate them, and write a grouped, stratified split.
 
-Torch-free (Pillow + numpy). `kulit data PATH` writes `split.csv`, `data_report.json` and
-`data_report.md`; training and evaluation read them back with `load_split` and `read_report`.
-split.csv's `group` is the first 12 hex digits of the smallest sha256 among a group's files, so
-exact and near copies of one photo share a group id, a split, and an id that survives renames.
+Torch-free (Pillow + numpy). `kulit data PATH [PATH ...]` writes `split.csv`, `data_report.json`
+and `data_report.md`; training and evaluation read them back with `load_split` and `read_report`.
+Every file is named `<folder>/<class>/<name>`, relative to the folders' common parent (the
+report's `root`), and carries its `source` (the folder's name) and `origin` (the `source` column
+of the folder's manifest.csv, shortened, where there is one). Duplicates are grouped across all
+folders; the split is stratified by class and source over whole groups. split.csv's `group` is
+the first 12 hex digits of the smallest sha256 among a group's files, so exact and near copies
+of one photo share a group id, a split, and an id that survives renames.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -36,11 +41,13 @@ MAX_FILE_BYTES = 256 * 2**20  # never read a video or disk image into memory
 # photos of one class; at 8 bits 4 of 6 pairs are different photos, some from different classes.
 PHASH_THRESHOLD = 6
 SPLITS = ("train", "val", "test")
-SPLIT_COLUMNS = ("file", "class", "split", "group")
+SPLIT_COLUMNS = ("file", "class", "split", "group")  # required when reading
+SOURCE_COLUMNS = ("source", "origin")  # written by `kulit data`; optional when reading
 REPORT_JSON = "data_report.json"
 REPORT_MD = "data_report.md"
 SPLIT_CSV = "split.csv"
-REPORT_VERSION = 1
+REPORT_VERSION = 2
+MANIFEST = "manifest.csv"  # optional per folder: columns file (relative to it) and source
 _PARALLEL_MIN_FILES = 2000  # decoding is ~2 ms a file: below this, one process is fast enough
 
 
@@ -53,6 +60,8 @@ class SplitRow:
     label: str
     split: str
     group: str
+    source: str = ""  # data folder the file came from (e.g. "skin8-web")
+    origin: str = ""  # the folder manifest's source, shortened (e.g. "DermNet NZ")
 
 
 @dataclass(frozen=True)
@@ -89,7 +98,7 @@ class FolderScan:
 class DataResult:
     """Everything `build_split` decided: the split rows and the report written beside them."""
 
-    rows: list[tuple[str, str, str, str]]  # (file, class, split, group), sorted by file
+    rows: list[tuple[str, str, str, str, str, str]]  # split.csv rows, sorted by file
     report: dict[str, Any] = field(default_factory=dict)
 
 
@@ -451,30 +460,94 @@ def compute_data_hash(used: Iterable[tuple[str, str, str]]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def short_origin(text: str) -> str:
+    """A manifest's long source text cut to its name: 'DermNet NZ (dermnetnz.org) via ...'."""
+    for sep in (" via ", " ("):
+        text = text.split(sep)[0]
+    return text.strip()
+
+
+def read_manifest_origins(folder: Path) -> dict[str, str]:
+    """file (relative to the folder) -> short origin, from the folder's manifest.csv if any."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8")))
+        return {
+            r["file"]: short_origin(r["source"])
+            for r in reader
+            if r.get("file") and r.get("source")
+        }
+    except (OSError, UnicodeDecodeError, csv.Error, KeyError) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+
+
+def read_exclusions(path: Path) -> list[str]:
+    """An exclusion list: one `<folder>/<class>/<file>` per line; '#' starts a comment."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"exclusion list not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read exclusion list {path}: {e}") from None
+    return sorted({ln.split("#")[0].strip() for ln in text.splitlines()} - {""})
+
+
+def _scan_sources(
+    roots: Sequence[Path], workers: int | None, progress: Callable[[int, int], None] | None
+) -> tuple[list[FileCheck], dict[str, str], list[FolderScan]]:
+    """Inspect every folder; file names gain the folder's name as their first part."""
+    names = [Path(r).resolve().name for r in roots]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DataError(f"two data folders share the name {dupes[0]}; give folders distinct names")
+    checks: list[FileCheck] = []
+    origin: dict[str, str] = {}
+    scans: list[FolderScan] = []
+    for root, name in zip(roots, names, strict=True):
+        scan = scan_folder(Path(root))
+        scans.append(scan)
+        origins = read_manifest_origins(Path(root))
+        for c in inspect_files(Path(root), scan.files, workers=workers, progress=progress):
+            file = f"{name}/{c.file}"
+            checks.append(dataclasses.replace(c, file=file))
+            origin[file] = origins.get(c.file, "")
+    return checks, origin, scans
+
+
 def build_split(
-    root: Path,
+    roots: Path | Sequence[Path],
     seed: int = 0,
     val_frac: float = 0.2,
     test_frac: float = 0.1,
     threshold: int = PHASH_THRESHOLD,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    exclude: Sequence[str] = (),
 ) -> DataResult:
-    """Scan, validate, de-duplicate and split `root`; returns the rows and the report dict."""
+    """Scan, validate, de-duplicate and split one or more folders; the rows and the report."""
     _check_fractions(val_frac, test_frac)
     if seed < 0:
         raise DataError(f"seed must be 0 or more, got {seed}")
-    root = Path(root)
-    scan = scan_folder(root)
-    checks = inspect_files(root, scan.files, workers=workers, progress=progress)
-    usable = [c for c in checks if c.ok]
+    roots = [Path(roots)] if isinstance(roots, str | Path) else [Path(r) for r in roots]
+    if not roots:
+        raise DataError("no data folder given")
+    checks, origin_of, scans = _scan_sources(roots, workers, progress)
+    common = Path(os.path.commonpath([r.resolve().parent for r in roots]))
+    source_of = {c.file: c.file.split("/", 1)[0] for c in checks}
+    excluded_set = set(exclude)
+    excluded = sorted(c.file for c in checks if c.file in excluded_set)
+    unknown = sorted(excluded_set - {c.file for c in checks})
+    usable = [c for c in checks if c.ok and c.file not in excluded_set]
     rejected = [
         {"file": c.file, "class": c.label, "code": c.reason_code, "reason": c.reason}
         for c in checks
         if not c.ok
     ]
+    where = ", ".join(str(r) for r in roots)
     if not usable:
-        raise DataError(f"no usable image in {root}: all {len(checks)} files were rejected")
+        raise DataError(f"no usable image in {where}: all {len(checks)} files were rejected")
 
     groups = group_duplicates(usable, threshold)
     group_of: dict[int, str] = {}
@@ -497,37 +570,50 @@ def build_split(
             near_groups.append({"group": gid, "class": labels[0], "files": files})
         for i in members:
             group_of[i] = gid
-        group_info[gid] = (labels[0], len(members))
+        # stratify by class and source: the group's source is its first file's folder
+        group_info[gid] = (f"{labels[0]}\t{source_of[files[0]]}", len(members))
 
     split_of = assign_splits(group_info, seed, val_frac, test_frac)
     rows = sorted(
-        (c.file, c.label, split_of[group_of[i]], group_of[i])
+        (c.file, c.label, split_of[group_of[i]], group_of[i], source_of[c.file],
+         origin_of[c.file])
         for i, c in enumerate(usable)
         if i in group_of
     )
     if not rows:
-        raise DataError(f"no usable image in {root}: every image is in a label conflict")
+        raise DataError(f"no usable image in {where}: every image is in a label conflict")
 
     classes = sorted({r[1] for r in rows})
-    empty = sorted(set(scan.class_dirs) - set(classes))
+    class_dirs = sorted({d for scan in scans for d in scan.class_dirs})
+    empty_dirs = {d for scan in scans for d in scan.empty_classes}
+    empty = sorted(set(class_dirs) - set(classes))
     warnings_: list[str] = []
     for label in empty:
-        why = "is empty" if label in scan.empty_classes else "has no usable image"
+        why = "is empty" if label in empty_dirs else "has no usable image"
         warnings_.append(f"class folder {label} {why}; left out of the class list")
     if len(classes) < 2:
         warnings_.append(f"only {len(classes)} class left; a classifier needs at least 2")
-    counts = {
-        label: {s: sum(1 for r in rows if r[1] == label and r[2] == s) for s in SPLITS}
-        for label in classes
-    }
-    for label in classes:
-        counts[label]["total"] = sum(counts[label][s] for s in SPLITS)
+    for file in unknown:
+        warnings_.append(f"excluded file {file} is not in the data folders")
+    counts = _counts(rows, classes)
+    sources = sorted({r[4] for r in rows})
     split_counts = {s: sum(1 for r in rows if r[2] == s) for s in SPLITS}
     split_groups = {s: len({r[3] for r in rows if r[2] == s}) for s in SPLITS}
     sha_of = {c.file: c.sha256 for c in usable}
     report: dict[str, Any] = {
         "version": REPORT_VERSION,
-        "data_dir": root.resolve().name,
+        "data_dir": " + ".join(r.resolve().name for r in roots),
+        "root": str(common),
+        "sources": {
+            src: {
+                "counts": _counts([r for r in rows if r[4] == src], classes),
+                "origins": {
+                    o: sum(1 for r in rows if r[4] == src and r[5] == o)
+                    for o in sorted({r[5] for r in rows if r[4] == src})
+                },
+            }
+            for src in sources
+        },
         "classes": classes,
         "seed": seed,
         "fractions": {
@@ -557,23 +643,35 @@ def build_split(
             "n_files": sum(len(g["files"]) for g in conflicts),
             "groups": conflicts,
         },
+        "excluded": excluded,
         "rejected": rejected,
-        "ignored": scan.ignored,
+        "ignored": [f"{scan.root.resolve().name}/{i}" for scan in scans for i in scan.ignored],
         "empty_classes": empty,
         "warnings": warnings_,
-        "data_hash": compute_data_hash((f, sha_of[f], c) for f, c, _, _ in rows),
+        "data_hash": compute_data_hash((r[0], sha_of[r[0]], r[1]) for r in rows),
     }
     return DataResult(rows=rows, report=report)
+
+
+def _counts(rows: Sequence[Sequence[str]], classes: Sequence[str]) -> dict[str, dict[str, int]]:
+    """class -> {train, val, test, total} file counts."""
+    counts = {
+        label: {s: sum(1 for r in rows if r[1] == label and r[2] == s) for s in SPLITS}
+        for label in classes
+    }
+    for label in classes:
+        counts[label]["total"] = sum(counts[label][s] for s in SPLITS)
+    return counts
 
 
 # ---------------------------------------------------------------------------------------------
 # Outputs
 
 
-def _split_csv_text(rows: Sequence[tuple[str, str, str, str]]) -> str:
+def _split_csv_text(rows: Sequence[Sequence[str]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(SPLIT_COLUMNS)
+    writer.writerow(SPLIT_COLUMNS + SOURCE_COLUMNS)
     writer.writerows(rows)
     return buf.getvalue()
 
@@ -596,7 +694,8 @@ def render_report_md(report: dict[str, Any]) -> str:
         f"{r['near_duplicates']['n_files']} files",
         f"- label conflicts left out: {r['label_conflicts']['n_groups']} groups, "
         f"{r['label_conflicts']['n_files']} files",
-        f"- rejected files: {len(r['rejected'])}; ignored: {len(r['ignored'])}",
+        f"- rejected files: {len(r['rejected'])}; excluded by list: {len(r['excluded'])}; "
+        f"ignored: {len(r['ignored'])}",
         f"- data hash: `{r['data_hash']}`",
         "",
         "| class | train | val | test | total |",
@@ -607,6 +706,16 @@ def render_report_md(report: dict[str, Any]) -> str:
         lines.append(f"| {label} | {c['train']} | {c['val']} | {c['test']} | {c['total']} |")
     s = r["split_counts"]
     lines.append(f"| **all** | {s['train']} | {s['val']} | {s['test']} | {r['n_files']} |")
+    lines += ["", "## Per source", "", "| source | class | train | val | test | total |",
+              "|---|---|---:|---:|---:|---:|"]
+    for src, info in r["sources"].items():
+        for label, c in info["counts"].items():
+            lines.append(f"| {src} | {label} | {c['train']} | {c['val']} | {c['test']} | "
+                         f"{c['total']} |")
+        origins = ", ".join(f"{o or 'unknown'} {n}" for o, n in info["origins"].items())
+        lines.append(f"| {src} | origins: {origins} | | | | |")
+    if r["excluded"]:
+        lines += ["", "## Excluded by the exclusion list", ""] + [f"- {x}" for x in r["excluded"]]
     if r["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in r["warnings"]]
     if r["rejected"]:
@@ -681,15 +790,21 @@ def summary_lines(report: dict[str, Any], out_dir: Path) -> list[str]:
 
 
 def run_data(
-    path: Path, out: Path, seed: int = 0, val_frac: float = 0.2, test_frac: float = 0.1
+    paths: Path | Sequence[Path],
+    out: Path,
+    seed: int = 0,
+    val_frac: float = 0.2,
+    test_frac: float = 0.1,
+    exclude: Path | None = None,
 ) -> int:
     """`kulit data`: build the split, write it and the reports, print a summary; exit code."""
     result = build_split(
-        Path(path),
+        paths,
         seed=seed,
         val_frac=val_frac,
         test_frac=test_frac,
         progress=_progress_printer(),
+        exclude=read_exclusions(exclude) if exclude else (),
     )
     write_outputs(result, Path(out))
     for line in summary_lines(result.report, Path(out)):
@@ -717,9 +832,18 @@ def read_report(out_dir: Path) -> dict[str, Any]:
     return report
 
 
-def load_split(split_csv: Path, root: Path, check_files: bool = True) -> list[SplitRow]:
-    """Read split.csv into rows with absolute paths under `root`; DataError if unusable."""
-    split_csv, root = Path(split_csv), Path(root)
+def load_split(
+    split_csv: Path, root: Path | None = None, check_files: bool = True
+) -> list[SplitRow]:
+    """Read split.csv into rows with absolute paths; DataError if unusable.
+
+    Files are `<folder>/<class>/<name>`: `root` may be the folders' common parent or one of the
+    folders itself; without it, the `root` recorded in the data report beside split.csv.
+    """
+    split_csv = Path(split_csv)
+    if root is None:
+        root = Path(read_report(split_csv.parent).get("root", split_csv.parent))
+    root = Path(root)
     try:
         text = split_csv.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -751,8 +875,11 @@ def load_split(split_csv: Path, root: Path, check_files: bool = True) -> list[Sp
                 f"malformed split file {split_csv}, line {line_no}: file must be relative "
                 f"to the data folder, got {values['file']!r}"
             )
+        # a file named after the folder given as root lives beside it, under root's parent
+        path = (base.parent if rel.parts[0] == base.name else base) / rel
         rows.append(
-            SplitRow(base / rel, values["file"], values["class"], values["split"], values["group"])
+            SplitRow(path, values["file"], values["class"], values["split"], values["group"],
+                     *((rec.get(c) or "").strip() for c in SOURCE_COLUMNS))
         )
     if not rows:
         raise DataError(f"split file {split_csv} has no rows")

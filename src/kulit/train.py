@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageFilter
 from torch import nn
 
 from kulit import __version__
@@ -61,7 +61,10 @@ class TrainConfig:
     weight_decay: float = 1e-4  # AdamW decoupled weight decay
     label_smoothing: float = 0.1
     balance: bool = True  # weight the loss by inverse class frequency
-    views: int = 8  # cached views per training image (view 0 plain, the rest augmented)
+    views: int = 6  # cached views per training image (view 0 plain, the rest augmented)
+    capture_aug: bool = True  # views imitate capture: context crops, low resolution, blur, WB
+    source_balance: bool = True  # sample every (class, source) cell equally often per epoch
+    clean_labels: bool = True  # leave out training photos cleanlab flags as likely mislabelled
     tta: bool = True  # average logits over the image and its mirror image
     finetune_blocks: int = 4  # last backbone blocks trained on cached inputs; 0 = frozen base
     patience: int = 15  # epochs without val balanced-accuracy gain before stopping; 0 = off
@@ -82,12 +85,14 @@ RECIPES: dict[str, dict[str, Any]] = {
     "paper": dict(
         input_size=64, head="paper", hidden=128, dropout=0.5, epochs=32, batch_size=64, lr=1e-4,
         weight_decay=0.0, label_smoothing=0.0, balance=False, views=1, tta=False, patience=0,
-        mask_logo=False, finetune_blocks=0,
+        mask_logo=False, finetune_blocks=0, capture_aug=False, source_balance=False,
+        clean_labels=False,
     ),
     "kulit": dict(
         input_size=224, head="linear", dropout=0.2, epochs=100, batch_size=64, lr=1e-3,
-        weight_decay=1e-4, label_smoothing=0.1, balance=True, views=8, tta=True, patience=15,
-        mask_logo=True, finetune_blocks=4,
+        weight_decay=1e-4, label_smoothing=0.1, balance=False, views=6, tta=True, patience=10,
+        mask_logo=True, finetune_blocks=4, capture_aug=True, source_balance=True,
+        clean_labels=True,
     ),
 }
 
@@ -108,15 +113,20 @@ def seed_everything(seed: int) -> None:
 
 # ---------------------------------------------------------------- augmentation
 
-def augment(img: Image.Image, rng: np.random.Generator, size: int) -> Image.Image:
+def augment(img: Image.Image, rng: np.random.Generator, size: int, capture: bool = False
+            ) -> Image.Image:
     """A random view: crop, mirror, quarter turn, colour, and JPEG re-encoding.
 
     Re-encoding every view as JPEG at a random quality removes the PNG-versus-JPEG cue that
-    separates the Chickenpox source from DermNet.
+    separates the Chickenpox source from DermNet. With `capture`, views also imitate how
+    people take photos: crops that keep or drop the context, a 100-300 px thumbnail blown up
+    again, blur, white balance and exposure, lower JPEG quality; so neither a clinical atlas's
+    look nor a web thumbnail's predicts a class.
     """
     w, h = img.size
     side = min(w, h)
-    area = side * side * rng.uniform(0.35, 1.0)
+    lo = (0.15 if rng.random() < 0.5 else 0.6) if capture else 0.35  # tight or with context
+    area = side * side * rng.uniform(lo, 1.0)
     ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
     cw = int(min(w, round(math.sqrt(area * ratio))))
     ch = int(min(h, round(math.sqrt(area / ratio))))
@@ -130,9 +140,29 @@ def augment(img: Image.Image, rng: np.random.Generator, size: int) -> Image.Imag
         img = img.rotate(90 * k)
     for enh in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
         img = enh(img).enhance(float(rng.uniform(0.8, 1.2)))
+    quality = int(rng.integers(60, 96))
+    if capture:
+        img = _capture(img, rng, size)
+        quality = int(rng.integers(30, 96))
     buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=int(rng.integers(60, 96)))
+    img.save(buf, "JPEG", quality=quality)
     return Image.open(buf).convert("RGB")
+
+
+def _capture(img: Image.Image, rng: np.random.Generator, size: int) -> Image.Image:
+    """Thumbnail round trip, blur, white balance and exposure, each with some probability."""
+    if rng.random() < 0.5:
+        small = int(rng.integers(100, 301))
+        if small < size:
+            img = img.resize((small, small), Image.Resampling.BILINEAR).resize(
+                (size, size), Image.Resampling.BILINEAR)
+    if rng.random() < 0.3:
+        img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.5))))
+    if rng.random() < 0.5:
+        gains = rng.uniform(0.85, 1.15, 3) * rng.uniform(0.7, 1.3)  # white balance x exposure
+        arr = np.asarray(img, np.float32) * gains.astype(np.float32)
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    return img
 
 
 # ---------------------------------------------------------------- features
@@ -143,6 +173,7 @@ class Sample:
     file: str
     label: int
     split: str
+    source: str = ""
 
 
 def load_samples(cfg: TrainConfig) -> tuple[list[Sample], list[str], dict[str, Any]]:
@@ -159,7 +190,7 @@ def load_samples(cfg: TrainConfig) -> tuple[list[Sample], list[str], dict[str, A
         rows = kept
     classes = sorted({r.label for r in rows})
     idx = {c: i for i, c in enumerate(classes)}
-    samples = [Sample(r.path, r.file, idx[r.label], r.split) for r in rows]
+    samples = [Sample(r.path, r.file, idx[r.label], r.split, r.source) for r in rows]
     for split in ("train", "val"):
         if not any(s.split == split for s in samples):
             raise DataError(f"{cfg.split_csv}: no '{split}' rows; run `kulit data` first")
@@ -200,14 +231,14 @@ class FeatureExtractor:
         return (f.mean((2, 3)) if self.pooled else f).numpy()
 
 
-def view_images(s: Sample, views: int, seed: int, size: int, tta: bool, train: bool
-                ) -> list[Image.Image]:
+def view_images(s: Sample, views: int, seed: int, size: int, tta: bool, train: bool,
+                capture: bool = False) -> list[Image.Image]:
     """View 0 is the plain image; training adds augmented views, evaluation its mirror."""
     img = open_image(s.path, draft=2 * size)
     out = [img]
     if train:
         rng = np.random.default_rng([seed, zlib_crc(s.file)])
-        out += [augment(img, rng, size) for _ in range(views - 1)]
+        out += [augment(img, rng, size, capture) for _ in range(views - 1)]
     elif tta:
         out.append(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
     return out
@@ -225,7 +256,8 @@ def cache_key(cfg: TrainConfig, samples: Sequence[Sample], data_hash: str) -> st
         "backbone": cfg.backbone, "weights": cfg.weights, "pretrained": cfg.pretrained,
         "input_size": cfg.input_size, "pre": cfg.preprocessing().to_dict(),
         "views": cfg.views, "tta": cfg.tta, "pooled": cfg.head == "linear", "seed": cfg.seed,
-        "dedupe": cfg.dedupe, "finetune_blocks": cfg.finetune_blocks, "version": 3,
+        "dedupe": cfg.dedupe, "finetune_blocks": cfg.finetune_blocks,
+        "capture_aug": cfg.capture_aug, "version": 4,
     }
     blob = json.dumps(parts, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
@@ -254,7 +286,7 @@ def extract_features(cfg: TrainConfig, samples: list[Sample], data_hash: str,
         for s in bar:
             try:
                 imgs = view_images(s, cfg.views, cfg.seed, cfg.input_size, cfg.tta,
-                                   split == "train")
+                                   split == "train", cfg.capture_aug)
             except ImageError as e:
                 raise DataError(f"{s.file}: {e.message} (re-run `kulit data`)") from None
             n_views = len(imgs)
@@ -315,6 +347,52 @@ def balanced_accuracy(y: np.ndarray, pred: np.ndarray, k: int) -> float:
     return float(np.mean(recalls)) if recalls else 0.0
 
 
+def source_balanced_accuracy(y: np.ndarray, pred: np.ndarray, source: np.ndarray, k: int
+                             ) -> float:
+    """Mean over data sources of each source's balanced accuracy."""
+    return float(np.mean([balanced_accuracy(y[source == s], pred[source == s], k)
+                          for s in sorted(set(source.tolist()))]))
+
+
+def _sampling_probs(y: np.ndarray, source: np.ndarray, keep: np.ndarray, balance: bool
+                    ) -> np.ndarray:
+    """Per training photo, the chance to be drawn: equal mass per (class, source) cell."""
+    cell = np.array([f"{a}|{b}" for a, b in zip(y.tolist(), source.tolist(), strict=True)])
+    p = np.zeros(len(y))
+    for c in set(cell[keep].tolist()):
+        members = keep & (cell == c)
+        p[members] = 1.0 / members.sum()
+    if not balance:
+        p = keep.astype(np.float64)
+    return p / p.sum()
+
+
+@torch.no_grad()
+def _pooled_view0(feats: np.ndarray, top: nn.Module | None) -> np.ndarray:
+    """The plain view's features pooled over space, through the pretrained top if any."""
+    x = feats[:, 0]
+    if top is None:
+        return x.reshape(len(x), x.shape[1], -1).mean(-1) if x.ndim > 2 else x
+    top.eval()
+    out = [top(torch.from_numpy(x[i: i + 128]).float()).mean((2, 3)).numpy()
+           for i in range(0, len(x), 128)]
+    return np.concatenate(out)
+
+
+def _clean_labels(cfg: TrainConfig, samples: list[Sample], feats: np.ndarray, y: np.ndarray,
+                  top: nn.Module | None, classes: list[str], out: Path
+                  ) -> tuple[np.ndarray, dict[str, dict[str, int]]]:
+    """Keep-mask over training photos: cleanlab on out-of-fold probabilities (see module)."""
+    from kulit.label_issues import find_issues, write_issues
+
+    train = [s for s in samples if s.split == "train"]
+    mask, probs = find_issues(_pooled_view0(feats, top), y, cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = write_issues(out, [s.file for s in train], [s.path for s in train],
+                          [s.source for s in train], y, probs, mask, classes)
+    return ~mask, counts
+
+
 @torch.no_grad()
 def eval_logits(model: nn.Module, feats: np.ndarray) -> np.ndarray:
     """Logits averaged over the evaluation views (plain + mirror when TTA is on)."""
@@ -336,7 +414,8 @@ class Recompute:
     def features(self, split: str) -> np.ndarray:
         subset = [s for s in self.samples if s.split == split]
         tensors = [self.fx.tensor(im) for s in subset for im in view_images(
-            s, self.cfg.views, self.cfg.seed, self.cfg.input_size, self.cfg.tta, split == "train")]
+            s, self.cfg.views, self.cfg.seed, self.cfg.input_size, self.cfg.tta, split == "train",
+            self.cfg.capture_aug)]
         arr = np.concatenate([self.fx(np.stack(tensors[i: i + 64]))
                               for i in range(0, len(tensors), 64)])
         return arr.reshape(len(subset), -1, *arr.shape[1:])
@@ -385,6 +464,15 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
         w = counts.sum() / (k * np.maximum(counts, 1))
         weight = torch.tensor(w, dtype=torch.float32)
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+    src = {s: np.array([x.source for x in samples if x.split == s]) for s in ("train", "val")}
+    keep = np.ones(len(y["train"]), bool)
+    label_issues: dict[str, dict[str, int]] = {}
+    if cfg.clean_labels and not recompute and np.bincount(y["train"]).min() >= 10:
+        keep, label_issues = _clean_labels(cfg, samples, feats["train"], y["train"], top,
+                                           classes, out)
+        log(f"label issues: left out {int((~keep).sum())} of {len(keep)} training photos "
+            f"({label_issues})")
+    draw_p = _sampling_probs(y["train"], src["train"], keep, cfg.source_balance)
     plain_loss = nn.CrossEntropyLoss()
     gen = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -398,11 +486,14 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
     try:
         for epoch in bar:
             tr = recompute.features("train") if recompute else feats["train"]
-            n, v = tr.shape[:2]
-            pick = gen.integers(0, v, n)  # one random view per image per epoch
-            xs = torch.from_numpy(tr[np.arange(n), pick])
-            ys = torch.from_numpy(y["train"])
-            order = torch.from_numpy(gen.permutation(n))
+            v = tr.shape[1]
+            chosen = gen.choice(len(draw_p), size=int(keep.sum()), p=draw_p) \
+                if cfg.source_balance else gen.permutation(np.flatnonzero(keep))
+            n = len(chosen)
+            pick = gen.integers(0, v, n)  # one random view per image per draw
+            xs = torch.from_numpy(tr[chosen, pick])
+            ys = torch.from_numpy(y["train"][chosen])
+            order = torch.arange(n)
             model.train()
             tot_loss, tot_correct = 0.0, 0
             for i in range(0, n, cfg.batch_size):
@@ -422,11 +513,14 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
                 "epoch": epoch, "loss": tot_loss / n, "accuracy": tot_correct / n,
                 "val_loss": val_loss, "val_accuracy": float((vpred == y["val"]).mean()),
                 "val_balanced_accuracy": balanced_accuracy(y["val"], vpred, k),
+                "val_source_balanced_accuracy": source_balanced_accuracy(
+                    y["val"], vpred, src["val"], k),
             }
             history.append(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", val_acc=f"{row['val_accuracy']:.3f}",
                             val_bacc=f"{row['val_balanced_accuracy']:.3f}")
-            score = row["val_balanced_accuracy"] if cfg.patience else float(epoch)
+            # selection: the mean over sources, so no source's photos can be sacrificed
+            score = row["val_source_balanced_accuracy"] if cfg.patience else float(epoch)
             if score > best["score"] + 1e-9:
                 best = {"score": score, "epoch": epoch,
                         "state": {k_: t.clone() for k_, t in model.state_dict().items()}}
@@ -454,7 +548,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
     }
     torch.save(ckpt, out / "checkpoint.pt")
     timing = {"feature_seconds": feat_seconds, "total_seconds": train_seconds,
-              "epochs_run": len(history), "cached": cfg.cache}
+              "epochs_run": len(history), "cached": cfg.cache,
+              "label_issues_left_out": label_issues}
     write_run(out, cfg, classes, history, report, timing, best["epoch"], temperature, threshold)
     log(format_history(history))
     log(f"run saved to {out} (best epoch {best['epoch']}, temperature {temperature:.3f}, "
