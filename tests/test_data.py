@@ -218,9 +218,9 @@ def test_bad_files_are_rejected_with_a_reason(folder: Path, result, name: str, c
     check = inspect_file(folder, name, label)
     assert check.reason_code == code and check.reason
     rejected = {r["file"]: r for r in result.report["rejected"]}
-    assert rejected[name]["code"] == code
-    assert rejected[name]["class"] == label
-    assert name not in rows_by_file(result)
+    assert rejected[f"photos/{name}"]["code"] == code
+    assert rejected[f"photos/{name}"]["class"] == label
+    assert f"photos/{name}" not in rows_by_file(result)
 
 
 def test_format_is_sniffed_not_taken_from_the_extension(tmp_path: Path) -> None:
@@ -245,7 +245,7 @@ def test_parallel_inspection_matches_serial(folder: Path) -> None:
 
 def test_report_lists_ignored_and_empty(result) -> None:
     report = result.report
-    assert report["ignored"] == ["manifest.csv"]
+    assert report["ignored"] == ["photos/manifest.csv"]
     assert report["empty_classes"] == ["empty"]
     assert report["classes"] == ["cats", "dogs"]
     assert any("empty" in w for w in report["warnings"])
@@ -257,23 +257,23 @@ def test_report_lists_ignored_and_empty(result) -> None:
 
 def test_exact_duplicate_found_and_kept_in_its_group(result) -> None:
     exact = result.report["exact_duplicates"]
-    assert exact["groups"] == [
-        ["cats/cat00.png", "cats/cat00_copy.png"],
-        ["cats/conflict.png", "dogs/conflict_too.png"],  # reported, though left out as a conflict
+    assert exact["groups"] == [  # the 2nd: reported, though left out as a conflict
+        ["photos/cats/cat00.png", "photos/cats/cat00_copy.png"],
+        ["photos/cats/conflict.png", "photos/dogs/conflict_too.png"],
     ]
     assert exact["n_extra_copies"] == 2
     rows = rows_by_file(result)
-    assert rows["cats/cat00.png"][2:] == rows["cats/cat00_copy.png"][2:]
+    assert rows["photos/cats/cat00.png"][2:] == rows["photos/cats/cat00_copy.png"][2:]
 
 
 def test_near_duplicates_grouped_into_one_split(result) -> None:
     near = result.report["near_duplicates"]
     members = {
-        "cats/cat01.jpg",
-        "cats/near_resized.png",
-        "cats/near_reencoded.jpg",
-        "cats/near_hflip.png",
-        "cats/near_rot90.webp",
+        "photos/cats/cat01.jpg",
+        "photos/cats/near_resized.png",
+        "photos/cats/near_reencoded.jpg",
+        "photos/cats/near_hflip.png",
+        "photos/cats/near_rot90.webp",
     }
     assert [set(g["files"]) for g in near["groups"]] == [members]
     rows = rows_by_file(result)
@@ -288,16 +288,17 @@ def test_label_conflict_left_out(result) -> None:
     conflicts = result.report["label_conflicts"]
     assert conflicts["n_groups"] == 1
     (group,) = conflicts["groups"]
-    assert group["files"] == ["cats/conflict.png", "dogs/conflict_too.png"]
+    assert group["files"] == ["photos/cats/conflict.png", "photos/dogs/conflict_too.png"]
     assert group["classes"] == ["cats", "dogs"]
     rows = rows_by_file(result)
-    assert "cats/conflict.png" not in rows and "dogs/conflict_too.png" not in rows
+    assert "photos/cats/conflict.png" not in rows and "photos/dogs/conflict_too.png" not in rows
 
 
 def test_split_is_grouped_stratified_and_counted(result) -> None:
     report = result.report
     group_splits: dict[str, set[str]] = {}
-    for _, _, split, group in result.rows:
+    for _, _, split, group, source, _ in result.rows:
+        assert source == "photos"
         group_splits.setdefault(group, set()).add(split)
     assert all(len(s) == 1 for s in group_splits.values())
     assert report["n_groups"] == len(group_splits)
@@ -332,7 +333,7 @@ def test_run_twice_gives_identical_bytes_and_seed_matters(folder: Path, tmp_path
     # the data hash covers content, not the split
     assert read_report(tmp_path / "a")["data_hash"] == read_report(tmp_path / "c")["data_hash"]
     text = (tmp_path / "a" / REPORT_JSON).read_text()
-    assert str(folder) not in text and str(tmp_path) not in text
+    assert str(folder.parent) not in text and str(tmp_path) not in text
 
 
 def test_outputs_and_load_split_round_trip(folder: Path, tmp_path: Path, capsys) -> None:
@@ -341,13 +342,15 @@ def test_outputs_and_load_split_round_trip(folder: Path, tmp_path: Path, capsys)
     assert "exact extra copies" in printed and "data hash" in printed
     with open(tmp_path / SPLIT_CSV, newline="") as f:
         reader = csv.reader(f)
-        assert next(reader) == ["file", "class", "split", "group"]
+        assert next(reader) == ["file", "class", "split", "group", "source", "origin"]
     rows = load_split(tmp_path / SPLIT_CSV, folder)
     report = read_report(tmp_path)
     assert len(rows) == report["n_files"]
     assert all(r.path.is_absolute() and r.path.is_file() for r in rows)
     assert {r.label for r in rows} == set(report["classes"])
-    assert rows[0].path == (folder / rows[0].file).resolve()
+    assert rows[0].path == (folder.parent / rows[0].file).resolve()
+    assert rows[0].file.startswith("photos/") and rows[0].source == "photos"
+    assert load_split(tmp_path / SPLIT_CSV)[0].path == rows[0].path  # root from the report
     assert json.loads((tmp_path / REPORT_JSON).read_text())["data_hash"] == report["data_hash"]
     md = (tmp_path / REPORT_MD).read_text()
     assert "truncated" in md and "| dogs | 10 | 3 | 1 | 14 |" in md
@@ -444,7 +447,7 @@ def test_skin8_counts(tmp_path: Path) -> None:
     report = read_report(tmp_path)
     assert len(report["classes"]) == 8
     assert report["n_files_scanned"] == 1110 and report["rejected"] == []
-    assert report["ignored"] == ["manifest.csv"]
+    assert report["ignored"] == ["skin8/manifest.csv"]
     assert report["exact_duplicates"]["n_extra_copies"] == 39
     assert report["exact_duplicates"]["n_groups"] == 38
     assert report["near_duplicates"]["n_groups"] == 29
@@ -460,3 +463,34 @@ def test_skin8_counts(tmp_path: Path) -> None:
         assert abs(report["split_counts"][split] / n - frac) < 0.01
     for counts in report["counts"].values():
         assert abs(counts["test"] / counts["total"] - 0.1) < 0.03
+
+
+SKIN8_WEB = SKIN8.parent / "skin8-web"
+
+
+@pytest.mark.skipif(not SKIN8_WEB.is_dir(), reason="../shared/data/skin8-web not present")
+def test_two_sources_one_split(tmp_path: Path) -> None:
+    """skin8 + skin8-web: sources recorded, exclusions honoured, stratified per source, stable."""
+    excl = tmp_path / "exclude.txt"
+    excl.write_text("skin8/Impetigo/impetigo__impetigo3.jpg  # hand dermatitis\n"
+                    "# a comment line\nskin8/Nope/missing.jpg\n")
+    for out in ("a", "b"):
+        assert run_data([SKIN8, SKIN8_WEB], tmp_path / out, seed=0, exclude=excl) == 0
+    for name in (SPLIT_CSV, "data_report.json", "data_report.md"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    report = read_report(tmp_path / "a")
+    assert report["excluded"] == ["skin8/Impetigo/impetigo__impetigo3.jpg"]
+    assert any("skin8/Nope/missing.jpg" in w for w in report["warnings"])
+    assert set(report["sources"]) == {"skin8", "skin8-web"}
+    assert report["sources"]["skin8"]["origins"]["Monkeypox Skin Images Dataset"] == 107
+    rows = load_split(tmp_path / "a" / SPLIT_CSV)  # root from the report
+    assert all(r.path.is_file() for r in rows[:50])
+    assert {r.source for r in rows} == {"skin8", "skin8-web"}
+    assert not any(r.file == "skin8/Impetigo/impetigo__impetigo3.jpg" for r in rows)
+    # every (class, source) cell has about 10% of its files in test
+    for src, info in report["sources"].items():
+        for label, c in info["counts"].items():
+            assert abs(c["test"] / c["total"] - 0.1) < 0.04, (src, label, c)
+    # the same split read with one folder as the root resolves the other folder beside it
+    again = load_split(tmp_path / "a" / SPLIT_CSV, SKIN8)
+    assert [r.path for r in again] == [r.path for r in rows]

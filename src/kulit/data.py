@@ -603,7 +603,7 @@ def build_split(
     report: dict[str, Any] = {
         "version": REPORT_VERSION,
         "data_dir": " + ".join(r.resolve().name for r in roots),
-        "root": str(common),
+        "root": str(common),  # written relative to the output folder
         "sources": {
             src: {
                 "counts": _counts([r for r in rows if r[4] == src], classes),
@@ -742,6 +742,9 @@ def render_report_md(report: dict[str, Any]) -> str:
 def write_outputs(result: DataResult, out_dir: Path) -> None:
     """Write split.csv, data_report.json and data_report.md; same input -> same bytes."""
     out_dir = Path(out_dir)
+    # the folders' parent, relative to the output folder: no absolute path in any output
+    result.report["root"] = Path(
+        os.path.relpath(Path(result.report["root"]).resolve(), out_dir.resolve())).as_posix()
     csv_text = _split_csv_text(result.rows)
     result.report["split_sha256"] = hashlib.sha256(csv_text.encode()).hexdigest()
     json_text = json.dumps(result.report, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
@@ -832,6 +835,15 @@ def read_report(out_dir: Path) -> dict[str, Any]:
     return report
 
 
+def _under(base: Path, rel: Path, bases: dict[str, Path]) -> Path:
+    """Where `<folder>/...` lives: under `base`, or beside it when `base` is one of the folders."""
+    top = rel.parts[0]
+    if top not in bases:
+        inside = top != base.name and (base / top).is_dir()
+        bases[top] = base if inside or not (base.parent / top).is_dir() else base.parent
+    return bases[top] / rel
+
+
 def load_split(
     split_csv: Path, root: Path | None = None, check_files: bool = True
 ) -> list[SplitRow]:
@@ -842,7 +854,7 @@ def load_split(
     """
     split_csv = Path(split_csv)
     if root is None:
-        root = Path(read_report(split_csv.parent).get("root", split_csv.parent))
+        root = split_csv.parent / read_report(split_csv.parent).get("root", ".")
     root = Path(root)
     try:
         text = split_csv.read_text(encoding="utf-8")
@@ -859,6 +871,7 @@ def load_split(
     if check_files and not root.is_dir():
         raise DataError(f"data folder not found: {root}")
     base = root.resolve()
+    bases: dict[str, Path] = {}
     rows: list[SplitRow] = []
     for line_no, rec in enumerate(reader, start=2):
         values = {c: (rec.get(c) or "").strip() for c in SPLIT_COLUMNS}
@@ -875,8 +888,7 @@ def load_split(
                 f"malformed split file {split_csv}, line {line_no}: file must be relative "
                 f"to the data folder, got {values['file']!r}"
             )
-        # a file named after the folder given as root lives beside it, under root's parent
-        path = (base.parent if rel.parts[0] == base.name else base) / rel
+        path = _under(base, rel, bases)
         rows.append(
             SplitRow(path, values["file"], values["class"], values["split"], values["group"],
                      *((rec.get(c) or "").strip() for c in SOURCE_COLUMNS))
