@@ -220,6 +220,40 @@ def evaluate(
         typer.echo(line)
 
 
+@app.command("gate")
+@friendly
+def gate_cmd(
+    model: Annotated[
+        Path, typer.Option("--model", help="Model directory; gate.npz and card.json are "
+                           "written into it", metavar="DIR")
+    ],
+    data: Annotated[
+        Path, typer.Option(help="Data root holding skin8/, skin8-web/, not-skin/ and "
+                           "other-conditions/", metavar="DIR")
+    ] = Path("../shared/data"),
+    split_csv: Annotated[
+        Path | None, typer.Option("--split-csv", help="Multi-source split.csv (file,class,"
+                                  "split,group,source,origin); without it an md5 dev split",
+                                  metavar="FILE")
+    ] = None,
+    cache: Annotated[
+        Path | None, typer.Option(help="Feature cache (.npz), reused while model.onnx is "
+                                  "unchanged", metavar="FILE")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the logistic fits")] = 0,
+) -> None:
+    """Fit the trust gate (not skin / none of these) and the card's cut-offs on a model."""
+    from kulit.gate_fit import GateParams, run_gate
+
+    def show(i: int, n: int) -> None:
+        print(f"\rfeatures {i}/{n}", end="\n" if i == n else "", file=sys.stderr, flush=True)
+
+    for line in run_gate(model, data, split_csv=split_csv, cache=cache,
+                         params=GateParams(seed=seed),
+                         progress=show if sys.stderr.isatty() else None):
+        typer.echo(line)
+
+
 @app.command("predict")
 @friendly
 def predict_cmd(

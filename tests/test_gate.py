@@ -1,0 +1,175 @@
+"""The trust gate: fitting, cut-off selection and the gate.npz round trip, on synthetic features."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kulit.gate import Gate, load_gate, save_gate
+from kulit.gate_fit import (
+    NOT_SKIN_TUNED,
+    OTHER_TUNED,
+    Features,
+    GateParams,
+    Row,
+    accuracy_threshold,
+    coverage_cutoff,
+    fit_gate,
+    fit_logistic,
+    read_split_rows,
+    rejection_threshold,
+    wilson,
+)
+
+CLASSES = ["Chickenpox", "Herpes", "Impetigo", "Melanoma", "Psoriasis", "Ringworm", "Vitiligo",
+           "Warts"]
+
+
+def blobs(rng: np.random.Generator, n: int, d: int, shift: float) -> tuple[np.ndarray, ...]:
+    centre = np.zeros(d)
+    centre[:3] = shift
+    return rng.normal(centre, 1.0, (n, d)), rng.normal(-centre, 1.0, (n, d))
+
+
+def test_logistic_separates_two_blobs() -> None:
+    rng = np.random.default_rng(0)
+    pos, neg = blobs(rng, 200, 16, 1.5)
+    w, b = fit_logistic(pos, neg, c=1.0)
+    t_pos, t_neg = blobs(rng, 500, 16, 1.5)  # fresh draws, not the fitted points
+    acc = ((t_pos @ w + b > 0).mean() + (t_neg @ w + b <= 0).mean()) / 2
+    assert acc > 0.97
+
+
+def test_rejection_threshold_hits_its_target_per_group_and_moves() -> None:
+    rng = np.random.default_rng(1)
+    a, b = rng.uniform(0, 1, 1000), rng.beta(2, 5, 400)
+    t = rejection_threshold({"a": a, "b": b}, 0.02)
+    assert (a >= t).mean() <= 0.02 and (b >= t).mean() <= 0.02
+    # strictest group decides: group a alone would need this cut-off, and b passes it too
+    assert t == rejection_threshold({"a": a}, 0.02)
+    assert (a >= t).mean() > 0.015  # not needlessly strict
+    t_shifted = rejection_threshold({"a": np.clip(a + 0.3, 0, 2), "b": b}, 0.02)
+    assert t_shifted > t + 0.2
+    assert rejection_threshold({"a": a}, 0.10) < t
+
+
+def test_coverage_cutoff_covers_every_source() -> None:
+    rng = np.random.default_rng(2)
+    web = rng.beta(2, 2, 120)  # melanoma probabilities of a harder source
+    clinic = rng.beta(8, 2, 60)
+    c = coverage_cutoff({"clinic": clinic, "web": web}, 0.95)
+    for p in (clinic, web):
+        assert (p >= c).mean() >= 0.95
+    assert c == coverage_cutoff({"web": web}, 0.95) < coverage_cutoff({"clinic": clinic}, 0.95)
+    # at most 5% of the hard source may fall below: the cut-off sits at its 6th-lowest value
+    assert (web < c).sum() == int(0.05 * 120)
+    assert coverage_cutoff({"web": web * 0.5}, 0.95) < c
+
+
+def test_accuracy_threshold_makes_confident_answers_right() -> None:
+    rng = np.random.default_rng(3)
+    conf = rng.uniform(0.2, 1.0, 2000)
+    correct = rng.uniform(0, 1, 2000) < conf  # right with probability = confidence
+    t = accuracy_threshold({"s": conf}, {"s": correct}, 0.9)
+    assert correct[conf >= t].mean() >= 0.9
+    assert 0.7 < t < 0.9
+    t_easier = accuracy_threshold({"s": conf}, {"s": correct | (conf > 0.5)}, 0.9)
+    assert t_easier < t
+
+
+def test_gate_save_load_roundtrip(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    d = 12
+    gate = Gate(rng.normal(size=d), rng.uniform(0.5, 2, d),
+                {"not_skin": rng.normal(size=d), "other": rng.normal(size=d)},
+                {"not_skin": 0.3, "other": -1.2})
+    save_gate(gate, tmp_path)
+    loaded = load_gate(tmp_path)
+    assert loaded is not None
+    x = rng.normal(size=(7, d))
+    a, b = gate.scores(x), loaded.scores(x)
+    assert np.array_equal(a.not_skin, b.not_skin) and np.array_equal(a.other, b.other)
+    assert load_gate(tmp_path / "nowhere") is None
+
+
+def synthetic_features(rng: np.random.Generator, d: int = 24) -> Features:
+    """Skin photos near the origin (class signal in dims 3..10), not-skin shifted along dim 0,
+    other conditions along dim 1; melanoma logits weaker in the web source."""
+    rows, pooled, logits = [], [], []
+
+    def add(row: Row, x: np.ndarray, lg: np.ndarray) -> None:
+        rows.append(row)
+        pooled.append(x)
+        logits.append(lg)
+
+    for source, strength in (("skin8", 3.0), ("skin8-web", 1.5)):
+        for split, n in (("train", 160), ("val", 120), ("test", 60)):
+            for i in range(n):
+                k = i % len(CLASSES)
+                x = rng.normal(0, 1, d)
+                x[3 + k] += 2.0
+                lg = rng.normal(0, 1, len(CLASSES))
+                lg[k] += strength
+                add(Row(f"{source}/{CLASSES[k]}/{split}{i}.jpg", CLASSES[k], split, source),
+                    x, lg)
+    for label in ("animals", "people"):
+        for i in range(60):
+            x = rng.normal(0, 1, d)
+            x[0] += 6.0
+            split = "tune" if label in NOT_SKIN_TUNED else "held_out"
+            add(Row(f"not-skin/{label}/{i}.jpg", label, split, "not-skin"), x,
+                rng.normal(0, 1, len(CLASSES)))
+    for label in ("acne-vulgaris", "keloid"):
+        for i in range(60):
+            x = rng.normal(0, 1, d)
+            x[1] += 6.0
+            split = "tune" if label in OTHER_TUNED else "held_out"
+            add(Row(f"other-conditions/{label}/{i}.jpg", label, split, "other-conditions"), x,
+                rng.normal(0, 1, len(CLASSES)))
+    return Features(rows, np.array(pooled), np.array(logits), np.ones(len(rows), bool))
+
+
+def test_fit_gate_on_synthetic_features() -> None:
+    feats = synthetic_features(np.random.default_rng(5))
+    gate, cfg, threshold = fit_gate(feats, CLASSES, 1.0, GateParams(c_not_skin=1.0, c_other=1.0))
+    sc = gate.scores(feats.pooled)
+    src = np.array([r.source for r in feats.rows])
+    split = np.array([r.split for r in feats.rows])
+    labels = np.array([r.label for r in feats.rows])
+    # held-out "people" (never fitted on) are rejected; skin val stays within its 2% budget
+    assert (sc.not_skin[labels == "people"] >= cfg["not_skin_threshold"]).mean() > 0.95
+    for s in ("skin8", "skin8-web"):
+        val = (src == s) & (split == "val")
+        assert (sc.not_skin[val] >= cfg["not_skin_threshold"]).mean() <= 0.02
+        assert (sc.other[val] >= cfg["other_threshold"]).mean() <= 0.10
+    assert (sc.other[labels == "keloid"] >= cfg["other_threshold"]).mean() > 0.9
+    # melanoma cut-off: every source's val melanoma photos covered >= 95%, the web one binding
+    p = np.exp(feats.logits - feats.logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    mel = (labels == "Melanoma") & (split == "val")
+    for s in ("skin8", "skin8-web"):
+        assert (p[mel & (src == s), 3] >= cfg["melanoma_cutoff"]).mean() >= 0.95
+    assert 0.0 < threshold < 1.0
+    assert cfg["tuned_on"]["not_skin_categories"] == list(NOT_SKIN_TUNED)
+
+
+def test_read_split_rows_accepts_the_multi_source_format(tmp_path: Path) -> None:
+    path = tmp_path / "split.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "class", "split", "group", "source", "origin"])
+        w.writerow(["skin8-web/Herpes/x.jpg", "Herpes", "val", "g1", "skin8-web", "web"])
+    assert read_split_rows(path) == [Row("skin8-web/Herpes/x.jpg", "Herpes", "val", "skin8-web")]
+    bad = tmp_path / "old.csv"
+    bad.write_text("file,class,split,group\nHerpes/x.jpg,Herpes,val,g\n")
+    with pytest.raises(Exception, match="source"):
+        read_split_rows(bad)
+
+
+def test_wilson_interval() -> None:
+    lo, hi = wilson(19, 20) or (0, 0)
+    assert lo < 0.95 < hi and hi <= 1.0 and 0.7 < lo < 0.8
+    assert wilson(0, 0) is None
