@@ -26,7 +26,7 @@ from kulit.evaluate import (
     fit_temperature,
     write_report,
 )
-from kulit.predict import softmax
+from kulit.calibration import softmax
 from tests.conftest import make_image
 
 REQUIRED_KEYS = {

@@ -18,9 +18,10 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
+from kulit.calibration import softmax
 from kulit.card import HEAD_FILE, ONNX_FILE, ModelCard, load_card
 from kulit.errors import ImageError, ModelError
-from kulit.preprocess import load_and_preprocess, normalize, open_image, resize_crop
+from kulit.preprocess import load_and_preprocess
 
 # A top answer of one of these always comes with "see a doctor soon".
 URGENT_CLASSES = frozenset({"Melanoma"})
@@ -74,12 +75,6 @@ class Prediction:
             "uncertain": self.uncertain,
             "see_doctor": self.see_doctor,
         }
-
-
-def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
-    z = z - z.max(axis=axis, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=axis, keepdims=True)
 
 
 class Predictor:
@@ -162,9 +157,6 @@ class Predictor:
 
     def prepare(self, source: ImageSource) -> tuple[Image.Image, np.ndarray]:
         """Decode + preprocess one image exactly as training does. Raises ImageError."""
-        if isinstance(source, Image.Image):
-            crop = resize_crop(open_image(source), self.pre)
-            return crop, normalize(crop, self.pre)
         return load_and_preprocess(source, self.pre)
 
     def predict(
