@@ -14,19 +14,11 @@ from click.testing import Result
 from PIL import Image
 from typer.testing import CliRunner
 
+from kulit.calibration import fit_temperature, softmax
 from kulit.cli import app
-from kulit.evaluate import (
-    METRICS_JSON,
-    PLOTS,
-    PREDICTIONS_CSV,
-    REPORT_MD,
-    compute_metrics,
-    evaluate_model,
-    expected_calibration_error,
-    fit_temperature,
-    write_report,
-)
-from kulit.calibration import softmax
+from kulit.evaluate import PREDICTIONS_CSV, evaluate_model
+from kulit.metrics import compute_metrics, expected_calibration_error
+from kulit.report import METRICS_JSON, PLOTS, REPORT_MD, write_report
 from tests.conftest import make_image
 
 REQUIRED_KEYS = {

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from kulit.calibration import softmax
 from kulit.cli import app
 from kulit.errors import ImageError, KulitError, ModelError
 from kulit.explain import (
@@ -24,7 +25,6 @@ from kulit.explain import (
     grid_columns,
     paper_walkthrough,
     parse_at,
-    softmax,
     softmax_steps,
     to_json,
 )

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from kulit.calibration import softmax
 from kulit.errors import ImageError, ModelError
-from kulit.predict import Predictor, heatmap_overlay, softmax
+from kulit.predict import Predictor, heatmap_overlay
 from tests.conftest import image_bytes, make_image
 
 

@@ -13,12 +13,13 @@ from typer.testing import CliRunner
 
 from kulit.backbones import REGISTRY, build_backbone
 from kulit.cli import app
+from kulit.config import make_config
 from kulit.data import run_data
 from kulit.errors import ModelError
 from kulit.export import export, load_run
 from kulit.predict import Predictor
 from kulit.preprocess import open_image, preprocess_image
-from kulit.train import make_config, train
+from kulit.train import train
 from tests.conftest import SKIN8, TINY_CLASSES
 
 runner = CliRunner()
