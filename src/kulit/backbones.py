@@ -80,7 +80,7 @@ class LiteFeatures(nn.Module):
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
-        self.net = net
+        self.net: Any = net  # efficientnet_lite_pytorch is untyped
         del net._fc, net._dropout, net._avg_pooling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -107,7 +107,7 @@ class LiteFeatures(nn.Module):
 class LiteTop(nn.Module):
     """The trainable top of an EfficientNet-Lite (shares its modules with the full net)."""
 
-    def __init__(self, net: nn.Module, n_top: int) -> None:
+    def __init__(self, net: Any, n_top: int) -> None:
         super().__init__()
         n = len(net._blocks)
         if not 0 < n_top <= n:

@@ -196,7 +196,8 @@ def evaluate(
     ] = None,
 ) -> None:
     """Measure a model on labelled photos: metrics with 95% CIs, calibration, report.md."""
-    from kulit.evaluate import evaluate_model, summary_lines
+    from kulit.evaluate import evaluate_model
+    from kulit.report import summary_lines
 
     def show(i: int, n: int) -> None:
         print(f"\rpredicting {i}/{n}", end="\n" if i == n else "", file=sys.stderr, flush=True)

@@ -154,7 +154,7 @@ def paper_walkthrough() -> dict[str, Any]:
         PAPER_INPUTS["stride"],
     )
     outputs = [float(v) for v in PAPER_INPUTS["dense_outputs"]]
-    probs = softmax(outputs)
+    probs = softmax(np.asarray(outputs, dtype=np.float64))
     steps["dense"] = {
         "outputs": outputs,
         "given": True,
@@ -536,7 +536,8 @@ def _format_conv_part(d: dict[str, Any], discrepancies: list[dict[str, Any]]) ->
     lines += ["   " + s for s in format_matrix(steps["sum"], _marks_for("sum", discrepancies))]
     lines += ["", "5. ReLU: max(0, x)"]
     lines += ["   " + s for s in format_matrix(steps["relu"], _marks_for("relu", discrepancies))]
-    flat_marks = {(0, i): p for (i,), p in _marks_for("flatten", discrepancies).items()}
+    flat_marks: dict[tuple[int, ...], Any] = {
+        (0, i): p for (i,), p in _marks_for("flatten", discrepancies).items()}
     lines += ["", "6. Flatten, row by row"]
     lines += ["   " + s for s in format_matrix([steps["flatten"]], flat_marks)]
     return lines
@@ -555,7 +556,8 @@ def format_paper_walkthrough(d: dict[str, Any]) -> str:
               "(not checked)."]
     lines += ["   " + s for s in format_matrix([[f"O{i + 1}", o]
                                                 for i, o in enumerate(dense["outputs"])])]
-    marks = {(i, 1): p for (i,), p in _marks_for("softmax", disc).items()}
+    marks: dict[tuple[int, ...], Any] = {
+        (i, 1): p for (i,), p in _marks_for("softmax", disc).items()}
     lines += ["", "8. Softmax: p_i = exp(O_i) / sum_j exp(O_j)"]
     lines += ["   " + s for s in format_matrix([[f"p{i + 1}", p] for i, p in enumerate(probs)],
                                                marks)]

@@ -88,7 +88,7 @@ def head_arrays(head: nn.Module, kind: str) -> dict[str, np.ndarray]:
     sd = {k: v.detach().double().numpy() for k, v in head.state_dict().items()}
     if kind == "linear":
         return {"fc_w": sd["fc.weight"], "fc_b": sd["fc.bias"]}
-    bn = head.bn
+    bn: Any = head.bn
     scale = sd["bn.weight"] / np.sqrt(sd["bn.running_var"] + bn.eps)
     return {
         "bn_scale": scale, "bn_shift": sd["bn.bias"] - sd["bn.running_mean"] * scale,
@@ -176,7 +176,8 @@ def export(run_dir: Path, out: Path, name: str | None = None,
         tmpd = Path(tmp)
         export_onnx(model, pre, tmpd / ONNX_FILE)
         diff = verify(model, tmpd / ONNX_FILE, batch, card.temperature)
-        np.savez(tmpd / HEAD_FILE, **head_arrays(model.head, cfg.head))
+        arrays: dict[str, Any] = head_arrays(model.head, cfg.head)
+        np.savez(tmpd / HEAD_FILE, **arrays)
         card.data["export_check"] = {"images": len(batch), "max_logit_diff": diff,
                                      "real_images": bool(images)}
         save_card(card, tmpd)

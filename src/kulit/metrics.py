@@ -234,7 +234,7 @@ def compute_metrics(
     else:
         prec = rec = f1 = np.full(k, np.nan)
         support = np.zeros(k, np.int64)
-        balanced = macro_f1 = top3 = nll = accuracy = None
+        balanced = macro_f1 = top3 = nll = accuracy = None  # type: ignore[assignment]
 
     per_class = []
     for i, name in enumerate(classes):

@@ -204,7 +204,7 @@ def resize_crop(img: Image.Image, p: Preprocessing) -> Image.Image:
 
 def normalize(img: Image.Image, p: Preprocessing) -> np.ndarray:
     """RGB PIL image -> float32 CHW array, scaled to [0,1] then (x - mean) / std (+ mask box)."""
-    arr = np.asarray(img, dtype=np.float32) * (1.0 / 255.0)
+    arr = np.asarray(img, dtype=np.float32) * np.float32(1.0 / 255.0)
     arr = (arr - np.asarray(p.mean, np.float32)) / np.asarray(p.std, np.float32)
     if p.mask_box is not None:
         h, w = arr.shape[:2]

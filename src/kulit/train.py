@@ -207,7 +207,8 @@ def extract_features(cfg: TrainConfig, samples: list[Sample], data_hash: str,
     if cfg.cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **out)
+        arrays: dict[str, Any] = out
+        np.savez(tmp, **arrays)
         tmp.replace(path)
     log(f"features computed in {seconds:.1f} s")
     return out, seconds
