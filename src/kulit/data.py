@@ -233,7 +233,7 @@ def inspect_file(root: Path, file: str, label: str) -> FileCheck:
     except ImageError as e:
         code = e.code
         if code == "unreadable":  # the report tells a cut-off file from a damaged one
-            code = "truncated" if "truncat" in e.message.lower() else "corrupt"
+            code = "truncated" if ": truncated image" in e.message else "corrupt"
         return _reject(file, label, code, e.message.split(": ", 1)[-1], sha)
     with img:
         try:

@@ -138,8 +138,8 @@ def decode_image(source: str | Path | bytes | BinaryIO, *, draft: int | None = N
     except Image.DecompressionBombError:
         raise ImageError(f"{name}: image too large (decompression bomb)", "too_large") from None
     except Exception as e:  # truncated or corrupt data, in whatever type the plugin raises
-        raise ImageError(f"{name}: unreadable or truncated image ({_short(e)})",
-                         "unreadable") from None
+        what = "truncated" if "truncat" in str(e).lower() else "unreadable"
+        raise ImageError(f"{name}: {what} image ({_short(e)})", "unreadable") from None
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = relaxed
     return img
