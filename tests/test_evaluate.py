@@ -171,19 +171,10 @@ def test_ece_calibrated_small_overconfident_large() -> None:
     assert expected_calibration_error(over, right) > 0.3
 
 
-def test_fit_temperature_recovers_two() -> None:
-    rng = np.random.default_rng(0)
-    true_logits = rng.normal(0, 2.0, (8000, 6))
-    p = softmax(true_logits)
-    y = (rng.uniform(size=(len(p), 1)) > p.cumsum(axis=1)).sum(axis=1)
-    t = fit_temperature(2.0 * true_logits, y)
-    assert t == pytest.approx(2.0, rel=0.1)
-    assert fit_temperature(true_logits, y) == pytest.approx(1.0, rel=0.1)
-
-
 def test_fit_temperature_stays_in_bounds() -> None:
     logits = np.array([[10.0, -10.0], [10.0, -10.0]])
-    assert 0.05 <= fit_temperature(logits, np.array([0, 0])) <= 20.0 + 1e-9
+    # always right at full confidence: sharper is always better, down to the bound
+    assert fit_temperature(logits, np.array([0, 0])) == pytest.approx(0.05, rel=1e-3)
     assert fit_temperature(logits, np.array([1, 1])) == pytest.approx(20.0, rel=1e-3)
     with pytest.raises(ValueError):
         fit_temperature(logits, np.array([0, 5]))

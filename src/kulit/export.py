@@ -74,6 +74,7 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], TrainConfig, ServingModel]:
         ckpt["preprocessing"] = {**ckpt["preprocessing"], "tta": cfg.serve_tta}
     pre = Preprocessing.from_dict(ckpt["preprocessing"])
     weights = Path(cfg.weights) if cfg.weights else None
+    torch.manual_seed(cfg.seed)  # an unpretrained frozen base must init as it did in training
     backbone = build_backbone(cfg.backbone, cfg.input_size, weights, cfg.pretrained)
     if ckpt.get("backbone_state") is not None:  # fine-tuned top blocks
         backbone.load_state_dict(ckpt["backbone_state"])

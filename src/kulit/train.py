@@ -125,9 +125,6 @@ class FeatureExtractor:
         # a GAP->linear head on a frozen base only needs pooled features
         self.pooled = cfg.head == "linear" and not self.n_top
 
-    def tensor(self, img: Image.Image) -> np.ndarray:
-        return preprocess_image(img, self.pre)
-
     @torch.no_grad()
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch)
@@ -137,17 +134,20 @@ class FeatureExtractor:
         return (f.mean((2, 3)) if self.pooled else f).numpy()
 
 
-def view_images(s: Sample, pre: Preprocessing, views: int, seed: int, train: bool
-                ) -> list[Image.Image]:
-    """View 0 is the plain image; training adds augmented views, evaluation the views the
-    served model averages (its mirror when the card's preprocessing says `tta`)."""
+def view_tensors(s: Sample, pre: Preprocessing, views: int, seed: int, train: bool
+                 ) -> list[np.ndarray]:
+    """Model inputs of one image. View 0 is the plain image; training adds augmented views;
+    evaluation adds what the served model averages: with the card's `tta`, the mirror of the
+    preprocessed input (flipped after the logo mask, exactly as the exported graph does)."""
     img = open_for_model(s.path, pre)
-    out = [img]
+    x = preprocess_image(img, pre)
+    out = [x]
     if train:
         rng = np.random.default_rng([seed, zlib_crc(s.file)])
-        out += [augment(img, rng, pre.input_size) for _ in range(views - 1)]
+        out += [preprocess_image(augment(img, rng, pre.input_size), pre)
+                for _ in range(views - 1)]
     elif pre.tta:
-        out.append(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+        out.append(np.ascontiguousarray(x[:, :, ::-1]))
     return out
 
 
@@ -163,7 +163,7 @@ def cache_key(cfg: TrainConfig, samples: Sequence[Sample], data_hash: str) -> st
         "backbone": cfg.backbone, "weights": cfg.weights, "pretrained": cfg.pretrained,
         "input_size": cfg.input_size, "pre": cfg.preprocessing().to_dict(),
         "views": cfg.views, "pooled": cfg.head == "linear", "seed": cfg.seed,
-        "dedupe": cfg.dedupe, "finetune_blocks": cfg.finetune_blocks, "version": 3,
+        "dedupe": cfg.dedupe, "finetune_blocks": cfg.finetune_blocks, "version": 4,
     }
     blob = json.dumps(parts, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
@@ -191,11 +191,11 @@ def extract_features(cfg: TrainConfig, samples: list[Sample], data_hash: str,
         bar = tqdm(subset, desc=f"features {split}", unit="img", leave=False)
         for s in bar:
             try:
-                imgs = view_images(s, fx.pre, cfg.views, cfg.seed, split == "train")
+                xs = view_tensors(s, fx.pre, cfg.views, cfg.seed, split == "train")
             except ImageError as e:
                 raise DataError(f"{s.file}: {e.message} (re-run `kulit data`)") from None
-            n_views = len(imgs)
-            pending.extend(fx.tensor(im) for im in imgs)
+            n_views = len(xs)
+            pending.extend(xs)
             if len(pending) >= 64:
                 feats.append(fx(np.stack(pending)))
                 pending = []
@@ -268,7 +268,7 @@ class Recompute:
 
     def features(self, split: str) -> np.ndarray:
         subset = [s for s in self.samples if s.split == split]
-        tensors = [self.fx.tensor(im) for s in subset for im in view_images(
+        tensors = [x for s in subset for x in view_tensors(
             s, self.fx.pre, self.cfg.views, self.cfg.seed, split == "train")]
         arr = np.concatenate([self.fx(np.stack(tensors[i: i + 64]))
                               for i in range(0, len(tensors), 64)])
@@ -382,6 +382,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
         "backbone_state": fx.net.state_dict() if top is not None and fx else None,
         "best_epoch": best["epoch"], "data_hash": data_hash, "kulit_version": __version__,
         "preprocessing": cfg.preprocessing().to_dict(), "interrupted": interrupted,
+        # what T and the threshold were fitted on, for the train-versus-served parity check
+        "val_files": [s.file for s in samples if s.split == "val"], "val_logits": val_logits,
     }
     torch.save(ckpt, out / "checkpoint.pt")
     timing = {"feature_seconds": feat_seconds, "total_seconds": train_seconds,
