@@ -22,6 +22,7 @@ setup: $(BIN)/kulit
 
 test: setup
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy src
 	$(BIN)/pytest -q
 
 test-fast: setup

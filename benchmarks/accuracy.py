@@ -24,7 +24,8 @@ KEYS = ("n", "accuracy", "balanced_accuracy", "macro_f1", "top3_accuracy", "ece"
 
 def run_recipe(recipe: str, split: Path, work: Path, cache: Path, *, cached: bool = True,
                **over: object) -> tuple[Path, dict[str, object]]:
-    from kulit.train import make_config, train
+    from kulit.config import make_config
+    from kulit.train import train
 
     out = work / f"{recipe}{'' if cached else '-recompute'}"
     cfg = make_config(str(SKIN8), str(split), recipe, out=str(out), cache=cached,

@@ -194,7 +194,7 @@ def rate(hits: np.ndarray) -> dict[str, Any]:
 def fit_logistic(z_pos: np.ndarray, z_neg: np.ndarray, c: float, seed: int = 0
                  ) -> tuple[np.ndarray, float]:
     """Class-balanced L2 logistic regression on standardised features -> (weights, bias)."""
-    from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
+    from sklearn.linear_model import LogisticRegression
 
     x = np.concatenate([z_pos, z_neg])
     y = np.concatenate([np.ones(len(z_pos)), np.zeros(len(z_neg))])

@@ -18,9 +18,19 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
-from kulit.card import HEAD_FILE, ONNX_FILE, ModelCard, load_card
+from kulit.calibration import softmax
+from kulit.card import (
+    FEATURES,
+    FIRST_LAYER,
+    HEAD_FILE,
+    INPUT,
+    LOGITS,
+    ONNX_FILE,
+    ModelCard,
+    load_card,
+)
 from kulit.errors import ImageError, ModelError
-from kulit.preprocess import load_and_preprocess, normalize, open_image, resize_crop
+from kulit.preprocess import load_and_preprocess
 
 # A top answer of one of these always comes with "see a doctor soon".
 URGENT_CLASSES = frozenset({"Melanoma"})
@@ -76,12 +86,6 @@ class Prediction:
         }
 
 
-def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
-    z = z - z.max(axis=axis, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=axis, keepdims=True)
-
-
 class Predictor:
     """Load a model directory once; predict on one image or a batch, torch-free."""
 
@@ -109,13 +113,13 @@ class Predictor:
         except Exception as e:  # noqa: BLE001 - any ORT load failure is a bad model file
             raise ModelError(f"{onnx_path}: cannot load the ONNX model ({e})") from None
         out_names = [o.name for o in self.session.get_outputs()]
-        if "logits" not in out_names:
-            raise ModelError(f"{onnx_path}: has no 'logits' output (has {out_names})")
+        if LOGITS not in out_names:
+            raise ModelError(f"{onnx_path}: has no '{LOGITS}' output (has {out_names})")
         self._outputs = set(out_names)
-        self._has_features = "features" in out_names
+        self._has_features = FEATURES in out_names
         self.head = self._load_head()
         self.pre = self.card.preprocessing
-        n_out = self.session.get_outputs()[out_names.index("logits")].shape[-1]
+        n_out = self.session.get_outputs()[out_names.index(LOGITS)].shape[-1]
         if isinstance(n_out, int) and n_out != len(self.card.classes):
             raise ModelError(
                 f"model has {n_out} outputs but card.json lists {len(self.card.classes)} classes"
@@ -144,27 +148,24 @@ class Predictor:
         With `first_layer`, the first conv maps of the same run land in `self.last_first_layer`
         (thread-local), so the walkthrough needs one network pass, not two.
         """
-        names = ["logits", "features"] if (features and self._has_features) else ["logits"]
-        want_first = first_layer and "first_layer" in self._outputs
+        names = [LOGITS, FEATURES] if (features and self._has_features) else [LOGITS]
+        want_first = first_layer and FIRST_LAYER in self._outputs
         with self._gate:
-            outs = self.session.run(names + (["first_layer"] if want_first else []),
-                                    {"image": batch.astype(np.float32, copy=False)})
+            outs = self.session.run(names + ([FIRST_LAYER] if want_first else []),
+                                    {INPUT: batch.astype(np.float32, copy=False)})
         self._local.first_layer = outs[-1] if want_first else None
         return outs[0], (outs[1] if len(names) > 1 else None)
 
     def first_layer(self, source: ImageSource) -> np.ndarray:
         """The first convolution layer's feature maps [F, h, w] for one image."""
-        if "first_layer" not in self._outputs:
+        if FIRST_LAYER not in self._outputs:
             raise ModelError(f"{self.model_dir}: this model does not export its first layer")
         _, x = self.prepare(source)
         with self._gate:
-            return self.session.run(["first_layer"], {"image": x[None]})[0][0]
+            return self.session.run([FIRST_LAYER], {INPUT: x[None]})[0][0]
 
     def prepare(self, source: ImageSource) -> tuple[Image.Image, np.ndarray]:
         """Decode + preprocess one image exactly as training does. Raises ImageError."""
-        if isinstance(source, Image.Image):
-            crop = resize_crop(open_image(source), self.pre)
-            return crop, normalize(crop, self.pre)
         return load_and_preprocess(source, self.pre)
 
     def predict(
