@@ -86,7 +86,7 @@ def browser():
 def test_upload_result_language_and_errors(server: str, browser, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
-    from kulit.web.i18n import STRINGS
+    from kulit.i18n import STRINGS
 
     context = browser.new_context(viewport={"width": 360, "height": 740})
     page = context.new_page()
@@ -177,7 +177,7 @@ def test_upload_result_language_and_errors(server: str, browser, tmp_path: Path)
 def test_without_javascript_the_server_reports_the_error(server: str, browser) -> None:
     from playwright.sync_api import expect
 
-    from kulit.web.i18n import STRINGS
+    from kulit.i18n import STRINGS
 
     context = browser.new_context(java_script_enabled=False,
                                   viewport={"width": 360, "height": 740})
@@ -204,7 +204,7 @@ def test_without_javascript_the_server_reports_the_error(server: str, browser) -
 def test_how_it_works_view(server: str, browser, tmp_path: Path, javascript: bool) -> None:
     from playwright.sync_api import expect
 
-    from kulit.web.i18n import STRINGS
+    from kulit.i18n import STRINGS
 
     context = browser.new_context(java_script_enabled=javascript,
                                   viewport={"width": 360, "height": 740})
