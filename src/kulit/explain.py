@@ -317,6 +317,7 @@ class ModelExplanation:
     summary: dict[str, Any]
     maps: np.ndarray  # first conv layer after its norm and activation, [F, h, w]
     prediction: Any  # kulit.predict.Prediction with .heatmap and .image (the crop)
+    answer: Any = None  # kulit.answer.Answer: what a person is told (status, see a doctor)
 
 
 def resolve_model_dir(model: str | Path | None) -> tuple[Path | None, str | None]:
@@ -371,6 +372,9 @@ def explain_model(predictor: Any, image: str | Path | bytes | Any) -> ModelExpla
     The probabilities are recomputed here from the logits and checked against what
     `Predictor.predict_one` (and so `kulit predict`) returns for the same photo.
     """
+    from kulit.answer import answer_for
+    from kulit.i18n import both
+
     card = predictor.card
     # One network pass gives the answer, the heatmap's feature map and the first layer.
     pred = predictor.predict_one(image, top_k=3, heatmap=True, first_layer=True)
@@ -384,6 +388,7 @@ def explain_model(predictor: Any, image: str | Path | bytes | Any) -> ModelExpla
     if diff > PROBS_ATOL:  # a bug, not a user error: the two paths must agree
         raise RuntimeError(f"step-by-step softmax differs from Predictor by {diff:.3g}")
 
+    answer = answer_for(pred, card)
     flat = maps.reshape(f, -1).astype(np.float64)
     previews = [_block_preview(m) for m in maps]
     summary: dict[str, Any] = {
@@ -407,16 +412,20 @@ def explain_model(predictor: Any, image: str | Path | bytes | Any) -> ModelExpla
         },
         "softmax": soft,
         "top": [{"label": c, "probability": round(p, 6)} for c, p in pred.top],
-        "label": None if pred.uncertain else pred.label,
+        "status": answer.status,
+        "label": answer.label,
         "confidence": round(pred.confidence, 6),
         "threshold": float(card.threshold),
         "uncertain": pred.uncertain,
-        "see_doctor": pred.see_doctor,
+        "see_doctor": answer.see_doctor,
+        "melanoma_alert": answer.melanoma_alert,
+        "quality": answer.quality,
+        "advice": both(f"advice_{answer.advice}"),
         "heatmap": None if pred.heatmap is None else np.round(pred.heatmap, 3).tolist(),
         "check": {"against": "kulit predict",
                   "max_abs_diff": diff, "agrees": True},
     }
-    return ModelExplanation(summary=summary, maps=maps, prediction=pred)
+    return ModelExplanation(summary=summary, maps=maps, prediction=pred, answer=answer)
 
 
 def grid_columns(f: int) -> int:
@@ -653,7 +662,9 @@ def format_softmax(m: dict[str, Any]) -> list[str]:
                      "; the probabilities are the same and exp cannot overflow)")
     top = ", ".join(f"{t_['label']} {t_['probability']:.1%}" for t_ in m["top"])
     lines += ["", f"10. Top {len(m['top'])}: {top}"]
-    if m["uncertain"]:
+    if m["status"] not in ("answered", "uncertain"):
+        lines.append(f"    {m['status'].upper().replace('_', ' ')}: {m['advice']['en']}")
+    elif m["uncertain"]:
         lines.append(f"    UNCERTAIN: the top probability {m['confidence']:.1%} is below the "
                      f"model's threshold {m['threshold']:.0%}")
     else:

@@ -21,7 +21,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import kulit
 from kulit.predict import Predictor
 from kulit.web import routes_api, routes_explain, routes_pages
-from kulit.web.routes_api import error_response
+from kulit.web.errors import error_response
+from kulit.web.rendering import render, resolve_lang
 from kulit.web.settings import Settings
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -112,8 +113,8 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
             return error_response(code, str(exc.detail), exc.status_code)
         if exc.status_code == 404 and request.app.state.predictor is not None:
             s: Settings = request.app.state.settings
-            lang = routes_pages.resolve_lang(request, s.default_lang)
-            return routes_pages.render(request, "error.html", lang, s, request.app.state.predictor,
+            lang = resolve_lang(request, s.default_lang)
+            return render(request, "error.html", lang, s, request.app.state.predictor,
                                        status=404)
         return await http_exception_handler(request, exc)
 
