@@ -34,7 +34,14 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import N_BOOT, bootstrap_ci, class_shares, filter_split, seen_files  # noqa: E402
+from common import (  # noqa: E402
+    N_BOOT,
+    bootstrap_ci,
+    filter_split,
+    predicted_shares,
+    seen_files,
+    share_ratios,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -57,13 +64,13 @@ def headline(labels: list[str], probs: np.ndarray, classes: list[str], threshold
 
     m = compute_metrics(labels, probs, classes, n_boot=0)
     at = selective_at(probs, labels, classes, threshold)
-    idx = {c: i for i, c in enumerate(classes)}
-    shares = class_shares(np.array([idx[t] for t in labels]), probs.argmax(1), classes)
+    shares = predicted_shares(labels, probs, classes)
+    worst = share_ratios(shares)
     return {"n": m["n"], "balanced_accuracy": m["balanced_accuracy"], "accuracy": m["accuracy"],
             "macro_f1": m["macro_f1"], "top3_accuracy": m["top3_accuracy"], "ece": m["ece"],
             "answered_share": at["coverage"], "answered_accuracy": at["accuracy"],
-            "answered_n": at["n"], "max_share_ratio": shares["max_ratio"],
-            "max_share_class": shares["max_ratio_class"], "shares": shares["per_class"]}
+            "answered_n": at["n"], "max_share_ratio": worst["max_ratio"],
+            "max_share_class": worst["max_ratio_class"], "shares": shares}
 
 
 def score_set(labels: list[str], probs: np.ndarray, classes: list[str], threshold: float,
@@ -133,7 +140,7 @@ def parse_pairs(items: list[str], what: str) -> dict[str, Path]:
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """KEY=VALUE onto TrainConfig fields, typed like the field's default (smoke runs)."""
-    from kulit.train import TrainConfig
+    from kulit_compat import TrainConfig
 
     types = {f.name: type(f.default) for f in dataclasses.fields(TrainConfig)}
     over: dict[str, Any] = {}
@@ -149,8 +156,10 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 def train_run(name: str, split: Path, root: Path, work: Path, recipe: str,
               over: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
     """Train the recipe on one source's rows (or all) of the split, export; model dir, timing."""
+    from kulit_compat import make_config
+
     from kulit.export import export
-    from kulit.train import make_config, train
+    from kulit.train import train
 
     run_split = split if name == "both" else filter_split(split, name, work / f"data-{name}")
     out = work / f"run-{name}"
@@ -264,7 +273,9 @@ def cross_source(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_recipe(recipe: str, split: Path, work: Path, cache: Path, *, cached: bool = True,
                **over: object) -> tuple[Path, dict[str, object]]:
-    from kulit.train import make_config, train
+    from kulit_compat import make_config
+
+    from kulit.train import train
 
     out = work / f"{recipe}{'' if cached else '-recompute'}"
     cfg = make_config(str(SKIN8), str(split), recipe, out=str(out), cache=cached,
@@ -359,10 +370,10 @@ def main() -> None:
     else:
         args.work = args.work or REPO / "runs" / "bench-xsource"
         res = cross_source(args)
-    from kulit.evaluate import _clean
+    from kulit_compat import clean_json
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(_clean(res), indent=2) + "\n")
+    args.out.write_text(json.dumps(clean_json(res), indent=2) + "\n")
     print(f"wrote {args.out}")
 
 
