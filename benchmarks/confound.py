@@ -17,7 +17,7 @@ from DermNet NZ (640x480 JPEG with a logo in the lower-left corner). On the held
    scaled back up; (b) the photo shrunk to 60% and framed on a plain light-grey canvas. A model
    that reads the disease keeps its answer: agreement with the original top-1 (Wilson 95%
    interval), accuracy and mean P(Chickenpox) before and after. `--trained-split NAME=CSV`
-   leaves out probe photos that model NAME (its folder name) saw in training.
+   leaves out the photos model NAME (its folder name) saw in training, here and in 1-3.
 
 With a two-folder split (skin8 + skin8-web), studies 1-3 use its skin8 rows only.
 
@@ -47,12 +47,12 @@ FRAME_SCALE = 0.6  # the photo's share of the canvas side in the framed probe
 FRAME_GREY = (225, 225, 225)  # plain light-grey backdrop
 
 
-def held_out(split_csv: Path) -> list[tuple[Path, str]]:
+def held_out(split_csv: Path) -> list:
+    """skin8's val and test rows (studies 1-3)."""
     from kulit.data import load_split
 
     rows = load_split(split_csv, SKIN8)
-    return [(r.path, r.label) for r in rows
-            if r.split in ("val", "test") and r.source in ("", "skin8")]
+    return [r for r in rows if r.split in ("val", "test") and r.source in ("", "skin8")]
 
 
 def dermnet_test(split_csv: Path) -> list:
@@ -211,10 +211,10 @@ def main() -> None:
         sys.exit(f"error: {SKIN8} not found")
     if not args.split_csv.is_file():
         sys.exit(f"error: {args.split_csv} not found (run `kulit data` first)")
-    photos = held_out(args.split_csv)
+    held = held_out(args.split_csv)
     # a DermNet photo with a plain dark background behind its logo, used as the logo source
-    logo_src = next(Image.open(p).convert("RGB") for p, y in photos
-                    if y != "Chickenpox" and Image.open(p).size == (640, 480))
+    logo_src = next(Image.open(r.path).convert("RGB") for r in held
+                    if r.label != "Chickenpox" and Image.open(r.path).size == (640, 480))
     probe_rows = dermnet_test(args.split_csv)
     trained = {}
     for item in args.trained_split:
@@ -222,7 +222,9 @@ def main() -> None:
         trained[name] = Path(csv_path)
     res = []
     for m in args.model:
-        r = study(m, photos, logo_src)
+        skip = seen_files(held, trained[m.name]) if m.name in trained else set()
+        r = study(m, [(x.path, x.label) for x in held if x.file not in skip], logo_src)
+        r["seen_left_out"] = len(skip)
         skip = seen_files(probe_rows, trained[m.name]) if m.name in trained else set()
         rows = [x for x in probe_rows if x.file not in skip]
         if args.limit:
