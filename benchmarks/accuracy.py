@@ -16,7 +16,7 @@ training or validation are left out of its numbers (counted under `seen_left_out
 paper-vs-kulit: `kulit data` on skin8 -> paper recipe (cold cache) -> the same recipe
 recomputing the frozen base every epoch -> kulit recipe -> export -> evaluate on test.
 
-Writes benchmarks/results/accuracy.json (or --out).
+Writes benchmarks/results/accuracy.json (paper-vs-kulit: accuracy-paper.json; or --out).
 """
 
 from __future__ import annotations
@@ -341,7 +341,9 @@ def main() -> None:
                     default="cross-source")
     ap.add_argument("--work", type=Path, default=None,
                     help="work dir (default runs/bench-xsource, or runs/bench for the paper)")
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "accuracy.json")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default benchmarks/results/accuracy.json (accuracy-paper.json for the "
+                    "paper protocol)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a training field, e.g. epochs=1 (smoke runs)")
     g = ap.add_argument_group("cross-source")
@@ -372,6 +374,10 @@ def main() -> None:
         res = cross_source(args)
     from kulit_compat import clean_json
 
+    results = REPO / "benchmarks" / "results"
+    if args.out is None:
+        args.out = results / ("accuracy-paper.json" if args.protocol == "paper-vs-kulit"
+                              else "accuracy.json")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(clean_json(res), indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -142,8 +142,9 @@ def confound_tables(res: list[dict[str, Any]]) -> list[str]:
 
 def render(results: Path, only: str | None = None) -> str:
     out: list[str] = []
-    for name in ("accuracy", "trust", "confound"):
-        path = results / f"{name}.json"
+    for name, file in (("accuracy", "accuracy"), ("accuracy", "accuracy-paper"),
+                       ("trust", "trust"), ("confound", "confound")):
+        path = results / f"{file}.json"
         if (only and name != only) or not path.is_file():
             continue
         res = json.loads(path.read_text())
