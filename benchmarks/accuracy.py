@@ -250,8 +250,10 @@ def cross_source(args: argparse.Namespace) -> dict[str, Any]:
         skip = seen_files(test_rows, trained_split[name]) if name in trained_split else set()
         card = json.loads((model / "card.json").read_text())
         model_hash = (card.get("data") or {}).get("hash")
+        own = split if name == "both" else work / f"data-{name}" / split.name
         entry |= {"model": str(model), "model_data_hash": model_hash,
-                  "trained_split": str(trained_split.get(name, split))}
+                  "trained_split": str(trained_split.get(name, own if "timing" in entry
+                                                         else split))}
         if model_hash != report["data_hash"] and name not in trained_split:
             print(f"  warning: {model} was trained on data {model_hash}, not this split; "
                   f"pass --trained-split {name}=CSV to leave out photos it saw", flush=True)
