@@ -203,8 +203,7 @@ def main() -> None:
     ap.add_argument("--split-csv", type=Path, default=REPO / "runs" / "data" / "split.csv")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "confound.json")
     ap.add_argument("--trained-split", action="append", default=[], metavar="NAME=CSV",
-                    help="model folder NAME was trained on CSV: leave its seen photos out of "
-                    "the style probe")
+                    help="model folder NAME was trained on CSV: leave the photos it saw out")
     ap.add_argument("--limit", type=int, default=0, help="first N style-probe photos (smoke)")
     args = ap.parse_args()
     if not SKIN8.is_dir():
