@@ -9,7 +9,7 @@ MODEL   ?= models/kulit-skin8
 HOST    ?= 127.0.0.1
 PORT    ?= 8000
 
-.PHONY: setup test test-fast lint demo data model paper bench confound clean
+.PHONY: setup test test-fast lint demo data model paper bench bench-sources confound clean
 
 $(BIN)/kulit: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -56,9 +56,16 @@ paper: setup
 # accuracy.py trains both recipes from a cold cache (about 20 min); inference.py then compares
 # ONNX Runtime with torch on that run's weights; serve.py loads the shipped model.
 bench: setup
-	$(BIN)/python benchmarks/accuracy.py
+	$(BIN)/python benchmarks/accuracy.py --protocol paper-vs-kulit
 	$(BIN)/python benchmarks/inference.py --model runs/bench/model-kulit --run runs/bench/kulit
 	$(BIN)/python benchmarks/serve.py
+
+# Train on skin8 / skin8-web / both from one two-folder split, score each on every source's test
+# split (benchmarks/results/accuracy.json). SKIN8_MODEL=dir scores that skin8-only model instead
+# of training one; SKIN8_SPLIT=csv is the split it was trained on (its photos are left out).
+bench-sources: setup
+	$(BIN)/python benchmarks/accuracy.py $(if $(SKIN8_MODEL),--reuse skin8=$(SKIN8_MODEL)) \
+		$(if $(SKIN8_SPLIT),--trained-split skin8=$(SKIN8_SPLIT))
 
 # The source-confound study: the kulit recipe without the logo mask, against the shipped model.
 confound: data
