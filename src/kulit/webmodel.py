@@ -135,10 +135,9 @@ def build_web_model(model_dir: Path, out: Path | None = None, weights: str = "in
         b = np.array([gate.biases[k] - (gate.mean / gate.scale) @ gate.weights[k]
                       for k in SCORERS])
         post_inits += [_const("web_gate_w", w.astype(np.float32)),
-                       _const("web_gate_b", b.astype(np.float32)),
-                       _const("web_axes", np.array([2, 3], np.int64))]
-        post += [helper.make_node("ReduceMean", ["features", "web_axes"], ["web_pooled"],
-                                  keepdims=0),
+                       _const("web_gate_b", b.astype(np.float32))]
+        post += [helper.make_node("ReduceMean", ["features"], ["web_pooled"], axes=[2, 3],
+                                  keepdims=0),  # opset 17: axes is an attribute
                  helper.make_node("Gemm", ["web_pooled", "web_gate_w", "web_gate_b"],
                                   ["web_gate_s"]),
                  helper.make_node("Sigmoid", ["web_gate_s"], ["gate"])]

@@ -29,7 +29,8 @@ API_PREFIXES = ("/api/", "/healthz")
 # Pages load nothing from other hosts (no CDN; works offline). /docs is FastAPI's and is exempt.
 PAGE_CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
-    "script-src 'self' 'wasm-unsafe-eval'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    "script-src 'self' 'wasm-unsafe-eval'; form-action 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'"
 )
 # answers that carry the photo or its result
 NO_STORE_PATHS = ("/predict", "/api/v1/predict", "/explain", "/api/v1/explain")

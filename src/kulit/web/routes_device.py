@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from kulit.web.deps import PredictorDep
+from kulit.web.deps import PredictorDep, SettingsDep
 from kulit.webmodel import WEB_ONNX_FILE, device_config
 
 router = APIRouter(tags=["device"])
@@ -60,11 +60,14 @@ def _config(model_dir: Path, stamp: float) -> dict[str, Any]:
 
 
 @router.get("/device/config.json", include_in_schema=False)
-def config(predictor: PredictorDep) -> Response:
+def config(settings: SettingsDep, predictor: PredictorDep) -> Response:
     """The answer rule's parameters and texts, from the card the server answers with."""
     web = predictor.model_dir / WEB_ONNX_FILE
     stamp = web.stat().st_mtime if web.is_file() else 0.0
-    return JSONResponse(_config(predictor.model_dir, stamp), headers=REVALIDATE)
+    data = _config(predictor.model_dir, stamp)
+    if not settings.device:  # the page then posts the photo to the server, as before
+        data = {**data, "model": {**data["model"], "url": None}}
+    return JSONResponse(data, headers=REVALIDATE)
 
 
 @router.get(f"/device/{WEB_ONNX_FILE}", include_in_schema=False)
