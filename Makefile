@@ -7,7 +7,7 @@ MODEL   ?= models/kulit-skin8
 HOST    ?= 127.0.0.1
 PORT    ?= 8000
 
-.PHONY: setup test test-fast lint demo data model bench confound clean
+.PHONY: setup test test-fast lint demo data model bench bench-device confound clean
 
 $(BIN)/kulit: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,7 +16,12 @@ $(BIN)/kulit: pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0 -e '.[serve,train,dev]'
 	touch $(BIN)/kulit
 
-setup: $(BIN)/kulit
+# the on-device check: onnxruntime-web's WASM (npm, pinned) and the browser model, built here
+setup: $(BIN)/kulit $(MODEL)/model-web.onnx
+	scripts/vendor_ort_web.sh
+
+$(MODEL)/model-web.onnx: $(MODEL)/model.onnx $(MODEL)/card.json $(wildcard $(MODEL)/gate.npz) | $(BIN)/kulit
+	$(BIN)/kulit export-web --model $(MODEL)
 
 test: setup
 	$(BIN)/ruff check src tests benchmarks
@@ -41,6 +46,7 @@ model: data
 	$(BIN)/kulit export runs/kulit --out $(MODEL) --card-extra docs/skin8-card.json
 	$(BIN)/kulit evaluate --model $(MODEL) --data $(DATA) --split-csv runs/data/split.csv \
 		--split test --out $(MODEL)
+	$(BIN)/kulit export-web --model $(MODEL)
 
 # accuracy.py trains both recipes from a cold cache (about 20 min); inference.py then compares
 # ONNX Runtime with torch on that run's weights; serve.py loads the shipped model.
@@ -48,6 +54,10 @@ bench: setup
 	$(BIN)/python benchmarks/accuracy.py
 	$(BIN)/python benchmarks/inference.py --model runs/bench/model-kulit --run runs/bench/kulit
 	$(BIN)/python benchmarks/serve.py
+
+# int8 browser model vs float32 on the test split; first / later (offline) visit at 360 px
+bench-device: data
+	$(BIN)/python benchmarks/device.py --model $(MODEL) --split-csv runs/data/split.csv
 
 # The source-confound study: the kulit recipe without the logo mask, against the shipped model.
 confound: data

@@ -100,19 +100,22 @@ def browser(model_dir: Path, photo: Path) -> dict:
             encodings: dict[str, str] = {}
 
             def on_response(resp) -> None:  # type: ignore[no-untyped-def]
-                body = resp.request.sizes()
-                sizes.append(body["responseBodySize"] + body["responseHeadersSize"])
+                # bytes on the wire: the (compressed) body's length as sent; a response the
+                # service worker answered is counted where it came from (network or cache)
+                if resp.from_service_worker:
+                    return
+                sizes.append(int(resp.headers.get("content-length", 0) or 0))
                 encodings[resp.url.split("?")[0].rsplit("/", 1)[-1] or "/"] = \
                     resp.headers.get("content-encoding", "identity")
 
-            page.on("response", on_response)
+            ctx.on("response", on_response)  # the page's and the service worker's
             for visit in ("first", "later_offline"):
                 if visit == "later_offline":
                     ctx.set_offline(True)
                 sizes.clear()
                 t0 = time.perf_counter()
                 page.goto(base + "/?lang=en")
-                page.wait_for_function("document.documentElement.dataset.device === 'ready'",
+                page.wait_for_selector("html[data-device=ready]", state="attached",
                                        timeout=120_000)
                 t_ready = time.perf_counter()
                 page.set_input_files("#image", str(photo))
@@ -129,8 +132,6 @@ def browser(model_dir: Path, photo: Path) -> dict:
                 }
                 page.goto("about:blank") if visit == "first" else None
             out["content_encoding"] = encodings
-            out["accept_encoding_note"] = ("Chromium over plain http://127.0.0.1 asks for gzip "
-                                           "and deflate only; over HTTPS it also asks for br")
             ctx.close()
     finally:
         server.terminate()

@@ -246,7 +246,7 @@ def open_device_page(chromium: Any, base: str, lang: str = "en") -> tuple[Any, A
     ctx = chromium.new_context(viewport={"width": 360, "height": 740})
     page = ctx.new_page()
     page.goto(f"{base}/?lang={lang}")
-    page.wait_for_function("document.documentElement.dataset.device", timeout=120_000)
+    page.wait_for_selector("html[data-device]", state="attached", timeout=120_000)
     assert page.evaluate("document.documentElement.dataset.device") == "ready"
     return ctx, page
 
@@ -365,13 +365,16 @@ def test_offline_after_one_visit(device_server: str, chromium: Any, tmp_path: Pa
         photo = tmp_path / "p.jpg"
         Image.new("RGB", (300, 240), (200, 150, 120)).save(photo)
     ctx, page = open_device_page(chromium, device_server, lang="id")
-    page.wait_for_function("navigator.serviceWorker.controller !== null", timeout=30_000)
+    for _ in range(300):  # the page's CSP forbids wait_for_function's eval
+        if page.evaluate("navigator.serviceWorker.controller !== null"):
+            break
+        time.sleep(0.1)
     assert "tidak pernah dikirim" in page.text_content("#device-note")
     ctx.set_offline(True)
     sent: list[str] = []
     page.on("request", lambda r: sent.append(r.method) if r.method != "GET" else None)
     page.reload()
-    page.wait_for_function("document.documentElement.dataset.device", timeout=60_000)
+    page.wait_for_selector("html[data-device]", state="attached", timeout=60_000)
     assert page.evaluate("document.documentElement.dataset.device") == "ready"
     page.set_input_files("#image", str(photo))
     page.click("#submit")
