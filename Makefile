@@ -9,7 +9,7 @@ MODEL   ?= models/kulit-skin8
 HOST    ?= 127.0.0.1
 PORT    ?= 8000
 
-.PHONY: setup test test-fast lint demo data model paper bench bench-sources confound clean
+.PHONY: setup test test-fast lint demo data model paper bench bench-sources bench-device confound clean
 
 $(BIN)/kulit: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,7 +18,12 @@ $(BIN)/kulit: pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0 -e '.[serve,train,dev]'
 	touch $(BIN)/kulit
 
-setup: $(BIN)/kulit
+# the on-device check: onnxruntime-web's WASM (npm, pinned) and the browser model, built here
+setup: $(BIN)/kulit $(MODEL)/model-web.onnx
+	scripts/vendor_ort_web.sh
+
+$(MODEL)/model-web.onnx: $(MODEL)/model.onnx $(MODEL)/card.json $(wildcard $(MODEL)/gate.npz) | $(BIN)/kulit
+	$(BIN)/kulit export-web --model $(MODEL)
 
 test: setup
 	$(BIN)/ruff check src tests benchmarks
@@ -46,6 +51,7 @@ model: data
 	$(BIN)/kulit gate --model $(MODEL) --data $(DATA_ROOT) --split-csv runs/data/split.csv
 	$(BIN)/kulit evaluate --model $(MODEL) --data $(DATA_ROOT) --split-csv runs/data/split.csv \
 		--split test --out $(MODEL)
+	$(BIN)/kulit export-web --model $(MODEL)
 
 # The paper's recipe, still reproducible on skin8 alone (its own split, no exclusions).
 paper: setup
@@ -66,6 +72,10 @@ bench: setup
 bench-sources: setup
 	$(BIN)/python benchmarks/accuracy.py $(if $(SKIN8_MODEL),--reuse skin8=$(SKIN8_MODEL)) \
 		$(if $(SKIN8_SPLIT),--trained-split skin8=$(SKIN8_SPLIT))
+
+# int8 browser model vs float32 on the test split; first / later (offline) visit at 360 px
+bench-device: data
+	$(BIN)/python benchmarks/device.py --model $(MODEL) --split-csv runs/data/split.csv
 
 # The source-confound study: the kulit recipe without the logo mask, against the shipped model.
 confound: data

@@ -57,7 +57,8 @@ def server(onnx_model_dir: Path) -> Iterator[str]:
     from kulit.web.settings import Settings
 
     port = free_port()
-    app = create_app(Settings(model_dir=pick_model(onnx_model_dir)))
+    # the server path; the on-device check has its own tests (test_device.py)
+    app = create_app(Settings(model_dir=pick_model(onnx_model_dir), device=False))
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)

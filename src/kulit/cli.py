@@ -181,6 +181,19 @@ def export_cmd(
     export(run_dir, out, name=name, extra=load_extra(card_extra))
 
 
+@app.command("export-web")
+@friendly
+def export_web_cmd(
+    model: Annotated[Path, typer.Option("--model", help="Model directory", metavar="DIR")] = Path(
+        "models/kulit-skin8"),
+    weights: Annotated[str, typer.Option(help="int8 (per-channel, weight-only) or fp32")] = "int8",
+) -> None:
+    """Build model-web.onnx (uint8 photo in, probabilities + gate out) for the on-device check."""
+    from kulit.webmodel import build_web_model
+
+    typer.echo(f"wrote {build_web_model(model, weights=weights)}")
+
+
 @app.command()
 @friendly
 def evaluate(

@@ -18,6 +18,7 @@ class Settings(BaseSettings):
     max_upload_mb: Annotated[float, Field(gt=0)] = 10.0  # larger uploads: 413, read no further
     top_k: Annotated[int, Field(ge=1, le=20)] = 3  # conditions shown / returned by default
     default_lang: Literal["id", "en"] = "id"  # page language without ?lang= or a cookie
+    device: bool = True  # offer the on-device check when the model dir has model-web.onnx
 
     @property
     def max_upload_bytes(self) -> int:
