@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from kulit.errors import ImageError
@@ -104,3 +105,18 @@ def metric_rows(metrics: dict[str, Any], lang: str) -> list[dict[str, str]]:
             ci_text = f"{fmt(key, ci[0])} – {fmt(key, ci[1])}"
         rows.append({"label": t(lang, f"m_{key}"), "value": fmt(key, v), "ci": ci_text})
     return rows
+
+
+@router.get("/docs")
+def api_docs(request: Request) -> HTMLResponse:
+    """Swagger UI from /static/vendor (scripts/vendor_web_ui.sh), so /docs works offline."""
+    page = get_swagger_ui_html(
+        openapi_url=request.app.openapi_url or "/openapi.json",
+        title=f"{request.app.title} API",
+        swagger_js_url="/static/vendor/swagger-ui/swagger-ui-bundle.js",
+        swagger_css_url="/static/vendor/swagger-ui/swagger-ui.css",
+        swagger_favicon_url="/static/icon.svg",
+    )
+    # the API is documented in English; say so, for screen readers and translators
+    html = bytes(page.body).decode().replace("<html>", '<html lang="en">', 1)
+    return HTMLResponse(html)
