@@ -143,7 +143,10 @@
         inputs.forEach(function (input) { input.value = ""; });
         inputs[0].files = dt.files;
       }
-    }).catch(function () { /* send the original */ }).then(function () { form.submit(); });
+    }).catch(function () { /* send the original */ }).then(function () {
+      // the button named "submit" hides form.submit; call the form's own method
+      HTMLFormElement.prototype.submit.call(form);
+    });
   });
   // Coming back with the Back button restores a usable form.
   window.addEventListener("pageshow", function () {
