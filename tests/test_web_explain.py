@@ -70,7 +70,7 @@ def tables(page: str, section: str) -> list[list[list[str]]]:
 
 
 def data_png(page: str, img_id: str) -> Image.Image:
-    m = re.search(rf'<img id="{img_id}"[^>]*src="data:image/png;base64,([^"]+)"', page)
+    m = re.search(rf'<img id="{img_id}"[^>]*src="data:image/webp;base64,([^"]+)"', page)
     assert m, img_id
     return Image.open(io.BytesIO(base64.b64decode(m.group(1))))
 
@@ -139,7 +139,7 @@ def test_explain_page_shows_every_step(client: TestClient, predictor: Predictor,
     # 7. the first layer: the note on 32 filters and a grid of 8 maps (4 x 2, 40 px tiles)
     assert s["ex_layer_paper"].format(n=8, paper=32) in text
     grid = data_png(page, "ex-grid")
-    assert grid.format == "PNG" and grid.size == (4 * 40 + 3, 2 * 40 + 1)
+    assert grid.format == "WEBP" and grid.size == (4 * 40 + 3, 2 * 40 + 1)
 
     # 9. the softmax: z, z/T, exp and p for every condition, p equal to the Predictor's
     pred = predictor.predict_one(carried)

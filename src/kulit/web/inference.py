@@ -23,7 +23,7 @@ class Analysis:
     answer: Answer
     overlay: bytes | None  # the heatmap blended over the crop, encoded as overlay_format says
     total_ms: float
-    overlay_format: str = "PNG"  # "PNG" for the API, "JPEG" for pages (encode_page_image)
+    overlay_format: str = "PNG"  # "PNG" for the API, "WEBP" for pages (encode_overlay)
 
 
 def analyse(predictor: Predictor, data: bytes, top_k: int, heatmap: bool,
@@ -43,7 +43,7 @@ def analyse(predictor: Predictor, data: bytes, top_k: int, heatmap: bool,
     overlay = None
     if heatmap and pred.heatmap is not None and pred.image is not None:
         blend = heatmap_overlay(pred.image, pred.heatmap)
-        overlay = (encode_page_image(blend) if overlay_format == "JPEG"
+        overlay = (encode_overlay(blend) if overlay_format == OVERLAY_FORMAT
                    else encode_image(blend, overlay_format))
     return Analysis(pred, answer_for(pred, predictor.card), overlay,
                     1000 * (time.perf_counter() - t0), overlay_format)
@@ -55,8 +55,9 @@ def encode_image(img: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
     return buf.getvalue()
 
 
-# Pictures on pages are JPEG: a 224 px crop or heatmap is ~15 KB instead of ~100 KB as PNG,
-# which keeps a result page under 60 KB on a phone's data plan (issue 12). The API keeps PNG.
+# Pictures on pages are small, so a result page stays under 60 KB on a phone's data plan
+# (issue 12; it was ~220 KB with two PNGs). The API keeps PNG.
+# The crop is JPEG (shown, and re-posted to re-check it, so colours must stay close);
 PAGE_IMAGE_MIME = "image/jpeg"
 # 95 and 4:4:4: a 224 px crop is ~12 KB; re-checked, it moves the probabilities by ~1% (median
 # of 45 skin8 photos; at most 11%), against ~2% at 90 (issue 12 report)
@@ -65,9 +66,32 @@ PAGE_JPEG_QUALITY = 95
 CROP_URI_PREFIXES = (b"data:image/jpeg;base64,", b"data:image/png;base64,")
 
 
+# the heatmap overlay is only looked at: lossy WebP, ~3 KB against ~17 KB as JPEG q95.
+OVERLAY_FORMAT, OVERLAY_QUALITY = "WEBP", 75
+
+
+# The page holds the crop twice (shown, and in the carry form right after it); gzip sends the
+# second copy as a back-reference only if it starts within its 32 KB window, so a crop's
+# base64 must stay under that: detailed crops step down in quality until they fit.
+PAGE_CROP_MAX_BYTES = 24_000
+PAGE_JPEG_STEPS = (PAGE_JPEG_QUALITY, 92, 90, 85, 80, 75)
+
+
 def encode_page_image(img: Image.Image) -> bytes:
-    """A picture for a page (photo crop, heatmap overlay): JPEG, no chroma subsampling."""
-    return encode_image(img.convert("RGB"), "JPEG", quality=PAGE_JPEG_QUALITY, subsampling=0)
+    """The photo crop for a page: JPEG, no chroma subsampling, at most PAGE_CROP_MAX_BYTES
+    when quality 75 allows."""
+    rgb = img.convert("RGB")
+    data = b""
+    for quality in PAGE_JPEG_STEPS:
+        data = encode_image(rgb, "JPEG", quality=quality, subsampling=0)
+        if len(data) <= PAGE_CROP_MAX_BYTES:
+            break
+    return data
+
+
+def encode_overlay(img: Image.Image) -> bytes:
+    """The heatmap overlay for a page: lossy WebP."""
+    return encode_image(img.convert("RGB"), OVERLAY_FORMAT, quality=OVERLAY_QUALITY)
 
 
 def page_image_uri(img: Image.Image) -> str:

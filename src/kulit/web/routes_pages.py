@@ -13,7 +13,7 @@ from kulit.card import card_text
 from kulit.errors import ImageError
 from kulit.i18n import METRICS, PERCENT_METRICS, fmt_num, fmt_pct, t
 from kulit.web.deps import PredictorDep, SettingsDep
-from kulit.web.inference import analyse
+from kulit.web.inference import OVERLAY_FORMAT, analyse
 from kulit.web.rendering import (
     LangDep,
     class_list,
@@ -47,7 +47,8 @@ async def predict_page(request: Request, lang: LangDep, settings: SettingsDep,
     """The plain form POST (multipart field `image`): result page, or the form with the error."""
     try:
         data = await read_file_field(request, UPLOAD_FIELD, settings.max_upload_bytes)
-        result = await run_in_threadpool(analyse, predictor, data, settings.top_k, True, "JPEG")
+        result = await run_in_threadpool(analyse, predictor, data, settings.top_k, True,
+                                         OVERLAY_FORMAT)
         ctx = await run_in_threadpool(result_context, result, lang.code)
     except (UploadRejected, ImageError) as e:
         return render_upload_error(request, lang, settings, predictor, e)
