@@ -21,6 +21,7 @@ $(BIN)/kulit: pyproject.toml
 # the on-device check: onnxruntime-web's WASM (npm, pinned) and the browser model, built here
 setup: $(BIN)/kulit $(MODEL)/model-web.onnx
 	scripts/vendor_ort_web.sh
+	scripts/vendor_web_ui.sh
 
 $(MODEL)/model-web.onnx: $(MODEL)/model.onnx $(MODEL)/card.json $(wildcard $(MODEL)/gate.npz) | $(BIN)/kulit
 	$(BIN)/kulit export-web --model $(MODEL)

@@ -123,10 +123,11 @@ def test_upload_result_language_and_errors(server: str, browser, tmp_path: Path)
     expect(overlay).to_be_visible()
     expect(base).to_be_hidden()
 
-    # Switch to English; the choice is remembered without ?lang=.
-    page.get_by_role("link", name="English").click()
+    # Switch to English: the result stays (the page re-posts its crop); the choice is
+    # remembered without ?lang=.
+    page.get_by_role("button", name="English").click()
     expect(page.locator("html")).to_have_attribute("lang", "en")
-    expect(page.locator("h1")).to_have_text(STRINGS["en"]["index_title"])
+    expect(page.locator("h1")).to_have_text(STRINGS["en"]["result_title"])
     page.goto(server + "/about")
     expect(page.locator("html")).to_have_attribute("lang", "en")
     expect(page.locator("h1")).to_have_text("About the model")

@@ -7,6 +7,6 @@ DISCLAIMER_EN = (
     "see a doctor about any skin problem that worries you."
 )
 DISCLAIMER_ID = (
-    "kulit bukan diagnosis. Ini alat riset yang bisa salah; "
+    "Hasil aplikasi ini bukan diagnosis. Ini alat riset yang bisa salah; "
     "periksakan ke dokter setiap masalah kulit yang mengkhawatirkan Anda."
 )

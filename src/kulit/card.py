@@ -22,6 +22,21 @@ FIRST_LAYER = "first_layer"  # float32 [N,F,H/2,W/2], first conv layer's maps
 OUTPUTS = (LOGITS, FEATURES, FIRST_LAYER)
 
 
+# A card text a person reads: one string per language ({"en": ..., "id": ...}), or a plain
+# string, which older cards hold and which is English.
+CardText = str | dict[str, str]
+
+
+def card_text(value: CardText, lang: str) -> tuple[str, str]:
+    """(text, its language) of a card text in `lang`, else in English, else any language."""
+    if isinstance(value, str):
+        return value, "en"
+    for code in (lang, "en", *value):
+        if value.get(code):
+            return str(value[code]), code
+    return "", lang
+
+
 @dataclass
 class ModelCard:
     """Everything serving needs to know about a model; nothing is retyped by hand."""
@@ -44,7 +59,8 @@ class ModelCard:
     seed: int = 0
     train_config: dict[str, Any] = field(default_factory=dict)
     kulit_version: str = ""
-    limits: list[str] = field(default_factory=list)  # known limits, in plain words
+    # known limits, in plain words: {"en": ..., "id": ...} per limit (a plain str = English)
+    limits: list[CardText] = field(default_factory=list)
     # trust gate cut-offs (kulit.gate scores, melanoma cut-off, per-source figures); {} = none
     gate: dict[str, Any] = field(default_factory=dict)
     # photo-quality limits (kulit.quality): min side, blur, exposure; {} = defaults

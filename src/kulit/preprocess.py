@@ -17,11 +17,19 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from kulit.errors import ImageError
 
-ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP"})  # sniffed, never by name
+ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "HEIF"})  # sniffed, not by name
+DRAFT_FORMATS = ("JPEG", "MPO")  # decoded at reduced size in the DCT when a draft size is given
 MAX_PIXELS = 40_000_000  # larger images are treated as decompression bombs
 MIN_SIDE = 1  # serving accepts tiny images (they are upsampled); `kulit data` asks for more
 WHITE = (255, 255, 255)
 RESIZE_MODES = ("shorter_center_crop",)
+
+try:  # iPhone photos (HEIC); pillow-heif is in the serve extra, optional elsewhere
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+except ImportError:  # pragma: no cover - then HEIC is refused as not_image
+    pass
 
 # Pillow's own bomb guard raises at 2x its limit and warns above; we check the header ourselves.
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -112,15 +120,25 @@ def decode_image(source: str | Path | bytes | BinaryIO, *, draft: int | None = N
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(fp)
     except UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image (JPEG, PNG, WebP or BMP)", "not_image") from None
+        raise ImageError(
+            f"{name}: not an image (JPEG, PNG, WebP, BMP or HEIC)", "not_image"
+        ) from None
     except Image.DecompressionBombError:
         raise ImageError(f"{name}: image too large (decompression bomb)", "too_large") from None
     except Exception as e:  # Pillow plugins raise many types on hostile headers
         raise ImageError(f"{name}: unreadable image header ({_short(e)})", "unreadable") from None
     if img.format not in ACCEPTED_FORMATS:
         raise ImageError(
-            f"{name}: {img.format} is not supported (JPEG, PNG, WebP or BMP)", "not_image"
+            f"{name}: {img.format} is not supported (JPEG, PNG, WebP, BMP or HEIC)", "not_image"
         )
+    if draft and img.format in DRAFT_FORMATS:
+        # before the pixel limit: a 50 MP phone JPEG decodes at 1/8 scale, well inside it
+        try:
+            img.draft("RGB", (draft, draft))
+        except Exception as e:
+            raise ImageError(
+                f"{name}: unreadable image header ({_short(e)})", "unreadable"
+            ) from None
     w, h = img.size
     if w * h > MAX_PIXELS:
         raise ImageError(
@@ -132,8 +150,6 @@ def decode_image(source: str | Path | bytes | BinaryIO, *, draft: int | None = N
     relaxed = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # fail on truncation even if someone relaxed Pillow
     try:
-        if draft and img.format in ("JPEG", "MPO"):
-            img.draft("RGB", (draft, draft))
         img.load()
     except Image.DecompressionBombError:
         raise ImageError(f"{name}: image too large (decompression bomb)", "too_large") from None

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from kulit.card import card_text
 from kulit.errors import DataError
 from kulit.metrics import N_BINS, clean_json, round_floats
 
@@ -156,7 +157,8 @@ def render_report(metrics: dict[str, Any], *, title: str, card: dict[str, Any] |
         lines += ["## Known limits", "",
                   "- Not a diagnosis. It can be wrong; a doctor must examine any skin problem "
                   "that worries you."]
-        lines += [f"- {x}" for x in limits if "not a diagnosis" not in str(x).lower()]
+        texts = [card_text(x, "en")[0] for x in limits]
+        lines += [f"- {x}" for x in texts if "not a diagnosis" not in x.lower()]
         lines.append("")
         data = card.get("data") or {}
         if data:
@@ -166,9 +168,9 @@ def render_report(metrics: dict[str, Any], *, title: str, card: dict[str, Any] |
                 if not value:
                     continue
                 if isinstance(value, list):
-                    lines += [f"- {key}:"] + [f"  - {v}" for v in value]
+                    lines += [f"- {key}:"] + [f"  - {card_text(v, 'en')[0]}" for v in value]
                 else:
-                    lines.append(f"- {key}: {value}")
+                    lines.append(f"- {key}: {card_text(value, 'en')[0]}")
             lines.append("")
     return "\n".join(lines).rstrip("\n") + "\n"
 

@@ -12,6 +12,7 @@ from fastapi.exception_handlers import (
     request_validation_exception_handler,
 )
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
@@ -88,6 +89,8 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
         description="Skin-condition photo classifier that says how sure it is. "
                     "**Not a diagnosis.**",
         lifespan=lifespan,
+        docs_url=None,  # routes_pages serves /docs with the vendored Swagger UI (no CDN)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.predictor = predictor
@@ -97,6 +100,8 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     app.include_router(routes_device.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(SecurityHeaders)
+    # pages are mostly text and base64 JPEGs: compressed, a result page fits a phone's budget
+    app.add_middleware(GZipMiddleware, minimum_size=1000, compresslevel=6)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import io
 import time
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from kulit.answer import Answer, answer_for
-from kulit.errors import ModelError
+from kulit.errors import ImageError, ModelError
 from kulit.predict import Prediction, Predictor, heatmap_overlay
 
 
@@ -20,12 +21,18 @@ class Analysis:
 
     prediction: Prediction
     answer: Answer
-    overlay_png: bytes | None  # the heatmap blended over the crop, PNG
+    overlay: bytes | None  # the heatmap blended over the crop, encoded as overlay_format says
     total_ms: float
+    overlay_format: str = "PNG"  # "PNG" for the API, "WEBP" for pages (encode_overlay)
 
 
-def analyse(predictor: Predictor, data: bytes, top_k: int, heatmap: bool) -> Analysis:
-    """Predict one image from bytes; a model without a heatmap still answers. Raises ImageError."""
+def analyse(predictor: Predictor, data: bytes, top_k: int, heatmap: bool,
+            overlay_format: str = "PNG") -> Analysis:
+    """Predict one image from bytes; a model without a heatmap still answers. Raises ImageError.
+
+    `data` may also be a page's re-posted crop (a data URI, see `decode_upload`).
+    """
+    data = decode_upload(data)
     t0 = time.perf_counter()
     try:
         pred = predictor.predict_one(data, top_k=top_k, heatmap=heatmap)
@@ -35,15 +42,75 @@ def analyse(predictor: Predictor, data: bytes, top_k: int, heatmap: bool) -> Ana
         pred = predictor.predict_one(data, top_k=top_k, heatmap=False)
     overlay = None
     if heatmap and pred.heatmap is not None and pred.image is not None:
-        overlay = encode_image(heatmap_overlay(pred.image, pred.heatmap), "PNG")
+        blend = heatmap_overlay(pred.image, pred.heatmap)
+        overlay = (encode_overlay(blend) if overlay_format == OVERLAY_FORMAT
+                   else encode_image(blend, overlay_format))
     return Analysis(pred, answer_for(pred, predictor.card), overlay,
-                    1000 * (time.perf_counter() - t0))
+                    1000 * (time.perf_counter() - t0), overlay_format)
 
 
 def encode_image(img: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
     buf = io.BytesIO()
     img.save(buf, fmt, **kw)
     return buf.getvalue()
+
+
+# Pictures on pages are small, so a result page stays under 60 KB on a phone's data plan
+# (issue 12; it was ~220 KB with two PNGs). The API keeps PNG.
+# The crop is JPEG (shown, and re-posted to re-check it, so colours must stay close);
+PAGE_IMAGE_MIME = "image/jpeg"
+# 95 and 4:4:4: a 224 px crop is ~12 KB; re-checked, it moves the probabilities by ~1% (median
+# of 45 skin8 photos; at most 11%), against ~2% at 90 (issue 12 report)
+PAGE_JPEG_QUALITY = 95
+# A page carries the crop the model saw (to re-post it for "How it works" or another language).
+CROP_URI_PREFIXES = (b"data:image/jpeg;base64,", b"data:image/png;base64,")
+
+
+# the heatmap overlay is only looked at: lossy WebP, ~3 KB against ~17 KB as JPEG q95.
+OVERLAY_FORMAT, OVERLAY_QUALITY = "WEBP", 75
+
+
+# The page holds the crop twice (shown, and in the carry form right after it); gzip sends the
+# second copy as a back-reference only if it starts within its 32 KB window, so a crop's
+# base64 must stay under that: detailed crops step down in quality until they fit.
+PAGE_CROP_MAX_BYTES = 24_000
+PAGE_JPEG_STEPS = (PAGE_JPEG_QUALITY, 92, 90, 85, 80, 75)
+
+
+def encode_page_image(img: Image.Image) -> bytes:
+    """The photo crop for a page: JPEG, no chroma subsampling, at most PAGE_CROP_MAX_BYTES
+    when quality 75 allows."""
+    rgb = img.convert("RGB")
+    data = b""
+    for quality in PAGE_JPEG_STEPS:
+        data = encode_image(rgb, "JPEG", quality=quality, subsampling=0)
+        if len(data) <= PAGE_CROP_MAX_BYTES:
+            break
+    return data
+
+
+def encode_overlay(img: Image.Image) -> bytes:
+    """The heatmap overlay for a page: lossy WebP."""
+    return encode_image(img.convert("RGB"), OVERLAY_FORMAT, quality=OVERLAY_QUALITY)
+
+
+def page_image_uri(img: Image.Image) -> str:
+    return data_uri(encode_page_image(img), PAGE_IMAGE_MIME)
+
+
+def decode_upload(data: bytes) -> bytes:
+    """Image bytes from a file upload, or from a page's re-posted crop (a data URI).
+
+    Raises ImageError when the data URI is not valid base64.
+    """
+    for prefix in CROP_URI_PREFIXES:
+        if data.startswith(prefix):
+            try:
+                return base64.b64decode(data[len(prefix):].strip(), validate=True)
+            except (binascii.Error, ValueError):
+                raise ImageError("upload: the photo's data URI is not valid base64",
+                                 "unreadable") from None
+    return data
 
 
 def data_uri(data: bytes, mime: str) -> str:

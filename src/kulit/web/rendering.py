@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,6 +14,7 @@ from fastapi.templating import Jinja2Templates
 
 import kulit
 from kulit.answer import Answer
+from kulit.errors import ImageError
 from kulit.i18n import (
     LANG_COOKIE,
     LANGS,
@@ -24,9 +26,12 @@ from kulit.i18n import (
     t,
 )
 from kulit.predict import Predictor
+from kulit.preprocess import MAX_PIXELS
 from kulit.web.deps import SettingsDep
-from kulit.web.inference import Analysis, data_uri, encode_image
+from kulit.web.errors import status_of
+from kulit.web.inference import Analysis, data_uri, page_image_uri
 from kulit.web.settings import Settings
+from kulit.web.upload import UploadRejected
 
 TEMPLATES_DIR = Path(__file__).with_name("templates")
 templates = Jinja2Templates(directory=TEMPLATES_DIR)
@@ -77,15 +82,26 @@ def render(request: Request, name: str, lang: Lang, settings: Settings,
 
 
 def render_upload_error(request: Request, lang: Lang, settings: Settings, predictor: Predictor,
-                        code: str, status: int) -> Response:
-    """The upload form again, with the error said in the page's language."""
-    return render(request, "index.html", lang, settings, predictor, status=status,
-                  classes=class_list(predictor, lang.code),
-                  error=t(lang.code, f"err_{code}", mb=f"{settings.max_upload_mb:g}"))
+                        error: UploadRejected | ImageError) -> Response:
+    """The upload form again, with the error said in the page's language.
+
+    A decoded image over the pixel limit says so, rather than "too many megabytes".
+    """
+    key = error.code
+    if isinstance(error, ImageError) and error.code == "too_large":
+        key = "too_many_pixels"
+    text = t(lang.code, f"err_{key}", mb=f"{settings.max_upload_mb:g}",
+             mp=f"{MAX_PIXELS / 1e6:g}")
+    return render(request, "index.html", lang, settings, predictor,
+                  status=status_of(error.code), classes=class_list(predictor, lang.code),
+                  error=text)
 
 
 def class_list(predictor: Predictor, lang: str) -> list[dict[str, str]]:
-    return [{"cls": c, "name": condition_name(c, lang)} for c in predictor.classes]
+    """Each class's name in `lang` and, where the text store says, what it covers."""
+    return [{"cls": c, "name": condition_name(c, lang),
+             "covers": str(condition_info(c, lang).get("covers", ""))}
+            for c in predictor.classes]
 
 
 def doctor_box(ans: Answer, lang: str, top_name: str) -> tuple[str, str, bool]:
@@ -119,13 +135,15 @@ def result_context(result: Analysis, lang: str) -> dict[str, Any]:
     pred, ans = result.prediction, result.answer
     top_name, top_pct = condition_name(ans.top[0][0], lang), fmt_pct(ans.confidence)
     rows = [
-        {"cls": c, "pct": fmt_pct(p), "width": f"{100 * p:.1f}", "urgent": c in ans.urgent,
-         **condition_info(c, lang)}
+        {"cls": c, "pct": fmt_pct(p), "width": f"{100 * p:.1f}",
+         "urgent": ans.melanoma_alert and c in ans.urgent, **condition_info(c, lang)}
         for c, p in ans.top
     ] if ans.names_classes else []
     doctor, doctor_title, doctor_urgent = doctor_box(ans, lang, top_name)
     guidance = t(lang, f"advice_{ans.advice}") if ans.status in ("not_skin", "retake") else ""
-    photo = encode_image(pred.image, "JPEG", quality=90) if pred.image is not None else None
+    # one JPEG of the crop: shown, and re-posted by the carry form (gzip sends it once)
+    photo_uri = page_image_uri(pred.image) if pred.image is not None else None
+    now = datetime.now(timezone.utc)
     return {
         "answer_status": ans.status,
         "rows": rows,
@@ -136,8 +154,11 @@ def result_context(result: Analysis, lang: str) -> dict[str, Any]:
         "doctor": doctor,
         "doctor_title": doctor_title,
         "doctor_urgent": doctor_urgent,
-        "photo_uri": data_uri(photo, "image/jpeg") if photo else None,
-        "overlay_uri": (data_uri(result.overlay_png, "image/png")
-                        if result.overlay_png and ans.names_classes else None),
+        "photo_uri": photo_uri,
+        "overlay_uri": (data_uri(result.overlay, f"image/{result.overlay_format.lower()}")
+                        if result.overlay and ans.names_classes else None),
         "explainable": ans.names_classes,
+        "advice_text": t(lang, f"advice_{ans.advice}"),
+        "checked_at": now.isoformat(timespec="seconds"),
+        "checked_at_text": now.strftime("%Y-%m-%d %H:%M UTC"),
     }

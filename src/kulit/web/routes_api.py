@@ -64,8 +64,8 @@ async def predict(
         disclaimer={"en": DISCLAIMER_EN, "id": DISCLAIMER_ID},
         timing_ms={**{k: round(v, 3) for k, v in pred.timing_ms.items()},
                    "total": round(result.total_ms, 3)},
-        heatmap_png=(base64.b64encode(result.overlay_png).decode("ascii")
-                     if result.overlay_png else None),
+        heatmap_png=(base64.b64encode(result.overlay).decode("ascii")
+                     if result.overlay else None),
     ).model_dump()
     if not heatmap:
         del body["heatmap_png"]

@@ -1,19 +1,19 @@
 """'How it works': the paper's CNN steps on the photo just classified, then the real model's.
 
-The result page re-posts the square crop the model saw (a lossless PNG in a hidden field), so
-nothing is stored on the server and the numbers here equal the result page's.
+The result page re-posts the square crop the model saw (the page's JPEG in a hidden field), so
+nothing is stored on the server. GET shows the same steps on a made-up example picture.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, Response
+from PIL import Image, ImageDraw, ImageFilter
 from starlette.concurrency import run_in_threadpool
 
 from kulit.errors import ImageError, KulitError
@@ -21,28 +21,23 @@ from kulit.explain import CHANNELS, ModelExplanation, explain_photo, first_layer
 from kulit.i18n import condition_name, fmt_num, fmt_pct, t
 from kulit.predict import Predictor, heatmap_overlay
 from kulit.web.deps import PredictorDep, SettingsDep
-from kulit.web.errors import error_response, status_of
-from kulit.web.inference import Analysis, data_uri, encode_image
+from kulit.web.errors import error_response
+from kulit.web.inference import (
+    OVERLAY_FORMAT,
+    Analysis,
+    data_uri,
+    decode_upload,
+    encode_image,
+    encode_overlay,
+)
 from kulit.web.rendering import LangDep, render, render_upload_error, result_context
 from kulit.web.schemas import ERRORS, MULTIPART_BODY, UPLOAD_FIELD
 from kulit.web.upload import UploadRejected, read_file_field
 
-# The result page sends the crop back as this data URI in the `image` field.
-CROP_URI_PREFIX = b"data:image/png;base64,"
 GRID_TILE = 56  # first-layer maps are box-averaged to at most this side for the page
 GRID_MIN_TILE = 40  # and tiny ones enlarged (nearest) to at least about this side
 
 router = APIRouter()
-
-
-def decode_upload(data: bytes) -> bytes:
-    """Image bytes from a file upload, or from the result page's data URI. Raises ImageError."""
-    if not data.startswith(CROP_URI_PREFIX):
-        return data
-    try:
-        return base64.b64decode(data[len(CROP_URI_PREFIX):].strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raise ImageError("upload: the photo's data URI is not valid base64", "unreadable") from None
 
 
 @dataclass
@@ -52,7 +47,7 @@ class Explained:
     result: dict[str, Any]
     arrays: ModelExplanation
     grid_png: bytes
-    overlay_png: bytes | None
+    overlay: bytes | None  # as pages show it (encode_overlay)
     total_ms: float
 
 
@@ -63,11 +58,13 @@ def run_explain(predictor: Predictor, data: bytes) -> Explained:
     assert arrays is not None  # a predictor was given
     maps = arrays.maps
     scale = max(1, -(-GRID_MIN_TILE // max(maps.shape[1:])))
-    grid = encode_image(first_layer_grid(maps, max_tile=GRID_TILE, scale=scale), "PNG")
+    # lossy WebP: the grey maps are only looked at; ~1/4 of the PNG's bytes on a phone
+    grid = encode_image(first_layer_grid(maps, max_tile=GRID_TILE, scale=scale), "WEBP",
+                        quality=80)
     pred = arrays.prediction
     overlay = None
     if pred.heatmap is not None and pred.image is not None:
-        overlay = encode_image(heatmap_overlay(pred.image, pred.heatmap), "PNG")
+        overlay = encode_overlay(heatmap_overlay(pred.image, pred.heatmap))
     return Explained(result, arrays, grid, overlay, 1000 * (time.perf_counter() - t0))
 
 
@@ -86,7 +83,8 @@ def explain_context(ex: Explained, lang: str) -> dict[str, Any]:
     d = ex.result
     m = d["model"]
     pred = ex.arrays.prediction
-    base = result_context(Analysis(pred, ex.arrays.answer, ex.overlay_png, ex.total_ms), lang)
+    base = result_context(Analysis(pred, ex.arrays.answer, ex.overlay, ex.total_ms, OVERLAY_FORMAT),
+                          lang)
     x, y = d["at"]
     size = d["image"]["width"]
     patch = d["inputs"]["patch"]
@@ -112,7 +110,7 @@ def explain_context(ex: Explained, lang: str) -> dict[str, Any]:
         "input_size": m["input_size"],
         "layer": {"n": fl["filters"], "h": fl["height"], "w": fl["width"],
                   "stride": _gnum(fl["stride"], lang), "paper": fl["paper_filters"]},
-        "grid_uri": data_uri(ex.grid_png, "image/png"),
+        "grid_uri": data_uri(ex.grid_png, "image/webp"),
         "temperature": _gnum(round(sm["temperature"], 4), lang),
         "shift": _gnum(sm["shift"], lang) if sm["shift"] else "",
         "soft_rows": [
@@ -130,10 +128,29 @@ def explain_context(ex: Explained, lang: str) -> dict[str, Any]:
     }
 
 
+def example_picture(size: int = 320) -> Image.Image:
+    """A made-up picture for the example (no one's photo): a reddish ring on a skin tone."""
+    img = Image.new("RGB", (size, size), (214, 168, 138))
+    draw = ImageDraw.Draw(img)
+    c, r = size // 2, size // 4
+    draw.ellipse((c - r, c - r, c + r, c + r), outline=(172, 82, 70), width=size // 20)
+    draw.ellipse((c - r // 2, c - r // 2, c + r // 2, c + r // 2), fill=(200, 140, 115))
+    return img.filter(ImageFilter.GaussianBlur(2))
+
+
+@lru_cache(maxsize=2)
+def explain_example(predictor: Predictor) -> Explained:
+    """The example's steps, computed once per loaded model."""
+    return run_explain(predictor, encode_image(example_picture(), "PNG"))
+
+
 @router.get("/explain", include_in_schema=False)
-def explain_get(lang: LangDep) -> Response:
-    """Like /predict, the view exists only as the answer to a POST; a reload goes home."""
-    return RedirectResponse(f"/?lang={lang.code}" if lang.from_query else "/", status_code=303)
+async def explain_get(request: Request, lang: LangDep, settings: SettingsDep,
+                      predictor: PredictorDep) -> Response:
+    """'How it works' from the navigation: the steps on a made-up example picture."""
+    ex = await run_in_threadpool(explain_example, predictor)
+    return render(request, "explain.html", lang, settings, predictor, example=True,
+                  **explain_context(ex, lang.code))
 
 
 @router.post("/explain", include_in_schema=False)
@@ -144,9 +161,9 @@ async def explain_page(request: Request, lang: LangDep, settings: SettingsDep,
         data = await read_file_field(request, UPLOAD_FIELD, settings.max_upload_bytes)
         ex = await run_in_threadpool(run_explain, predictor, data)
     except (UploadRejected, ImageError) as e:
-        return render_upload_error(request, lang, settings, predictor, e.code, status_of(e.code))
+        return render_upload_error(request, lang, settings, predictor, e)
     return render(request, "explain.html", lang, settings, predictor,
-                  **explain_context(ex, lang.code))
+                  carry="/explain", **explain_context(ex, lang.code))
 
 
 @router.post("/api/v1/explain", responses=ERRORS, openapi_extra=MULTIPART_BODY, tags=["api"])

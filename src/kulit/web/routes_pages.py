@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from kulit.card import card_text
 from kulit.errors import ImageError
 from kulit.i18n import METRICS, PERCENT_METRICS, fmt_num, fmt_pct, t
 from kulit.web.deps import PredictorDep, SettingsDep
-from kulit.web.errors import status_of
-from kulit.web.inference import analyse, data_uri, encode_image
+from kulit.web.inference import OVERLAY_FORMAT, analyse
 from kulit.web.rendering import (
     LangDep,
     class_list,
@@ -46,16 +47,13 @@ async def predict_page(request: Request, lang: LangDep, settings: SettingsDep,
     """The plain form POST (multipart field `image`): result page, or the form with the error."""
     try:
         data = await read_file_field(request, UPLOAD_FIELD, settings.max_upload_bytes)
-        result = await run_in_threadpool(analyse, predictor, data, settings.top_k, True)
+        result = await run_in_threadpool(analyse, predictor, data, settings.top_k, True,
+                                         OVERLAY_FORMAT)
+        ctx = await run_in_threadpool(result_context, result, lang.code)
     except (UploadRejected, ImageError) as e:
-        return render_upload_error(request, lang, settings, predictor, e.code, status_of(e.code))
-    crop = result.prediction.image  # re-posted losslessly by "How it works" (routes_explain)
-    ctx = result_context(result, lang.code)
-    crop_png = (await run_in_threadpool(encode_image, crop, "PNG")
-                if crop and ctx["explainable"] else None)
-    return render(request, "result.html", lang, settings, predictor,
-                  **ctx,
-                  crop_png_uri=data_uri(crop_png, "image/png") if crop_png else None)
+        return render_upload_error(request, lang, settings, predictor, e)
+    # the page's crop JPEG is re-posted for "How it works" and for the other language
+    return render(request, "result.html", lang, settings, predictor, carry="/predict", **ctx)
 
 
 @router.get("/about")
@@ -64,19 +62,22 @@ def about(request: Request, lang: LangDep, settings: SettingsDep,
     card = predictor.card
     return render(request, "about.html", lang, settings, predictor,
                   card=card, classes=class_list(predictor, lang.code),
-                  threshold=fmt_pct(card.threshold), data=data_rows(card.data),
+                  threshold=fmt_pct(card.threshold), data=data_rows(card.data, lang.code),
+                  limits=[card_text(x, lang.code) for x in card.limits],
                   metrics=metric_rows(card.metrics, lang.code))
 
 
-def data_rows(data: dict[str, Any]) -> dict[str, Any]:
-    """Name, sources and licence from card.data, whichever spelling the card used."""
+def data_rows(data: dict[str, Any], lang: str) -> dict[str, Any]:
+    """Name, sources and licence from card.data, whichever spelling the card used, each as
+    (text, its language): the page's language when the card has it, else English."""
     sources = data.get("sources") or data.get("source") or []
-    if isinstance(sources, str):
+    if isinstance(sources, (str, dict)):
         sources = [sources]
+    licence = data.get("licence") or data.get("license")
     return {
         "name": data.get("name"),
-        "sources": [str(s) for s in sources],
-        "licence": data.get("licence") or data.get("license"),
+        "sources": [card_text(s, lang) for s in sources],
+        "licence": card_text(licence, lang) if licence else None,
     }
 
 
@@ -104,3 +105,18 @@ def metric_rows(metrics: dict[str, Any], lang: str) -> list[dict[str, str]]:
             ci_text = f"{fmt(key, ci[0])} – {fmt(key, ci[1])}"
         rows.append({"label": t(lang, f"m_{key}"), "value": fmt(key, v), "ci": ci_text})
     return rows
+
+
+@router.get("/docs")
+def api_docs(request: Request) -> HTMLResponse:
+    """Swagger UI from /static/vendor (scripts/vendor_web_ui.sh), so /docs works offline."""
+    page = get_swagger_ui_html(
+        openapi_url=request.app.openapi_url or "/openapi.json",
+        title=f"{request.app.title} API",
+        swagger_js_url="/static/vendor/swagger-ui/swagger-ui-bundle.js",
+        swagger_css_url="/static/vendor/swagger-ui/swagger-ui.css",
+        swagger_favicon_url="/static/icon.svg",
+    )
+    # the API is documented in English; say so, for screen readers and translators
+    html = bytes(page.body).decode().replace("<html>", '<html lang="en">', 1)
+    return HTMLResponse(html)
