@@ -47,6 +47,8 @@ class TrainConfig:
     capture_aug: bool = True  # views imitate capture: context crops, low resolution, blur, WB
     source_balance: bool = True  # sample every (class, source) cell equally often per epoch
     clean_labels: bool = True  # leave out training photos cleanlab flags as likely mislabelled
+    clean_sources: str = "skin8-web"  # comma-separated sources whose labels are checked
+    clean_max_frac: float = 0.15  # at most this share of a checked source's class left out
     tta: bool = True  # average logits over the image and its mirror (linear head only)
     finetune_blocks: int = 4  # last backbone blocks trained on cached inputs; 0 = frozen base
     patience: int = 10  # epochs without val balanced-accuracy gain before stopping; 0 = off
@@ -71,6 +73,7 @@ class TrainConfig:
             (self.weight_decay >= 0 and math.isfinite(self.weight_decay),
              "weight_decay must be a finite number, 0 or more"),
             (self.patience >= 0, "patience must be 0 (off) or more"),
+            (0 <= self.clean_max_frac < 1, "clean_max_frac must be at least 0 and below 1"),
             (self.finetune_blocks >= 0, "finetune_blocks must be 0 (frozen) or more"),
             (self.head in HEADS, f"head must be one of {', '.join(HEADS)}, not {self.head!r}"),
         ]

@@ -308,7 +308,8 @@ def _clean_labels(cfg: TrainConfig, samples: list[Sample], feats: np.ndarray, y:
     from kulit.label_issues import find_issues, write_issues
 
     train = [s for s in samples if s.split == "train"]
-    mask, probs = find_issues(_pooled_view0(feats, top), y, cfg.seed)
+    checked = np.isin([s.source for s in train], cfg.clean_sources.split(","))
+    mask, probs = find_issues(_pooled_view0(feats, top), y, cfg.seed, checked, cfg.clean_max_frac)
     out.mkdir(parents=True, exist_ok=True)
     counts = write_issues(out, [s.file for s in train], [s.path for s in train],
                           [s.source for s in train], y, probs, mask, classes)
