@@ -3,7 +3,7 @@ at the threshold, and the trust gate's figures. Every word comes from texts.json
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 from kulit.i18n import METRICS, PERCENT_METRICS, STRINGS, fmt_num, t
 
@@ -20,7 +20,7 @@ TRUST_FIGURES = (
 )
 
 
-def _is_num(v: Any) -> bool:
+def _is_num(v: Any) -> TypeGuard[float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
