@@ -7,6 +7,7 @@ import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,7 +27,8 @@ def hits(k: int, n: int) -> np.ndarray:
     return np.array([True] * k + [False] * (n - k))
 
 
-def source_metrics(n: int, acc: float, bal: float, answered: int, right: int) -> dict:
+def source_metrics(n: int, acc: float, bal: float, answered: int, right: int
+                   ) -> dict[str, Any]:
     return {"n": n, "accuracy": acc, "balanced_accuracy": bal, "macro_f1": bal - 0.01,
             "top3_accuracy": 0.97, "ece": 0.042,
             "ci95": {"accuracy": [acc - 0.05, acc + 0.04], "balanced_accuracy": [bal - 0.06,
@@ -35,7 +37,7 @@ def source_metrics(n: int, acc: float, bal: float, answered: int, right: int) ->
                              "accuracy": right / answered, "n": answered}}
 
 
-METRICS = {
+METRICS: dict[str, Any] = {
     "split": "test", **source_metrics(323, 0.8, 0.75, 160, 144),
     "per_class": [],
     "per_source": {
@@ -49,7 +51,7 @@ METRICS = {
 }
 
 # the shape `kulit gate` writes (gate_fit.gate_figures), built with its own `rate`
-GATE = {
+GATE: dict[str, Any] = {
     "not_skin_threshold": 0.178, "other_threshold": 0.763, "melanoma_cutoff": 0.0178,
     "tuned_on": {"skin_sources": ["skin8", "skin8-web"]},
     "figures": {
@@ -97,13 +99,13 @@ def flat(page: str) -> str:
     return re.sub(r"\s+", " ", visible_text(re.sub(r"</?(strong|span)\b[^>]*>", "", page)))
 
 
-def table_row(page: str, label: str) -> list[str]:
+def table_row(page: str, label: str) -> list[list[str]]:
     """The cells of the metrics table row headed `label`, as visible text."""
     row = re.search(r"<tr><th scope=\"row\">" + re.escape(label) + r"</th>(.*?)</tr>", page,
                     flags=re.S)
     assert row, label
-    return [re.sub(r"<[^>]+>", " ", c).split() for c in re.findall(r"<td>(.*?)</td>",
-                                                                   row.group(1))]  # type: ignore[misc]
+    cells = re.findall(r"<td>(.*?)</td>", row.group(1))
+    return [re.sub(r"<[^>]+>", " ", c).split() for c in cells]
 
 
 def section(page: str, title_id: str) -> str:
