@@ -393,3 +393,52 @@ def test_evaluate_reports_every_source(onnx_model_dir: Path, labelled: Path, tmp
     md = (tmp_path / "a" / REPORT_MD).read_text()
     assert "## Per data source" in md and "| skin8-web | 3 |" in md
     assert "## Per data source" not in (tmp_path / "b" / REPORT_MD).read_text()
+
+
+def test_evaluating_per_source_into_the_model_dir_records_it_in_the_card(
+        onnx_model_dir: Path, labelled: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """card.metrics.per_source: each source's headline numbers, its confident answers at the
+    card's threshold (the same `selective_at` as overall) and its largest prediction-share
+    ratio; report.md and metrics.json carry the per-source at_threshold too."""
+    import shutil
+
+    import kulit.data
+    from kulit.card import load_card
+    from kulit.data import SplitRow
+
+    model = tmp_path / "model"
+    shutil.copytree(onnx_model_dir, model)
+    rows = [SplitRow(f, f.relative_to(labelled).as_posix(), f.parent.name, "test", f.stem,
+                     source="skin8" if f.name.endswith("_0.jpg") else "skin8-web")
+            for f in sorted(labelled.glob("[MH]*/*_*.jpg"))]
+    monkeypatch.setattr(kulit.data, "load_split", lambda *a, **k: rows)
+    m = evaluate_model(model, labelled, split="test", split_csv=tmp_path / "split.csv",
+                       out=model, n_boot=50)
+    card = load_card(model)
+    per = card.metrics["per_source"]
+    assert sorted(per) == ["skin8", "skin8-web"]
+    assert per["skin8"]["n"] == 2 and per["skin8-web"]["n"] == 4
+    with open(model / PREDICTIONS_CSV) as f:
+        preds = {r["file"]: r for r in csv.DictReader(f)}
+    for name, got in per.items():
+        full = m["per_source"][name]
+        for key in ("n", "accuracy", "balanced_accuracy", "macro_f1", "top3_accuracy", "ece",
+                    "ci95", "at_threshold"):
+            assert got[key] == full[key], (name, key)
+        mine = [preds[r.file] for r in rows if r.source == name]
+        answered = [p for p in mine if float(p["confidence"]) >= card.threshold]
+        assert got["at_threshold"]["threshold"] == card.threshold
+        assert got["at_threshold"]["n"] == len(answered)
+        assert got["at_threshold"]["coverage"] == pytest.approx(len(answered) / len(mine))
+        right = sum(p["true"] == p["predicted"] for p in answered)
+        assert got["at_threshold"]["accuracy"] == (
+            pytest.approx(right / len(answered)) if answered else None)
+        share = m["prediction_share"][name]
+        ratios = {c: s["predicted"] / s["true"] for c, s in share.items() if s["true"]}
+        best = max(ratios, key=lambda c: ratios[c])
+        assert got["max_share_ratio"]["class"] == best
+        assert got["max_share_ratio"]["ratio"] == pytest.approx(ratios[best])
+    saved = json.loads((model / METRICS_JSON).read_text())
+    assert saved["per_source"]["skin8"]["at_threshold"] == per["skin8"]["at_threshold"]
+    assert "answered at the threshold" in (model / REPORT_MD).read_text()

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from kulit.errors import DataError, ImageError
-from kulit.metrics import compute_metrics, metrics_by_group, selective_at
+from kulit.metrics import compute_metrics, max_share_ratio, metrics_by_group, selective_at
 from kulit.report import write_report
 
 EVAL_SPLITS = ("test", "val", "train", "all")
@@ -136,6 +136,10 @@ def evaluate_model(
     metrics["at_threshold"] = selective_at(p, y_true, card.classes, card.threshold)
     metrics.update(metrics_by_group(y_true, p, card.classes, sources, n_boot=n_boot,
                                     seed=card.seed))
+    for name, per in metrics.get("per_source", {}).items():
+        rows = [i for i, s in enumerate(sources) if s == name]
+        per["at_threshold"] = selective_at(p[rows], [y_true[i] for i in rows], card.classes,
+                                           card.threshold)
     metrics["skipped"] = sorted(skipped, key=lambda s: s["file"])
     metrics["run"] = {
         "model": card.name, "model_dir": str(model_dir), "data": str(data), "split": split,
@@ -153,17 +157,28 @@ def evaluate_model(
     return metrics
 
 
+HEADLINE = ("n", "accuracy", "balanced_accuracy", "macro_f1", "top3_accuracy", "ece", "ci95",
+            "at_threshold")
+
+
 def record_in_card(card: Any, metrics: dict[str, Any], model_dir: Path) -> None:
-    """Evaluating into the model's own folder stores the headline numbers in its card."""
+    """Evaluating into the model's own folder stores the headline numbers in its card,
+    overall and, when the split names its sources, per source (with the class predicted
+    most above its true share there)."""
     from kulit.card import save_card
 
     card.metrics = {
         "split": metrics["run"]["split"],
-        **{k: metrics.get(k) for k in ("n", "accuracy", "balanced_accuracy", "macro_f1",
-                                       "top3_accuracy", "ece", "ci95")},
-        "at_threshold": metrics.get("at_threshold"),
+        **{k: metrics.get(k) for k in HEADLINE},
         "per_class": [{k: c.get(k) for k in ("class", "correct", "total", "percent")}
                       for c in metrics.get("per_class", [])],
     }
+    shares = metrics.get("prediction_share") or {}
+    if metrics.get("per_source"):
+        card.metrics["per_source"] = {
+            name: {**{k: m.get(k) for k in HEADLINE},
+                   "max_share_ratio": max_share_ratio(shares.get(name) or {})}
+            for name, m in metrics["per_source"].items()
+        }
     save_card(card, Path(model_dir))
 

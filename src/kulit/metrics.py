@@ -292,6 +292,23 @@ def prediction_share(y_true: Sequence[str], probs: np.ndarray, classes: Sequence
             for i, c in enumerate(classes)}
 
 
+def max_share_ratio(share: dict[str, dict[str, float | None]]) -> dict[str, Any] | None:
+    """The class predicted most above its true share (`prediction_share` of one source):
+    {"class", "ratio" = predicted / true, "predicted", "true"}; None when no class occurs.
+
+    Only classes present in the source count: a class with no true image has no ratio.
+    """
+    best: dict[str, Any] | None = None
+    for cls, s in share.items():
+        pred, true = s.get("predicted"), s.get("true")
+        if pred is None or not true:
+            continue
+        ratio = pred / true
+        if best is None or ratio > best["ratio"]:
+            best = {"class": cls, "ratio": ratio, "predicted": pred, "true": true}
+    return best
+
+
 def metrics_by_group(
     y_true: Sequence[str],
     probs: np.ndarray,

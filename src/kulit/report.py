@@ -186,14 +186,17 @@ def render_per_source(m: dict[str, Any]) -> list[str]:
         "",
         "The same metrics on the images of each data source (the split's `source` column).",
         "",
-        "| source | images | accuracy | balanced accuracy | macro F1 | top-3 accuracy | ECE |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| source | images | accuracy | balanced accuracy | macro F1 | top-3 accuracy | ECE "
+        "| answered at the threshold | right when answered |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, s in per.items():
+        at = s.get("at_threshold") or {}
         lines.append(
             f"| {_md_cell(name)} | {s['n']} | {_pct(s['accuracy'])} | "
             f"{_pct(s['balanced_accuracy'])} | {_num(s['macro_f1'])} | "
-            f"{_pct(s['top3_accuracy'])} | {_num(s['ece'])} |"
+            f"{_pct(s['top3_accuracy'])} | {_num(s['ece'])} | "
+            f"{_pct(at.get('coverage'))} | {_pct(at.get('accuracy'))} |"
         )
     share = m.get("prediction_share") or {}
     if share:

@@ -11,7 +11,8 @@ from starlette.concurrency import run_in_threadpool
 
 from kulit.card import card_text
 from kulit.errors import ImageError
-from kulit.i18n import METRICS, PERCENT_METRICS, fmt_num, fmt_pct, t
+from kulit.i18n import fmt_pct
+from kulit.web.about import confident_rows, metric_table, trust_rows
 from kulit.web.deps import PredictorDep, SettingsDep
 from kulit.web.inference import OVERLAY_FORMAT, analyse
 from kulit.web.rendering import (
@@ -64,7 +65,9 @@ def about(request: Request, lang: LangDep, settings: SettingsDep,
                   card=card, classes=class_list(predictor, lang.code),
                   threshold=fmt_pct(card.threshold), data=data_rows(card.data, lang.code),
                   limits=[card_text(x, lang.code) for x in card.limits],
-                  metrics=metric_rows(card.metrics, lang.code))
+                  metrics=metric_table(card.metrics, lang.code),
+                  confident=confident_rows(card.metrics, lang.code),
+                  trust=trust_rows(card.gate, lang.code))
 
 
 def data_rows(data: dict[str, Any], lang: str) -> dict[str, Any]:
@@ -79,32 +82,6 @@ def data_rows(data: dict[str, Any], lang: str) -> dict[str, Any]:
         "sources": [card_text(s, lang) for s in sources],
         "licence": card_text(licence, lang) if licence else None,
     }
-
-
-def metric_rows(metrics: dict[str, Any], lang: str) -> list[dict[str, str]]:
-    """The headline test numbers that exist in the card, formatted for reading."""
-    raw_ci = metrics.get("ci95")
-    ci95: dict[str, Any] = raw_ci if isinstance(raw_ci, dict) else {}
-
-    def fmt(key: str, v: float) -> str:
-        if key == "n":
-            return str(int(v))
-        if key in PERCENT_METRICS:
-            return fmt_num(100 * v, lang, 1) + "%"
-        return fmt_num(v, lang, 3)
-
-    rows = []
-    for key in METRICS:
-        v = metrics.get(key)
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            continue
-        ci = ci95.get(key)
-        ci_text = ""
-        if (isinstance(ci, (list, tuple)) and len(ci) == 2
-                and all(isinstance(x, (int, float)) for x in ci)):
-            ci_text = f"{fmt(key, ci[0])} – {fmt(key, ci[1])}"
-        rows.append({"label": t(lang, f"m_{key}"), "value": fmt(key, v), "ci": ci_text})
-    return rows
 
 
 @router.get("/docs")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 UPLOAD_FIELD = "image"  # the multipart field every upload (API and pages) is read from
 
@@ -57,6 +57,93 @@ class PredictResponse(BaseModel):
         None, description="only with ?heatmap=true: base64 PNG of the heatmap over the crop "
                           "(null if the model has no heatmap)"
     )
+
+
+class RateResponse(BaseModel):
+    """k of n photos, the share and its Wilson 95% interval: every gate figure's shape."""
+
+    k: int
+    n: int
+    rate: float | None = Field(description="k / n, null when n is 0")
+    ci95: list[float] | None = Field(description="Wilson 95% interval [low, high]")
+
+
+class SelectiveResponse(BaseModel):
+    """Answering only when the top probability is at least the threshold."""
+
+    model_config = ConfigDict(extra="allow")
+    threshold: float
+    coverage: float | None = Field(description="share of test photos answered")
+    accuracy: float | None = Field(description="share of those answers that were right")
+    n: int = Field(description="test photos answered")
+
+
+class ShareRatioResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    class_: str = Field(alias="class", serialization_alias="class")
+    ratio: float = Field(description="predicted share / true share")
+    predicted: float
+    true: float
+
+
+class SourceMetricsResponse(BaseModel):
+    """Headline test numbers of one data source (or of all test photos)."""
+
+    model_config = ConfigDict(extra="allow")
+    n: int | None = None
+    accuracy: float | None = None
+    balanced_accuracy: float | None = None
+    macro_f1: float | None = None
+    top3_accuracy: float | None = None
+    ece: float | None = None
+    ci95: dict[str, list[float] | None] | None = Field(
+        None, description="bootstrap 95% intervals of accuracy and balanced_accuracy")
+    at_threshold: SelectiveResponse | None = Field(
+        None, description="confident answers at the card's threshold")
+    max_share_ratio: ShareRatioResponse | None = Field(
+        None, description="the class predicted most above its true share in this source")
+
+
+class CardMetricsResponse(SourceMetricsResponse):
+    split: str | None = Field(None, description="the split measured, e.g. test")
+    per_class: list[dict[str, Any]] | None = None
+    per_source: dict[str, SourceMetricsResponse] | None = Field(
+        None, description="the same numbers per data source (e.g. skin8, skin8-web)")
+
+
+class GateCardResponse(BaseModel):
+    """The trust gate's cut-offs and the figures measured on held-out photos."""
+
+    model_config = ConfigDict(extra="allow")
+    not_skin_threshold: float | None = Field(
+        None, description="gate not_skin score at or above this -> status not_skin")
+    other_threshold: float | None = Field(
+        None, description="gate other score at or above this -> status none_of_these")
+    melanoma_cutoff: float | None = Field(
+        None, description="P(Melanoma) at or above this -> see a doctor soon")
+    tuned_on: dict[str, Any] | None = Field(
+        None, description="what the scorers and cut-offs were fitted on")
+    figures: dict[str, Any] | None = Field(
+        None, description="held-out figures (`kulit gate`): each a rate {k, n, rate, ci95}, "
+                          "or one rate per group ('all', a source, a category)")
+
+
+class ModelCardResponse(BaseModel):
+    """The model card (card.json): what serving knows about the model, and how it measured."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    classes: list[str]
+    backbone: str
+    preprocessing: dict[str, Any]
+    temperature: float
+    threshold: float = Field(description="top-1 probability below this -> uncertain")
+    metrics: CardMetricsResponse
+    data: dict[str, Any]
+    limits: list[str | dict[str, str]]
+    gate: GateCardResponse | None = Field(
+        None, description="the trust gate, or null/{} when the model has none")
+    schema_version: int
 
 
 class HealthResponse(BaseModel):
