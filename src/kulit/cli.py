@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,10 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(2) from None
         except FileNotFoundError as e:
             typer.echo(f"error: not found: {e.filename or e}", err=True)
+            raise typer.Exit(2) from None
+        except OSError as e:  # unreadable, unwritable, a file where a folder should be ...
+            where = f"{e.filename}: " if e.filename else ""
+            typer.echo(f"error: {where}{e.strerror or e}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
@@ -156,7 +161,10 @@ def train_cmd(**options: Any) -> None:
     data = options.pop("data") or defaults.data
     split_csv = options.pop("split_csv") or defaults.split_csv
     options["out"] = options.get("out") or str(Path("runs") / recipe)
-    train(make_config(data, split_csv, recipe, **options))
+    run = train(make_config(data, split_csv, recipe, **options))
+    if json.loads((run / "summary.json").read_text()).get("interrupted"):
+        typer.echo(f"interrupted: the best epoch so far is saved in {run}", err=True)
+        raise typer.Exit(130)
 
 
 train_cmd.__signature__ = inspect.Signature(_train_parameters())  # type: ignore[attr-defined]

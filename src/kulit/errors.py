@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 
 class KulitError(Exception):
     """A problem with the user's input or environment, reported without a stack trace."""
@@ -31,3 +34,17 @@ class DataError(KulitError):
     """A data folder or split file that cannot be used."""
 
     code = "data_error"
+
+
+def ensure_writable_dir(path: Path, what: str) -> Path:
+    """Create folder `path` if needed and prove it takes a file; or one KulitError that names
+    `what` (an option such as --out), before any long work starts."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except FileExistsError:
+        raise KulitError(f"{what} {path}: is a file, not a folder") from None
+    except OSError as e:
+        raise KulitError(f"{what} {path}: cannot write there ({e.strerror or e})") from None
+    return path
