@@ -19,7 +19,10 @@ class KulitError(Exception):
 
 
 class ImageError(KulitError):
-    """An image that cannot be used. code: not_image | unreadable | too_large | too_small."""
+    """An image that cannot be used.
+
+    code: not_found | not_image | unreadable | too_large | too_small | too_narrow.
+    """
 
     code = "unreadable"
 

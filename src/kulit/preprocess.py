@@ -29,6 +29,11 @@ MAX_ASPECT = 20
 # ratio resize_crop keeps the exact pixels the model was trained on (resize, then crop); past it
 # it resizes only the centre square (bounded work; differs by at most 1 in a few pixels).
 CROP_FIRST_ASPECT = 4
+# Formats without a DCT draft (PNG, WebP, BMP) past this many pixels, bigger than any training
+# photo (12 MP), are box-reduced by a whole factor right after decoding, keeping the short side
+# at least the draft size: the JPEG draft's bound on the work, for every format.
+REDUCE_ABOVE = 16_000_000
+_REDUCIBLE = ("L", "LA", "La", "RGB", "RGBA", "RGBa", "I", "F")
 WHITE = (255, 255, 255)
 RESIZE_MODES = ("shorter_center_crop",)
 
@@ -137,7 +142,23 @@ def decode_image(source: str | Path | bytes | BinaryIO, *, draft: int | None = N
         raise ImageError(f"{name}: {what} image ({_short(e)})", "unreadable") from None
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = relaxed
+    if draft and img.format not in ("JPEG", "MPO") and img.width * img.height > REDUCE_ABOVE:
+        img = _reduce(img, draft)
     return img
+
+
+def _reduce(img: Image.Image, draft: int) -> Image.Image:
+    """Shrink a huge non-JPEG by a whole factor, short side still >= draft (a box filter)."""
+    factor = min(img.size) // draft
+    if factor < 2:
+        return img
+    if img.mode in ("P", "PA", "1"):
+        img = img.convert("RGBA")
+    if img.mode not in _REDUCIBLE:  # 16-bit grey: left at full size (to_rgb scales it)
+        return img
+    reduced = img.reduce(factor)
+    reduced.info, reduced.format = img.info, img.format  # EXIF orientation, format
+    return reduced
 
 
 def _open_regular(path: str | Path) -> BinaryIO:
