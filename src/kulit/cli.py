@@ -309,11 +309,38 @@ def serve(
         raise KulitError(f"kulit serve needs the serve extra ({e.name} is missing): "
                          "pip install 'kulit[serve]'") from None
 
+    tune_allocator()
     predictor = Predictor(model)  # a bad model dir fails here, before the server starts
     settings = Settings(model_dir=model)
     typer.echo(f"kulit: serving {predictor.model_id} on http://{host}:{port}  (Ctrl+C stops)",
                err=True)
     uvicorn.run(create_app(settings, predictor=predictor), host=host, port=port)
+
+
+def tune_allocator() -> None:
+    """glibc only: return big freed blocks to the system and keep two malloc arenas.
+
+    A decoded photo lives in 16 MB blocks; by default glibc raises its mmap threshold past
+    them after the first free, and each threadpool thread keeps its own arena, so the server's
+    memory rose with every big upload and never fell (issue 14: 1.1 GB, against 0.5 GB with
+    this). The same as MALLOC_MMAP_THRESHOLD_=1048576 MALLOC_ARENA_MAX=2; those win if set.
+    """
+    import ctypes
+    import ctypes.util
+    import os
+
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):  # musl and others: no mallopt, nothing to tune
+        return
+    m_arena_max, m_mmap_threshold = -8, -3  # from glibc's malloc.h
+    if "MALLOC_ARENA_MAX" not in os.environ:
+        mallopt(m_arena_max, 2)
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        mallopt(m_mmap_threshold, 1 << 20)
 
 
 if __name__ == "__main__":  # pragma: no cover

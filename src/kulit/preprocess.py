@@ -156,7 +156,11 @@ def _reduce(img: Image.Image, draft: int) -> Image.Image:
         img = img.convert("RGBA")
     if img.mode not in _REDUCIBLE:  # 16-bit grey: left at full size (to_rgb scales it)
         return img
-    reduced = img.reduce(factor)
+    if img.mode in ("RGBA", "LA"):  # Pillow would premultiply into a full-size copy first
+        reduced = Image.merge(img.mode, [img.getchannel(i).reduce(factor)
+                                         for i in range(len(img.getbands()))])
+    else:
+        reduced = img.reduce(factor)
     reduced.info, reduced.format = img.info, img.format  # EXIF orientation, format
     return reduced
 
