@@ -117,7 +117,7 @@ def decode_image(source: str | Path | bytes | BinaryIO, *, draft: int | None = N
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(fp)
+            img: Image.Image = Image.open(fp)
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image (JPEG, PNG, WebP or BMP)", "not_image") from None
     except Image.DecompressionBombError:
