@@ -34,7 +34,7 @@ test: setup
 test-fast: setup
 	$(BIN)/pytest -q -m "not slow and not e2e"
 
-# The fuzz properties of `make test` (tests/test_fuzz.py), longer and unseeded: ~10 min.
+# The fuzz properties of `make test` (tests/test_fuzz.py), longer and unseeded: ~5 min.
 fuzz: setup
 	KULIT_FUZZ_EXAMPLES=5000 $(BIN)/pytest -q -p no:cacheprovider tests/test_fuzz.py
 
