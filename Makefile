@@ -9,7 +9,8 @@ MODEL   ?= models/kulit-skin8
 HOST    ?= 127.0.0.1
 PORT    ?= 8000
 
-.PHONY: setup test test-fast lint demo data model paper bench bench-sources bench-device confound clean
+.PHONY: setup test test-fast lint demo data model paper bench bench-sources bench-device confound clean \
+	fuzz schemathesis bench-hostile
 
 $(BIN)/kulit: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,6 +34,18 @@ test: setup
 
 test-fast: setup
 	$(BIN)/pytest -q -m "not slow and not e2e"
+
+# The fuzz properties of `make test` (tests/test_fuzz.py), longer and unseeded: ~5 min.
+fuzz: setup
+	KULIT_FUZZ_EXAMPLES=5000 $(BIN)/pytest -q -p no:cacheprovider tests/test_fuzz.py
+
+# Schemathesis over every operation of the OpenAPI schema, 300 cases each: no 5xx.
+schemathesis: setup
+	KULIT_FUZZ_EXAMPLES=300 $(BIN)/pytest -q -p no:cacheprovider tests/test_schemathesis.py
+
+# Degenerate images at concurrency 8 against `kulit serve` on loopback: peak RSS, worst latency
+bench-hostile: setup
+	$(BIN)/python benchmarks/hostile.py --model $(MODEL)
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

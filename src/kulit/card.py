@@ -111,4 +111,8 @@ def load_card(model_dir: Path) -> ModelCard:
         d = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise ModelError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not isinstance(d, dict):
+        raise ModelError(f"{path}: must hold a JSON object, not {type(d).__name__}")
     return ModelCard.from_dict(d)

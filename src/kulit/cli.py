@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,10 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(2) from None
         except FileNotFoundError as e:
             typer.echo(f"error: not found: {e.filename or e}", err=True)
+            raise typer.Exit(2) from None
+        except OSError as e:  # unreadable, unwritable, a file where a folder should be ...
+            where = f"{e.filename}: " if e.filename else ""
+            typer.echo(f"error: {where}{e.strerror or e}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
@@ -156,7 +161,10 @@ def train_cmd(**options: Any) -> None:
     data = options.pop("data") or defaults.data
     split_csv = options.pop("split_csv") or defaults.split_csv
     options["out"] = options.get("out") or str(Path("runs") / recipe)
-    train(make_config(data, split_csv, recipe, **options))
+    run = train(make_config(data, split_csv, recipe, **options))
+    if json.loads((run / "summary.json").read_text()).get("interrupted"):
+        typer.echo(f"interrupted: the best epoch so far is saved in {run}", err=True)
+        raise typer.Exit(130)
 
 
 train_cmd.__signature__ = inspect.Signature(_train_parameters())  # type: ignore[attr-defined]
@@ -301,11 +309,38 @@ def serve(
         raise KulitError(f"kulit serve needs the serve extra ({e.name} is missing): "
                          "pip install 'kulit[serve]'") from None
 
+    tune_allocator()
     predictor = Predictor(model)  # a bad model dir fails here, before the server starts
     settings = Settings(model_dir=model)
     typer.echo(f"kulit: serving {predictor.model_id} on http://{host}:{port}  (Ctrl+C stops)",
                err=True)
     uvicorn.run(create_app(settings, predictor=predictor), host=host, port=port)
+
+
+def tune_allocator() -> None:
+    """glibc only: return big freed blocks to the system and keep two malloc arenas.
+
+    A decoded photo lives in 16 MB blocks; by default glibc raises its mmap threshold past
+    them after the first free, and each threadpool thread keeps its own arena, so the server's
+    memory rose with every big upload and never fell (issue 14: 1.1 GB, against 0.5 GB with
+    this). The same as MALLOC_MMAP_THRESHOLD_=1048576 MALLOC_ARENA_MAX=2; those win if set.
+    """
+    import ctypes
+    import ctypes.util
+    import os
+
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):  # musl and others: no mallopt, nothing to tune
+        return
+    m_arena_max, m_mmap_threshold = -8, -3  # from glibc's malloc.h
+    if "MALLOC_ARENA_MAX" not in os.environ:
+        mallopt(m_arena_max, 2)
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        mallopt(m_mmap_threshold, 1 << 20)
 
 
 if __name__ == "__main__":  # pragma: no cover

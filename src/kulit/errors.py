@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 
 class KulitError(Exception):
     """A problem with the user's input or environment, reported without a stack trace."""
@@ -16,7 +19,10 @@ class KulitError(Exception):
 
 
 class ImageError(KulitError):
-    """An image that cannot be used. code: not_image | unreadable | too_large | too_small."""
+    """An image that cannot be used.
+
+    code: not_found | not_image | unreadable | too_large | too_small | too_narrow.
+    """
 
     code = "unreadable"
 
@@ -31,3 +37,17 @@ class DataError(KulitError):
     """A data folder or split file that cannot be used."""
 
     code = "data_error"
+
+
+def ensure_writable_dir(path: Path, what: str) -> Path:
+    """Create folder `path` if needed and prove it takes a file; or one KulitError that names
+    `what` (an option such as --out), before any long work starts."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except FileExistsError:
+        raise KulitError(f"{what} {path}: is a file, not a folder") from None
+    except OSError as e:
+        raise KulitError(f"{what} {path}: cannot write there ({e.strerror or e})") from None
+    return path

@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -85,13 +86,39 @@ class Prediction:
         }
 
 
+class DecodeSlots:
+    """At most `n` threads decode at once; a thread already holding a slot re-enters freely
+    (the explain view decodes, then asks the Predictor, which decodes under the same slot)."""
+
+    def __init__(self, n: int) -> None:
+        self._sem = threading.BoundedSemaphore(max(1, n))
+        self._depth = threading.local()
+
+    def __enter__(self) -> DecodeSlots:
+        depth = getattr(self._depth, "n", 0)
+        if depth == 0:
+            self._sem.acquire()
+        self._depth.n = depth + 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth.n -= 1
+        if self._depth.n == 0:
+            self._sem.release()
+
+
 class Predictor:
     """Load a model directory once; predict on one image or a batch, torch-free."""
+
+    # Held around each decode + preprocess. The server sets DecodeSlots (a full-size decode is
+    # the memory peak: up to MAX_PIXELS x 4 bytes, a few copies); the CLI leaves it open.
+    decode_slots: AbstractContextManager[Any] = nullcontext()
 
     def __init__(self, model_dir: str | Path, threads: int | None = None,
                  max_concurrent: int = 2) -> None:
         import onnxruntime as ort
 
+        getattr(ort, "disable_telemetry_events", lambda: None)()  # privacy: see README
         # Concurrent runs on a 2-core box only queue inside ONNX Runtime while each holds its
         # own working memory; a small cap keeps throughput and bounds the server's memory.
         self._gate = threading.BoundedSemaphore(max(1, max_concurrent))
@@ -145,8 +172,12 @@ class Predictor:
         path = self.model_dir / HEAD_FILE
         if not path.is_file():
             return None
-        with np.load(path) as z:
-            return {k: z[k].astype(np.float64) for k in z.files}
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k].astype(np.float64) for k in z.files}
+        except Exception as e:  # noqa: BLE001 - zip, npy and pickle refusals all mean corrupt
+            raise ModelError(f"{path}: corrupt head weights ({type(e).__name__}: {e})"[:300]
+                             ) from None
 
     def run(
         self, batch: np.ndarray, features: bool = False, first_layer: bool = False
@@ -179,9 +210,10 @@ class Predictor:
 
     def _prepare(self, source: ImageSource) -> tuple[Image.Image, np.ndarray, Quality]:
         """prepare() plus the quality check on the decoded photo (before the crop)."""
-        img = open_for_model(source, self.pre)  # the one decode, as training does
-        crop = resize_crop(img, self.pre)
-        return crop, normalize(crop, self.pre), check_quality(img, self.quality_limits)
+        with self.decode_slots:
+            img = open_for_model(source, self.pre)  # the one decode, as training does
+            crop = resize_crop(img, self.pre)
+            return crop, normalize(crop, self.pre), check_quality(img, self.quality_limits)
 
     def predict(
         self, sources: Sequence[ImageSource], top_k: int = 3, heatmap: bool = False,

@@ -7,6 +7,8 @@ serving calls it on the decoded upload, so the tensors match by construction.
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +23,18 @@ ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "HEIF"})  # s
 DRAFT_FORMATS = ("JPEG", "MPO")  # decoded at reduced size in the DCT when a draft size is given
 MAX_PIXELS = 40_000_000  # larger images are treated as decompression bombs
 MIN_SIDE = 1  # serving accepts tiny images (they are upsampled); `kulit data` asks for more
+# Longer side over shorter side. A 40000x1 strip is 85 bytes yet, resized on its short side,
+# would become ~9,000,000x224 pixels; nothing past 20:1 is a photo of skin.
+MAX_ASPECT = 20
+# Every training photo is under 3.4:1 (skin8, skin8-web, not-skin, other-conditions). Up to this
+# ratio resize_crop keeps the exact pixels the model was trained on (resize, then crop); past it
+# it resizes only the centre square (bounded work; differs by at most 1 in a few pixels).
+CROP_FIRST_ASPECT = 4
+# Formats without a DCT draft (PNG, WebP, BMP) past this many pixels, bigger than any training
+# photo (12 MP), are box-reduced by a whole factor right after decoding, keeping the short side
+# at least the draft size: the JPEG draft's bound on the work, for every format.
+REDUCE_ABOVE = 16_000_000
+_REDUCIBLE = ("L", "LA", "La", "RGB", "RGBA", "RGBa", "I", "F")
 WHITE = (255, 255, 255)
 RESIZE_MODES = ("shorter_center_crop",)
 
@@ -95,19 +109,12 @@ def decode_image(source: str | Path | bytes | BinaryIO, *, draft: int | None = N
     """The one decoder: sniff the format, check the limits, decode every pixel; or ImageError.
 
     Returns the loaded image in its own mode (see `open_image` for upright RGB). Codes:
-    not_found, not_image, too_large, too_small, unreadable. `draft` lets JPEG decoding
-    downscale in the DCT (fast) to no less than that many pixels a side; `min_side` is the
-    smallest accepted width and height (the training data asks for more than serving).
+    not_found, not_image, too_large, too_small, too_narrow, unreadable. `draft` lets JPEG
+    decoding downscale in the DCT (fast) to no less than that many pixels a side; `min_side` is
+    the smallest accepted width and height (the training data asks for more than serving).
     """
     if isinstance(source, (str, Path)):
-        try:
-            fp: BinaryIO = open(source, "rb")  # noqa: SIM115 - closed below via Pillow
-        except FileNotFoundError:
-            raise ImageError(f"{source}: file not found", code="not_found") from None
-        except IsADirectoryError:
-            raise ImageError(f"{source}: is a folder, not an image", code="not_image") from None
-        except OSError as e:
-            raise ImageError(f"{source}: cannot read ({e.strerror or e})", "unreadable") from None
+        fp: BinaryIO = _open_regular(source)
         name = str(source)
     elif isinstance(source, bytes):
         fp, name = io.BytesIO(source), "upload"
@@ -118,7 +125,7 @@ def decode_image(source: str | Path | bytes | BinaryIO, *, draft: int | None = N
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(fp)
+            img: Image.Image = Image.open(fp)
     except UnidentifiedImageError:
         raise ImageError(
             f"{name}: not an image (JPEG, PNG, WebP, BMP or HEIC)", "not_image"
@@ -139,14 +146,7 @@ def decode_image(source: str | Path | bytes | BinaryIO, *, draft: int | None = N
             raise ImageError(
                 f"{name}: unreadable image header ({_short(e)})", "unreadable"
             ) from None
-    w, h = img.size
-    if w * h > MAX_PIXELS:
-        raise ImageError(
-            f"{name}: image too large ({w}x{h} pixels, limit {MAX_PIXELS:,})", "too_large"
-        )
-    if w < min_side or h < min_side:
-        what = "empty" if min(w, h) < 1 else f"too small (under {min_side} px on a side)"
-        raise ImageError(f"{name}: image is {what} ({w}x{h})", "too_small")
+    check_size(img.size, name, min_side)
     relaxed = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # fail on truncation even if someone relaxed Pillow
     try:
@@ -158,7 +158,64 @@ def decode_image(source: str | Path | bytes | BinaryIO, *, draft: int | None = N
         raise ImageError(f"{name}: {what} image ({_short(e)})", "unreadable") from None
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = relaxed
+    if draft and img.format not in ("JPEG", "MPO") and img.width * img.height > REDUCE_ABOVE:
+        img = _reduce(img, draft)
     return img
+
+
+def _reduce(img: Image.Image, draft: int) -> Image.Image:
+    """Shrink a huge non-JPEG by a whole factor, short side still >= draft (a box filter)."""
+    factor = min(img.size) // draft
+    if factor < 2:
+        return img
+    if img.mode in ("P", "PA", "1"):
+        img = img.convert("RGBA")
+    if img.mode not in _REDUCIBLE:  # 16-bit grey: left at full size (to_rgb scales it)
+        return img
+    if img.mode in ("RGBA", "LA"):  # Pillow would premultiply into a full-size copy first
+        reduced = Image.merge(img.mode, [img.getchannel(i).reduce(factor)
+                                         for i in range(len(img.getbands()))])
+    else:
+        reduced = img.reduce(factor)
+    reduced.info, reduced.format = img.info, img.format  # EXIF orientation, format
+    return reduced
+
+
+def _open_regular(path: str | Path) -> BinaryIO:
+    """Open a regular file for reading; a FIFO, device or socket is refused before open()
+    (opening a FIFO blocks until a writer comes), a symlink loop is one clear error."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: file not found", code="not_found") from None
+    except OSError as e:  # ELOOP (symlink loop), EACCES on a parent folder, ENAMETOOLONG ...
+        raise ImageError(f"{path}: cannot read ({e.strerror or e})", "unreadable") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageError(f"{path}: is a folder, not an image", code="not_image")
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError(f"{path}: not a regular file (a pipe or device?)", code="not_image")
+    try:
+        return open(path, "rb")  # noqa: SIM115 - closed by Pillow
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read ({e.strerror or e})", "unreadable") from None
+
+
+def check_size(size: tuple[int, int], name: str = "upload", min_side: int = MIN_SIDE) -> None:
+    """The header checks every decode passes before any pixel is decoded; or ImageError.
+
+    Plain Python ints, so no product overflows whatever the header claims.
+    """
+    w, h = (int(v) for v in size)
+    if w * h > MAX_PIXELS:
+        raise ImageError(
+            f"{name}: image too large ({w}x{h} pixels, limit {MAX_PIXELS:,})", "too_large"
+        )
+    if w < min_side or h < min_side:
+        what = "empty" if min(w, h) < 1 else f"too small (under {min_side} px on a side)"
+        raise ImageError(f"{name}: image is {what} ({w}x{h})", "too_small")
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise ImageError(f"{name}: image too long and thin ({w}x{h}; the longer side may be at "
+                         f"most {MAX_ASPECT} times the shorter)", "too_narrow")
 
 
 def _short(e: BaseException) -> str:
@@ -206,15 +263,23 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = WHITE) -> Image.
 
 
 def resize_crop(img: Image.Image, p: Preprocessing) -> Image.Image:
-    """Resize the shorter side to input_size/crop_pct and centre-crop a square of input_size."""
+    """Resize the shorter side to input_size/crop_pct and centre-crop a square of input_size.
+
+    Past CROP_FIRST_ASPECT only the centre square is resampled (Pillow's `box`), the same
+    geometry without materialising the long side: the work is bounded by the output size.
+    """
     size = p.input_size
     w, h = img.size
     short = max(1, round(size / p.crop_pct))
     scale = short / min(w, h)
     nw, nh = max(short, round(w * scale)), max(short, round(h * scale))
+    left, top = (nw - size) // 2, (nh - size) // 2
+    if max(w, h) > CROP_FIRST_ASPECT * min(w, h):
+        sx, sy = w / nw, h / nh
+        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+        return img.resize((size, size), _RESAMPLE[p.interpolation], box=box, reducing_gap=None)
     if (nw, nh) != (w, h):
         img = img.resize((nw, nh), _RESAMPLE[p.interpolation], reducing_gap=None)
-    left, top = (nw - size) // 2, (nh - size) // 2
     return img.crop((left, top, left + size, top + size))
 
 

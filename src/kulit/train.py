@@ -10,6 +10,7 @@ per augmented view) and cached on disk; the head then trains on the cache in sec
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -17,9 +18,11 @@ import io
 import json
 import math
 import random
+import signal
+import threading
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,7 @@ from kulit.backbones import build_backbone, get_spec
 from kulit.calibration import choose_threshold, fit_temperature
 from kulit.config import TrainConfig
 from kulit.data import load_split
-from kulit.errors import DataError, ImageError
+from kulit.errors import DataError, ImageError, ensure_writable_dir
 from kulit.heads import LinearHead, PaperHead
 from kulit.metrics import balanced_accuracy, source_balanced_accuracy
 from kulit.preprocess import Preprocessing, open_for_model, preprocess_image
@@ -348,9 +351,11 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
     """Run one recipe end to end and write the run directory. Ctrl-C keeps the best so far."""
     from tqdm import tqdm
 
+    out = ensure_writable_dir(Path(cfg.out), "--out")  # before minutes of work, not after
+    if cfg.cache:
+        ensure_writable_dir(Path(cfg.cache_dir), "--cache-dir")
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    out = Path(cfg.out)
     samples, classes, report = load_samples(cfg)
     k = len(classes)
     data_hash = str(report.get("data_hash", ""))
@@ -454,30 +459,49 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
         log(f"interrupted: keeping the best epoch so far ({best['epoch']})")
     if best["state"] is None:
         raise DataError("training stopped before the first epoch finished; nothing to save")
-    model.load_state_dict(best["state"])
-    train_seconds = time.perf_counter() - t_start
+    with _sigint_deferred(log):  # a second Ctrl-C must not cut the run dir in half
+        model.load_state_dict(best["state"])
+        train_seconds = time.perf_counter() - t_start
 
-    val_logits = eval_logits(model, feats["val"])
-    temperature = fit_temperature(val_logits, y["val"]) if cfg.recipe == "kulit" else 1.0
-    threshold = choose_threshold(val_logits / temperature, y["val"])
-    ckpt = {
-        "config": dataclasses.asdict(cfg), "classes": classes, "head_state": head.state_dict(),
-        "in_channels": in_channels, "temperature": temperature, "threshold": threshold,
-        "backbone_state": fx.net.state_dict() if top is not None and fx else None,
-        "best_epoch": best["epoch"], "data_hash": data_hash, "kulit_version": __version__,
-        "preprocessing": cfg.preprocessing().to_dict(), "interrupted": interrupted,
-        # what T and the threshold were fitted on, for the train-versus-served parity check
-        "val_files": [s.file for s in samples if s.split == "val"], "val_logits": val_logits,
-    }
-    torch.save(ckpt, out / "checkpoint.pt")
-    timing = {"feature_seconds": feat_seconds, "total_seconds": train_seconds,
-              "epochs_run": len(history), "cached": cfg.cache,
-              "label_issues_left_out": label_issues}
-    write_run(out, cfg, classes, history, report, timing, best["epoch"], temperature, threshold)
-    log(format_history(history))
-    log(f"run saved to {out} (best epoch {best['epoch']}, temperature {temperature:.3f}, "
-        f"{train_seconds:.1f} s)")
-    return out
+        val_logits = eval_logits(model, feats["val"])
+        temperature = fit_temperature(val_logits, y["val"]) if cfg.recipe == "kulit" else 1.0
+        threshold = choose_threshold(val_logits / temperature, y["val"])
+        ckpt = {
+            "config": dataclasses.asdict(cfg), "classes": classes, "head_state": head.state_dict(),
+            "in_channels": in_channels, "temperature": temperature, "threshold": threshold,
+            "backbone_state": fx.net.state_dict() if top is not None and fx else None,
+            "best_epoch": best["epoch"], "data_hash": data_hash, "kulit_version": __version__,
+            "preprocessing": cfg.preprocessing().to_dict(), "interrupted": interrupted,
+            # what T and the threshold were fitted on, for the train-versus-served parity check
+            "val_files": [s.file for s in samples if s.split == "val"], "val_logits": val_logits,
+        }
+        torch.save(ckpt, out / "checkpoint.pt")
+        timing = {"feature_seconds": feat_seconds, "total_seconds": train_seconds,
+                  "epochs_run": len(history), "cached": cfg.cache,
+                  "label_issues_left_out": label_issues}
+        write_run(out, cfg, classes, history, report, timing, best["epoch"], temperature, threshold,
+                  interrupted)
+        log(format_history(history))
+        log(f"run saved to {out} (best epoch {best['epoch']}, temperature {temperature:.3f}, "
+            f"{train_seconds:.1f} s)")
+        return out
+
+
+@contextlib.contextmanager
+def _sigint_deferred(log: Callable[[str], None]) -> Iterator[None]:
+    """Ignore Ctrl-C while the run directory is written (main thread only; a no-op elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def note(signum: int, frame: Any) -> None:
+        log("still saving the run; it takes a few seconds")
+
+    previous = signal.signal(signal.SIGINT, note)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def format_history(history: list[dict[str, float]]) -> str:
@@ -493,7 +517,7 @@ def format_history(history: list[dict[str, float]]) -> str:
 
 def write_run(out: Path, cfg: TrainConfig, classes: list[str], history: list[dict[str, float]],
               report: dict[str, Any], timing: dict[str, Any], best_epoch: int,
-              temperature: float, threshold: float) -> None:
+              temperature: float, threshold: float, interrupted: bool = False) -> None:
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     with open(out / "history.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(history[0]))
@@ -503,7 +527,7 @@ def write_run(out: Path, cfg: TrainConfig, classes: list[str], history: list[dic
                                     f"{cfg.input_size}px)\n\n{format_history(history)}\n")
     summary = {"classes": classes, "best_epoch": best_epoch, "temperature": temperature,
                "threshold": threshold, "timing": timing, "data_hash": report.get("data_hash"),
-               "final": history[best_epoch - 1]}
+               "final": history[best_epoch - 1], "interrupted": interrupted}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_curves(history, out / "curves.png", f"{cfg.recipe} recipe: {cfg.backbone} "
                 f"{cfg.input_size}px")

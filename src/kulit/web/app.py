@@ -20,11 +20,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import kulit
-from kulit.predict import Predictor
+from kulit.predict import DecodeSlots, Predictor
 from kulit.web import routes_api, routes_device, routes_explain, routes_pages
 from kulit.web.errors import error_response
 from kulit.web.rendering import render, resolve_lang
 from kulit.web.settings import Settings
+from kulit.web.upload import UploadGuard
 
 STATIC_DIR = Path(__file__).with_name("static")
 API_PREFIXES = ("/api/", "/healthz")
@@ -70,6 +71,25 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+class HeadAsGet:
+    """Answer HEAD on every GET route as GET would, without the body (RFC 9110 9.3.2)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, send_headers_only)
+
+
 def create_app(settings: Settings | None = None, predictor: Predictor | None = None) -> FastAPI:
     """Build the app. The Predictor is loaded in the lifespan unless one is handed in."""
     settings = settings or Settings()
@@ -79,6 +99,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
         loaded_here = app.state.predictor is None
         if loaded_here:
             app.state.predictor = await run_in_threadpool(Predictor, settings.model_dir)
+        app.state.predictor.decode_slots = DecodeSlots(settings.max_concurrent_decodes)
         yield
         if loaded_here:
             app.state.predictor = None
@@ -99,9 +120,12 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     app.include_router(routes_explain.router)
     app.include_router(routes_device.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(UploadGuard, max_uploads=settings.max_concurrent_uploads,
+                       timeout=settings.upload_timeout_s)
     app.add_middleware(SecurityHeaders)
     # pages are mostly text and base64 JPEGs: compressed, a result page fits a phone's budget
     app.add_middleware(GZipMiddleware, minimum_size=1000, compresslevel=6)
+    app.add_middleware(HeadAsGet)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -117,7 +141,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if is_api(request):
             code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-            return error_response(code, str(exc.detail), exc.status_code)
+            return error_response(code, str(exc.detail), exc.status_code, exc.headers)
         if exc.status_code == 404 and request.app.state.predictor is not None:
             s: Settings = request.app.state.settings
             lang = resolve_lang(request, s.default_lang)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from fastapi.responses import JSONResponse
 
 from kulit.web.schemas import ErrorDetail, ErrorResponse
@@ -15,15 +17,20 @@ STATUS = {
     "missing_field": 422,
     "validation_error": 422,
     "bad_request": 400,
+    "too_narrow": 400,
     "not_found": 404,
     "method_not_allowed": 405,
+    "timeout": 408,
+    "busy": 503,
 }
 
 
-def error_response(code: str, message: str, status: int | None = None) -> JSONResponse:
+def error_response(code: str, message: str, status: int | None = None,
+                   headers: Mapping[str, str] | None = None) -> JSONResponse:
     """The API's one error shape: {"error": {"code", "message"}}."""
     body = ErrorResponse(error=ErrorDetail(code=code, message=message))
-    return JSONResponse(body.model_dump(), status_code=status or STATUS.get(code, 400))
+    return JSONResponse(body.model_dump(), status_code=status or STATUS.get(code, 400),
+                        headers=headers)
 
 
 def status_of(code: str) -> int:

@@ -40,6 +40,13 @@ GRID_MIN_TILE = 40  # and tiny ones enlarged (nearest) to at least about this si
 router = APIRouter()
 
 
+def explain_bounded(predictor: Predictor, data: bytes, at: tuple[int, int] | None
+                    ) -> tuple[dict[str, Any], ModelExplanation | None]:
+    """explain_photo under the server's decode slots (bounded memory)."""
+    with predictor.decode_slots:
+        return explain_photo(decode_upload(data), predictor=predictor, at=at)
+
+
 @dataclass
 class Explained:
     """explain_photo's dict and arrays, the page images, and the server time it took."""
@@ -54,7 +61,9 @@ class Explained:
 def run_explain(predictor: Predictor, data: bytes) -> Explained:
     """All the CPU work of the view (decode, model, pictures); run it in the threadpool."""
     t0 = time.perf_counter()
-    result, arrays = explain_photo(decode_upload(data), predictor=predictor, patch_on_crop=True)
+    with predictor.decode_slots:  # its own decode, then the Predictor's, under one slot
+        result, arrays = explain_photo(decode_upload(data), predictor=predictor,
+                                       patch_on_crop=True)
     assert arrays is not None  # a predictor was given
     maps = arrays.maps
     scale = max(1, -(-GRID_MIN_TILE // max(maps.shape[1:])))
@@ -181,8 +190,7 @@ async def explain_api(
     try:
         point = parse_at(at) if at else None
         data = await read_file_field(request, UPLOAD_FIELD, settings.max_upload_bytes)
-        result, _ = await run_in_threadpool(
-            lambda: explain_photo(decode_upload(data), predictor=predictor, at=point))
+        result, _ = await run_in_threadpool(explain_bounded, predictor, data, point)
     except (UploadRejected, KulitError) as e:
         return error_response(e.code, e.message)
     result["timing_ms"] = {"total": round(1000 * (time.perf_counter() - t0), 3)}

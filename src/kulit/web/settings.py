@@ -19,6 +19,12 @@ class Settings(BaseSettings):
     top_k: Annotated[int, Field(ge=1, le=20)] = 3  # conditions shown / returned by default
     default_lang: Literal["id", "en"] = "id"  # page language without ?lang= or a cookie
     device: bool = True  # offer the on-device check when the model dir has model-web.onnx
+    # Under load: uploads (POSTs) in flight at once, beyond which the answer is 503 at once;
+    # seconds a client may take to send its whole body (then 408); decodes + preprocessing at
+    # once (a 40-megapixel decode is the memory peak, ~0.3 GB with its copies).
+    max_concurrent_uploads: Annotated[int, Field(ge=1)] = 16
+    upload_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    max_concurrent_decodes: Annotated[int, Field(ge=1)] = 1
 
     @property
     def max_upload_bytes(self) -> int:

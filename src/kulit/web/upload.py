@@ -7,11 +7,15 @@ body through python-multipart itself and keeps at most `limit + 1` bytes of the 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kulit.web.errors import error_response
 
 # Room for the multipart boundaries, part headers and small extra fields around the photo.
 OVERHEAD = 64 * 1024
@@ -97,12 +101,15 @@ async def read_file_field(request: Request, name: str, limit: int) -> bytes:
         part.data = bytearray()
         open_part = False
 
-    parser = MultipartParser(boundary, {
-        "on_part_begin": on_part_begin, "on_header_field": on_header_field,
-        "on_header_value": on_header_value, "on_header_end": on_header_end,
-        "on_headers_finished": on_headers_finished, "on_part_data": on_part_data,
-        "on_part_end": on_part_end,
-    })
+    try:  # python-multipart refuses boundaries over 256 bytes (RFC 2046 allows 70)
+        parser: MultipartParser | None = MultipartParser(boundary, {
+            "on_part_begin": on_part_begin, "on_header_field": on_header_field,
+            "on_header_value": on_header_value, "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished, "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        })
+    except (FormParserError, ValueError):
+        parser = None
 
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_body + DRAIN_MAX:
@@ -110,6 +117,8 @@ async def read_file_field(request: Request, name: str, limit: int) -> bytes:
     total = 0
     broken = False
     try:
+        if parser is None:
+            raise FormParserError(f"unusable multipart boundary ({len(boundary)} bytes)")
         async for chunk in request.stream():
             total += len(chunk)
             if total > max_body:
@@ -136,3 +145,65 @@ async def read_file_field(request: Request, name: str, limit: int) -> bytes:
     if not found:
         raise UploadRejected("missing_field", f"no photo in the file field '{name}'")
     return found[0]
+
+
+class UploadTimeout(Exception):
+    """The client did not send its whole body within the upload timeout."""
+
+
+class UploadGuard:
+    """ASGI middleware on every POST (each is an upload): at most `max_uploads` in flight, the
+    rest get 503 at once without their body being read; and a body that is not complete within
+    `timeout` seconds gets 408, so a client that never finishes cannot hold a worker forever."""
+
+    def __init__(self, app: ASGIApp, max_uploads: int, timeout: float) -> None:
+        self.app = app
+        self.max_uploads = max_uploads
+        self.timeout = timeout
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.max_uploads:
+            busy = error_response("busy", "the server is busy; try again in a moment",
+                                  headers={"Retry-After": "1"})
+            await busy(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        body_done = False
+        started = False
+
+        async def timed_receive() -> Message:
+            nonlocal body_done
+            if body_done:  # later receives only wait for a disconnect: no deadline
+                return await receive()
+            remaining = deadline - loop.time()
+            try:
+                if remaining <= 0:
+                    raise asyncio.TimeoutError
+                message = await asyncio.wait_for(receive(), remaining)
+            except asyncio.TimeoutError:
+                raise UploadTimeout from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        self.in_flight += 1
+        try:
+            await self.app(scope, timed_receive, tracked_send)
+        except UploadTimeout:
+            if started:
+                raise
+            slow = error_response("timeout", f"the upload took longer than {self.timeout:g} s",
+                                  headers={"Connection": "close"})
+            await slow(scope, receive, send)
+        finally:
+            self.in_flight -= 1
