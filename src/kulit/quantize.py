@@ -139,7 +139,8 @@ def compare(y: np.ndarray, sources: np.ndarray, fp32: np.ndarray, int8: np.ndarr
     """Per source (and all): agreement, balanced accuracy of both; and what fails the check."""
     figures: dict[str, dict[str, float]] = {}
     failures: list[str] = []
-    groups = [("all", np.ones(len(y), bool))] + [(str(s), sources == s) for s in sorted(set(sources))]
+    groups = [("all", np.ones(len(y), bool))]
+    groups += [(str(s), sources == s) for s in sorted(set(sources))]
     for name, m in groups:
         a, b = fp32[m].argmax(1), int8[m].argmax(1)
         f = {"n": int(m.sum()), "top1_agreement": float(np.mean(a == b)),
