@@ -41,6 +41,8 @@ model: data
 	$(BIN)/kulit export runs/kulit --out $(MODEL) --card-extra docs/skin8-card.json
 	$(BIN)/kulit evaluate --model $(MODEL) --data $(DATA) --split-csv runs/data/split.csv \
 		--split test --out $(MODEL)
+	# int8 beside fp32 only if it agrees with fp32 on val (a refusal is printed, not fatal)
+	-$(BIN)/kulit quantize $(MODEL) --split-csv runs/data/split.csv
 
 # accuracy.py trains both recipes from a cold cache (about 20 min); inference.py then compares
 # ONNX Runtime with torch on that run's weights; serve.py loads the shipped model.
