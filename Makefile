@@ -2,12 +2,14 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-DATA    ?= ../shared/data/skin8
+DATA_ROOT ?= ../shared/data
+DATA    ?= $(DATA_ROOT)/skin8 $(DATA_ROOT)/skin8-web
+EXCLUDE ?= data/exclude.txt
 MODEL   ?= models/kulit-skin8
 HOST    ?= 127.0.0.1
 PORT    ?= 8000
 
-.PHONY: setup test test-fast lint demo data model bench confound clean
+.PHONY: setup test test-fast lint demo data model paper bench bench-sources bench-device confound clean
 
 $(BIN)/kulit: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,10 +18,16 @@ $(BIN)/kulit: pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0 -e '.[serve,train,dev]'
 	touch $(BIN)/kulit
 
-setup: $(BIN)/kulit
+# the on-device check: onnxruntime-web's WASM (npm, pinned) and the browser model, built here
+setup: $(BIN)/kulit $(MODEL)/model-web.onnx
+	scripts/vendor_ort_web.sh
+
+$(MODEL)/model-web.onnx: $(MODEL)/model.onnx $(MODEL)/card.json $(wildcard $(MODEL)/gate.npz) | $(BIN)/kulit
+	$(BIN)/kulit export-web --model $(MODEL)
 
 test: setup
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy src
 	$(BIN)/pytest -q
 
 test-fast: setup
@@ -32,28 +40,48 @@ demo: setup
 	$(BIN)/kulit serve --model $(MODEL) --host $(HOST) --port $(PORT)
 
 data: setup
-	$(BIN)/kulit data $(DATA) --out runs/data
+	$(BIN)/kulit data $(DATA) --exclude $(EXCLUDE) --out runs/data
 
-# Rebuilds the shipped model from scratch (about 20 min on 2 cores; the feature cache in
-# .cache/kulit makes re-runs with other head settings fast).
+# Rebuilds the shipped model from scratch on both sources (about 35 min on 2 cores; the feature
+# cache in .cache/kulit makes re-runs with other head settings fast): train, export, fit the
+# trust gate (not skin / none of the 8 / melanoma cut-off / threshold), evaluate on test.
 model: data
-	$(BIN)/kulit train --data $(DATA) --split runs/data/split.csv --recipe kulit --out runs/kulit
+	$(BIN)/kulit train --data $(DATA_ROOT) --split runs/data/split.csv --recipe kulit --out runs/kulit
 	$(BIN)/kulit export runs/kulit --out $(MODEL) --card-extra docs/skin8-card.json
-	$(BIN)/kulit evaluate --model $(MODEL) --data $(DATA) --split-csv runs/data/split.csv \
+	$(BIN)/kulit gate --model $(MODEL) --data $(DATA_ROOT) --split-csv runs/data/split.csv
+	$(BIN)/kulit evaluate --model $(MODEL) --data $(DATA_ROOT) --split-csv runs/data/split.csv \
 		--split test --out $(MODEL)
+	$(BIN)/kulit export-web --model $(MODEL)
 	# int8 beside fp32 only if it agrees with fp32 on val (a refusal is printed, not fatal)
 	-$(BIN)/kulit quantize $(MODEL) --split-csv runs/data/split.csv
+
+# The paper's recipe, still reproducible on skin8 alone (its own split, no exclusions).
+paper: setup
+	$(BIN)/kulit data $(DATA_ROOT)/skin8 --out runs/data-skin8
+	$(BIN)/kulit train --data $(DATA_ROOT) --split runs/data-skin8/split.csv --recipe paper \
+		--out runs/paper
 
 # accuracy.py trains both recipes from a cold cache (about 20 min); inference.py then compares
 # ONNX Runtime with torch on that run's weights; serve.py loads the shipped model.
 bench: setup
-	$(BIN)/python benchmarks/accuracy.py
+	$(BIN)/python benchmarks/accuracy.py --protocol paper-vs-kulit
 	$(BIN)/python benchmarks/inference.py --model runs/bench/model-kulit --run runs/bench/kulit
 	$(BIN)/python benchmarks/serve.py
 
+# Train on skin8 / skin8-web / both from one two-folder split, score each on every source's test
+# split (benchmarks/results/accuracy.json). SKIN8_MODEL=dir scores that skin8-only model instead
+# of training one; SKIN8_SPLIT=csv is the split it was trained on (its photos are left out).
+bench-sources: setup
+	$(BIN)/python benchmarks/accuracy.py $(if $(SKIN8_MODEL),--reuse skin8=$(SKIN8_MODEL)) \
+		$(if $(SKIN8_SPLIT),--trained-split skin8=$(SKIN8_SPLIT))
+
+# int8 browser model vs float32 on the test split; first / later (offline) visit at 360 px
+bench-device: data
+	$(BIN)/python benchmarks/device.py --model $(MODEL) --split-csv runs/data/split.csv
+
 # The source-confound study: the kulit recipe without the logo mask, against the shipped model.
 confound: data
-	$(BIN)/kulit train --data $(DATA) --split runs/data/split.csv --recipe kulit \
+	$(BIN)/kulit train --data $(DATA_ROOT) --split runs/data/split.csv --recipe kulit \
 		--no-mask-logo --out runs/ablation-nomask
 	$(BIN)/kulit export runs/ablation-nomask --out runs/ablation-nomask/model
 	$(BIN)/python benchmarks/confound.py --model $(MODEL) --model runs/ablation-nomask/model

@@ -97,6 +97,8 @@ def write_onnx_model_dir(out: Path, classes: list[str], input_size: int = 32,
         name="tiny-test", classes=list(classes), backbone="tiny",
         preprocessing=Preprocessing(input_size=input_size), temperature=1.5, threshold=0.5,
         head="linear", metrics={"accuracy": 0.5}, data={"source": "generated", "licence": "none"},
+        # the generated test photos are 80-120 px: below the real default (kulit.quality)
+        quality={"min_side": 32},
     )
     save_card(card, out)
     return out

@@ -14,19 +14,11 @@ from click.testing import Result
 from PIL import Image
 from typer.testing import CliRunner
 
+from kulit.calibration import fit_temperature, softmax
 from kulit.cli import app
-from kulit.evaluate import (
-    METRICS_JSON,
-    PLOTS,
-    PREDICTIONS_CSV,
-    REPORT_MD,
-    compute_metrics,
-    evaluate_model,
-    expected_calibration_error,
-    fit_temperature,
-    write_report,
-)
-from kulit.predict import softmax
+from kulit.evaluate import PREDICTIONS_CSV, evaluate_model
+from kulit.metrics import compute_metrics, expected_calibration_error
+from kulit.report import METRICS_JSON, PLOTS, REPORT_MD, write_report
 from tests.conftest import make_image
 
 REQUIRED_KEYS = {
@@ -179,19 +171,11 @@ def test_ece_calibrated_small_overconfident_large() -> None:
     assert expected_calibration_error(over, right) > 0.3
 
 
-def test_fit_temperature_recovers_two() -> None:
-    rng = np.random.default_rng(0)
-    true_logits = rng.normal(0, 2.0, (8000, 6))
-    p = softmax(true_logits)
-    y = (rng.uniform(size=(len(p), 1)) > p.cumsum(axis=1)).sum(axis=1)
-    t = fit_temperature(2.0 * true_logits, y)
-    assert t == pytest.approx(2.0, rel=0.1)
-    assert fit_temperature(true_logits, y) == pytest.approx(1.0, rel=0.1)
-
-
 def test_fit_temperature_stays_in_bounds() -> None:
     logits = np.array([[10.0, -10.0], [10.0, -10.0]])
-    assert 0.05 <= fit_temperature(logits, np.array([0, 0])) <= 20.0 + 1e-9
+    # always right: sharper is always better, towards the lower bound (until NLL is flat)
+    always_right = fit_temperature(np.array([[1.0, -1.0], [1.0, -1.0]]), np.array([0, 0]))
+    assert 0.05 <= always_right < 0.1
     assert fit_temperature(logits, np.array([1, 1])) == pytest.approx(20.0, rel=1e-3)
     with pytest.raises(ValueError):
         fit_temperature(logits, np.array([0, 5]))
@@ -357,3 +341,55 @@ def test_evaluating_into_the_model_dir_records_metrics_in_the_card(onnx_model_di
     assert card.metrics["n"] == m["n"] == 6
     assert card.metrics["balanced_accuracy"] == m["balanced_accuracy"]
     assert card.metrics["split"] == "all"
+
+
+def test_metrics_per_source_and_prediction_share() -> None:
+    from kulit.metrics import metrics_by_group
+
+    probs = np.array(P)
+    sources = ["web"] * 4 + ["clinic"] * 6
+    got = metrics_by_group(Y, probs, CLASSES, sources, n_boot=0)
+    assert list(got["per_source"]) == ["clinic", "web"]
+    for name in ("web", "clinic"):
+        rows = [i for i, s in enumerate(sources) if s == name]
+        alone = compute_metrics([Y[i] for i in rows], probs[rows], CLASSES, n_boot=0)
+        assert got["per_source"][name] == alone
+    web = got["prediction_share"]["web"]  # rows 0-3: all true A; one predicted D
+    assert web["A"] == {"predicted": 0.75, "true": 1.0}
+    assert web["D"] == {"predicted": 0.25, "true": 0.0}
+    assert metrics_by_group(Y, probs, CLASSES, [""] * 10) == {}
+
+
+def test_evaluate_reports_every_source(onnx_model_dir: Path, labelled: Path, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A split whose rows name their source (the multi-source split.csv) gets per-source
+    numbers in metrics.json and report.md; the overall numbers do not change."""
+    import dataclasses
+
+    import kulit.data
+    from kulit.data import SplitRow
+
+    rows = [SplitRow(f, f.relative_to(labelled).as_posix(), f.parent.name, "test", f.stem,
+                     source="skin8" if f.parent.name == "Melanoma" else "skin8-web")
+            for f in sorted(labelled.glob("[MH]*/*_*.jpg"))]
+    monkeypatch.setattr(kulit.data, "load_split", lambda *a, **k: rows)
+    with_sources = evaluate_model(onnx_model_dir, labelled, split="test",
+                                  split_csv=tmp_path / "split.csv", out=tmp_path / "a", n_boot=50)
+    monkeypatch.setattr(kulit.data, "load_split", lambda *a, **k: [
+        dataclasses.replace(r, source="") for r in rows])
+    without = evaluate_model(onnx_model_dir, labelled, split="test",
+                             split_csv=tmp_path / "split.csv", out=tmp_path / "b", n_boot=50)
+    assert "per_source" not in without and "prediction_share" not in without
+    assert {k: v for k, v in with_sources.items()
+            if k not in ("per_source", "prediction_share", "run")} == \
+        {k: v for k, v in without.items() if k != "run"}
+    per = with_sources["per_source"]
+    assert sorted(per) == ["skin8", "skin8-web"] and per["skin8"]["n"] == 3
+    assert per["skin8"]["per_class"][1]["total"] == 0 and per["skin8-web"]["n"] == 3
+    share = with_sources["prediction_share"]["skin8"]
+    assert share["Melanoma"]["true"] == 1.0 and sum(s["predicted"] for s in share.values()) == 1
+    saved = json.loads((tmp_path / "a" / METRICS_JSON).read_text())
+    assert saved["per_source"]["skin8-web"]["n"] == 3
+    md = (tmp_path / "a" / REPORT_MD).read_text()
+    assert "## Per data source" in md and "| skin8-web | 3 |" in md
+    assert "## Per data source" not in (tmp_path / "b" / REPORT_MD).read_text()

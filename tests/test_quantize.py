@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 pytest.importorskip("onnxruntime.quantization")
-pytest.importorskip("sklearn")
 
 import onnx  # noqa: E402
 from onnx import numpy_helper  # noqa: E402

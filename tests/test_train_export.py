@@ -12,13 +12,15 @@ import torch
 from typer.testing import CliRunner
 
 from kulit.backbones import REGISTRY, build_backbone
+from kulit.calibration import choose_threshold, fit_temperature
 from kulit.cli import app
+from kulit.config import make_config
 from kulit.data import run_data
 from kulit.errors import ModelError
 from kulit.export import export, load_run
 from kulit.predict import Predictor
 from kulit.preprocess import open_image, preprocess_image
-from kulit.train import make_config, train
+from kulit.train import train
 from tests.conftest import SKIN8, TINY_CLASSES
 
 runner = CliRunner()
@@ -76,8 +78,6 @@ def test_run_dir_contents(tiny_run: Path):
     assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(rows[0])
     # the colours are separable: the head must learn them
     assert float(rows[-1]["accuracy"]) > 0.9
-    summary = json.loads((tiny_run / "summary.json").read_text())
-    assert summary["temperature"] > 0 and 0.4 <= summary["threshold"] <= 0.7
 
 
 def test_feature_cache_is_reused(tiny_dataset, tiny_split, tmp_path):
@@ -204,3 +204,52 @@ def test_ctrl_c_keeps_the_best_epoch_so_far(tiny_dataset, tiny_split, tmp_path, 
     assert len(rows) == 2  # epochs 1 and 2 finished; the third was interrupted
     ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
     assert ckpt["interrupted"] is True and ckpt["best_epoch"] in (1, 2)
+
+
+def served_val_logits(run: Path, model_dir: Path, data: Path) -> tuple[dict, np.ndarray]:
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    pred = Predictor(model_dir)
+    # split files are <folder>/<class>/<name>: they live beside the data folder
+    files = [data.parent / f for f in ckpt["val_files"]]
+    served = np.stack([p.logits for p in pred.predict(files)])
+    return ckpt, served
+
+
+def val_labels(ckpt: dict) -> np.ndarray:
+    return np.array([ckpt["classes"].index(f.split("/")[1]) for f in ckpt["val_files"]])
+
+
+def test_train_time_val_logits_are_the_served_logits(tiny_run, tiny_dataset, tmp_path):
+    """What T and the threshold were fitted on is what the exported model serves (TTA too)."""
+    model_dir = export(tiny_run, tmp_path / "model")
+    ckpt, served = served_val_logits(tiny_run, model_dir, tiny_dataset)
+    assert Predictor(model_dir).card.preprocessing.tta  # the kulit recipe serves the mirror
+    # the fine-tuned top trains on half-precision cached inputs; the rest is the same path
+    np.testing.assert_allclose(served, ckpt["val_logits"], atol=2e-3, rtol=0)
+    card = Predictor(model_dir).card
+    assert fit_temperature(served, val_labels(ckpt)) == pytest.approx(card.temperature, rel=1e-2)
+    assert choose_threshold(served / card.temperature, val_labels(ckpt)) == card.threshold
+
+
+def test_paper_head_calibrates_on_the_logits_it_serves(tiny_dataset, tiny_split, tmp_path):
+    """The paper head is served without mirror TTA, so it must be evaluated without it."""
+    cfg = make_config(str(tiny_dataset), str(tiny_split), "kulit", out=str(tmp_path / "run"),
+                      backbone="tiny", pretrained=False, input_size=32, epochs=8, views=2,
+                      head="paper", finetune_blocks=0, cache_dir=str(tmp_path / "cache"))
+    assert cfg.tta and not cfg.preprocessing().tta
+    run = train(cfg, log=lambda s: None)
+    model_dir = export(run, tmp_path / "model")
+    ckpt, served = served_val_logits(run, model_dir, tiny_dataset)
+    np.testing.assert_allclose(served, ckpt["val_logits"], atol=1e-4, rtol=0)
+    card = Predictor(model_dir).card
+    assert not card.preprocessing.tta
+    assert fit_temperature(served, val_labels(ckpt)) == pytest.approx(card.temperature, rel=1e-3)
+
+
+def test_bad_training_values_are_one_clear_line(tiny_dataset, tiny_split):
+    for option, value in (("--batch-size", "0"), ("--lr", "nan"), ("--lr", "-1"),
+                          ("--dropout", "1"), ("--input-size", "0"), ("--threads", "0")):
+        r = runner.invoke(app, ["train", "--data", str(tiny_dataset), "--split",
+                                str(tiny_split), option, value])
+        assert r.exit_code == 2, (option, r.output)
+        assert "Traceback" not in r.output and option.lstrip("-").replace("-", "_") in r.output

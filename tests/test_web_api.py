@@ -29,9 +29,9 @@ from tests.conftest import SKIN8, image_bytes, make_image, write_onnx_model_dir
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
+from kulit.i18n import STRINGS, load_conditions  # noqa: E402
 from kulit.web.app import create_app  # noqa: E402
 from kulit.web.deps import get_predictor  # noqa: E402
-from kulit.web.i18n import STRINGS, load_conditions  # noqa: E402
 from kulit.web.settings import Settings  # noqa: E402
 
 SKIN8_CLASSES = ["Chickenpox", "Herpes", "Impetigo", "Melanoma", "Psoriasis", "Ringworm",
@@ -89,8 +89,9 @@ def test_predict_matches_the_predictor(client: TestClient, onnx_model_dir: Path)
     resp = post_image(client, data)
     assert resp.status_code == 200
     body = resp.json()
-    assert set(body) == {"model", "top", "label", "confidence", "uncertain", "see_doctor",
-                         "advice", "disclaimer", "timing_ms"}  # no heatmap_png unless asked
+    assert set(body) == {"model", "status", "top", "label", "confidence", "uncertain",
+                         "see_doctor", "melanoma_alert", "quality", "gate", "advice",
+                         "disclaimer", "timing_ms"}  # no heatmap_png unless asked
     assert body["model"] == "tiny-test"
     assert body["disclaimer"] == {"en": DISCLAIMER_EN, "id": DISCLAIMER_ID}
     assert body["timing_ms"]["total"] >= body["timing_ms"]["inference"] >= 0
@@ -103,7 +104,7 @@ def test_predict_matches_the_predictor(client: TestClient, onnx_model_dir: Path)
     assert body["confidence"] == body["top"][0]["probability"]
     assert body["uncertain"] == expected.uncertain
     assert body["label"] == (None if expected.uncertain else expected.label)
-    assert body["see_doctor"] == expected.see_doctor
+    assert body["see_doctor"] == expected.uncertain  # no Melanoma-named classes here
 
 
 def test_top_k_query(client: TestClient) -> None:
@@ -567,14 +568,32 @@ def test_confident_benign_has_no_doctor_banner(stub_client) -> None:
     assert "urgent-row" not in en
 
 
-def test_melanoma_in_the_list_is_flagged(stub_client) -> None:
+def _fixed(stub: Predictor):
+    return lambda: stub
+
+
+def test_melanoma_in_the_list_is_flagged_only_above_the_cutoff(
+        settings: Settings, tmp_path: Path) -> None:
     probs = [0.01, 0.01, 0.02, 0.20, 0.70, 0.03, 0.02, 0.01]  # Psoriasis first, Melanoma second
-    with stub_client(probs) as c:
-        en = result(c, "en")
-    assert 'class="urgent"' not in en  # not the top answer: no banner ...
-    assert 'urgent-row" data-class="Melanoma"' in en  # ... but its row says see a doctor
-    assert re.search(r'<details class="condition" id="cond-2" open>\s*<summary><span '
-                     r'class="cond-name">Melanoma', en)
+    for cutoff, flagged in ((None, False), (0.1, True), (0.25, False)):
+        model = write_onnx_model_dir(tmp_path / f"m{cutoff}", SKIN8_CLASSES)
+        if cutoff is not None:
+            card = json.loads((model / "card.json").read_text())
+            card["gate"] = {"melanoma_cutoff": cutoff}
+            (model / "card.json").write_text(json.dumps(card))
+        app = create_app(Settings(model_dir=model))
+        app.dependency_overrides[get_predictor] = _fixed(StubPredictor(model, probs))
+        with TestClient(app) as c:
+            en = result(c, "en")
+            body = post_image(c, image_bytes(make_image(0))).json()
+        assert body["status"] == "answered" and body["label"] == "Psoriasis"
+        assert body["melanoma_alert"] is flagged and body["see_doctor"] is flagged
+        assert ('urgent-row" data-class="Melanoma"' in en) is flagged
+        assert ('class="urgent"' in en) is flagged
+        assert (STRINGS["en"]["see_doctor_melanoma_possible"].format(pct="20%") in en) is flagged
+        if flagged:
+            assert re.search(r'<details class="condition" id="cond-2" open>\s*<summary><span '
+                             r'class="cond-name">Melanoma', en)
 
 
 def test_unknown_classes_render_raw_names(tmp_path: Path) -> None:
@@ -631,8 +650,8 @@ def test_every_ui_string_exists_in_both_languages() -> None:
     used = set()
     for path in TEMPLATES.glob("*.html"):
         used |= set(re.findall(r"\bt\('([a-z0-9_]+)'", path.read_text()))
-    routes = (TEMPLATES.parent / "routes_pages.py").read_text()
-    used |= set(re.findall(r'\bt\(lang[^,]*, "([a-z0-9_]+)"', routes))
+    for path in TEMPLATES.parent.glob("*.py"):
+        used |= set(re.findall(r'\bt\(lang[^,]*, "([a-z0-9_]+)"', path.read_text()))
     assert used, "no t('...') calls found"
     assert used <= set(STRINGS["en"]), used - set(STRINGS["en"])
     for code in ("not_image", "unreadable", "too_large", "too_small", "missing_field",
@@ -695,20 +714,11 @@ def test_cli_serve_bad_model_dir_exits_2(tmp_path: Path, make_dir: bool) -> None
     assert "Traceback" not in out.output
 
 
-def test_api_advice_points_to_a_doctor_for_melanoma_and_uncertain_answers():
-    import numpy as np
-
-    from kulit.predict import Prediction
-    from kulit.web.routes_api import ADVICE, advice_for
-
-    classes = ["Herpes", "Melanoma", "Warts"]
-
-    def pred(p):
-        return Prediction(classes=classes, probs=np.array(p), logits=np.zeros(3), threshold=0.5)
-
-    assert advice_for(pred([0.1, 0.8, 0.1])) == ADVICE["melanoma"]
-    assert advice_for(pred([0.4, 0.3, 0.3])) == ADVICE["uncertain"]
-    assert advice_for(pred([0.8, 0.1, 0.1])) == ADVICE["default"]
-    for a in ADVICE.values():
-        assert a["en"] and a["id"]
-    assert "doctor" in ADVICE["melanoma"]["en"] and "dokter" in ADVICE["uncertain"]["id"]
+def test_api_advice_points_to_a_doctor_for_melanoma_and_uncertain_answers(stub_client):
+    for probs, key in ((MELANOMA, "melanoma"), (UNSURE, "uncertain"), (PSORIASIS, "default")):
+        with stub_client(probs) as c:
+            body = post_image(c, image_bytes(make_image(0))).json()
+        assert body["advice"] == {"en": STRINGS["en"][f"advice_{key}"],
+                                  "id": STRINGS["id"][f"advice_{key}"]}
+    assert "doctor" in STRINGS["en"]["advice_melanoma"]
+    assert "dokter" in STRINGS["id"]["advice_uncertain"]

@@ -57,7 +57,8 @@ def server(onnx_model_dir: Path) -> Iterator[str]:
     from kulit.web.settings import Settings
 
     port = free_port()
-    app = create_app(Settings(model_dir=pick_model(onnx_model_dir)))
+    # the server path; the on-device check has its own tests (test_device.py)
+    app = create_app(Settings(model_dir=pick_model(onnx_model_dir), device=False))
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -86,7 +87,7 @@ def browser():
 def test_upload_result_language_and_errors(server: str, browser, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
-    from kulit.web.i18n import STRINGS
+    from kulit.i18n import STRINGS
 
     context = browser.new_context(viewport={"width": 360, "height": 740})
     page = context.new_page()
@@ -177,7 +178,7 @@ def test_upload_result_language_and_errors(server: str, browser, tmp_path: Path)
 def test_without_javascript_the_server_reports_the_error(server: str, browser) -> None:
     from playwright.sync_api import expect
 
-    from kulit.web.i18n import STRINGS
+    from kulit.i18n import STRINGS
 
     context = browser.new_context(java_script_enabled=False,
                                   viewport={"width": 360, "height": 740})
@@ -191,9 +192,11 @@ def test_without_javascript_the_server_reports_the_error(server: str, browser) -
     expect(page.locator("#upload-error")).to_contain_text(STRINGS["en"]["err_not_image"])
     expect(page.locator("html")).to_have_attribute("lang", "en")
 
-    # And a photo gives the result page, all without JavaScript.
+    # And a photo gives the result page, all without JavaScript (big enough to be judged:
+    # kulit.quality asks for a retake below 96 px).
     page.set_input_files("#image", files=[
-        {"name": "p.jpg", "mimeType": "image/jpeg", "buffer": image_bytes(make_image(2))}])
+        {"name": "p.jpg", "mimeType": "image/jpeg",
+         "buffer": image_bytes(make_image(2, (320, 240)))}])
     page.click("#submit")
     expect(page.locator(".bar-row")).to_have_count(3)
     expect(page.locator(".disclaimer-box")).to_contain_text(DISCLAIMER_EN)
@@ -204,7 +207,7 @@ def test_without_javascript_the_server_reports_the_error(server: str, browser) -
 def test_how_it_works_view(server: str, browser, tmp_path: Path, javascript: bool) -> None:
     from playwright.sync_api import expect
 
-    from kulit.web.i18n import STRINGS
+    from kulit.i18n import STRINGS
 
     context = browser.new_context(java_script_enabled=javascript,
                                   viewport={"width": 360, "height": 740})

@@ -20,8 +20,8 @@ from tests.conftest import image_bytes, make_image
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
+from kulit.i18n import STRINGS  # noqa: E402
 from kulit.web.app import create_app  # noqa: E402
-from kulit.web.i18n import STRINGS  # noqa: E402
 from kulit.web.routes_explain import run_explain  # noqa: E402
 from kulit.web.settings import Settings  # noqa: E402
 

@@ -6,9 +6,10 @@ the heads in `kulit.heads` sit on top. Like timm's registry, with a `tiny` net f
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -23,12 +24,47 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+Layer = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Backbone(Protocol):
+    """What training and export use of a feature extractor; every registered net provides it.
+
+    Calling it maps [N,3,S,S] to the last feature map [N,K,h,w]. A net that cannot be
+    partly fine-tuned raises ModelError from `forward_stem` and `top`.
+    """
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def forward_stem(self, x: torch.Tensor, n_top: int) -> torch.Tensor:
+        """Everything below the last `n_top` blocks (frozen and cacheable)."""
+        ...
+
+    def top(self, n_top: int) -> nn.Module:
+        """The last `n_top` blocks (trainable on cached `forward_stem` outputs)."""
+        ...
+
+    def first_layer_split(self) -> tuple[Layer, Layer]:
+        """(first conv layer with its norm and activation, everything after it)."""
+        ...
+
+    # the nn.Module surface training and export use
+    def eval(self) -> Any: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True,
+                        assign: bool = False) -> Any: ...
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     """How to build a backbone and feed it."""
 
     name: str
-    build: Callable[[int, Path | None, bool], nn.Module]  # (input_size, weights, pretrained)
+    build: Callable[[int, Path | None, bool], Backbone]  # (input_size, weights, pretrained)
     out_channels: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -44,7 +80,7 @@ class LiteFeatures(nn.Module):
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
-        self.net = net
+        self.net: Any = net  # efficientnet_lite_pytorch is untyped
         del net._fc, net._dropout, net._avg_pooling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -62,11 +98,16 @@ class LiteFeatures(nn.Module):
         """The last `n_top` blocks plus the head conv, fine-tuned on cached stem outputs."""
         return LiteTop(self.net, n_top)
 
+    def first_layer_split(self) -> tuple[Layer, Layer]:
+        lite = self.net
+        rest = LiteTop(lite, len(lite._blocks))
+        return (lambda x: lite._swish(lite._bn0(lite._conv_stem(x)))), rest
+
 
 class LiteTop(nn.Module):
     """The trainable top of an EfficientNet-Lite (shares its modules with the full net)."""
 
-    def __init__(self, net: nn.Module, n_top: int) -> None:
+    def __init__(self, net: Any, n_top: int) -> None:
         super().__init__()
         n = len(net._blocks)
         if not 0 < n_top <= n:
@@ -83,8 +124,8 @@ class LiteTop(nn.Module):
         return self.act(self.bn1(self.conv_head(x)))
 
 
-def _lite_builder(variant: str) -> Callable[[int, Path | None, bool], nn.Module]:
-    def build(input_size: int, weights: Path | None, pretrained: bool) -> nn.Module:
+def _lite_builder(variant: str) -> Callable[[int, Path | None, bool], Backbone]:
+    def build(input_size: int, weights: Path | None, pretrained: bool) -> Backbone:
         from efficientnet_lite_pytorch import EfficientNet
 
         if weights is None and pretrained:
@@ -163,15 +204,18 @@ class TinyNet(nn.Module):
             raise ModelError(f"finetune blocks must be between 1 and 3, got {n_top}")
         return self.features[3 * (3 - n_top):]
 
+    def first_layer_split(self) -> tuple[Layer, Layer]:
+        return self.features[:3], self.features[3:]
 
-def _tiny(input_size: int, weights: Path | None, pretrained: bool) -> nn.Module:
+
+def _tiny(input_size: int, weights: Path | None, pretrained: bool) -> Backbone:
     net = TinyNet()
     if weights is not None:
         net.load_state_dict(_load_state(weights))
     return net
 
 
-def _densenet201(input_size: int, weights: Path | None, pretrained: bool) -> nn.Module:
+def _densenet201(input_size: int, weights: Path | None, pretrained: bool) -> Backbone:
     from kulit.densenet import build_densenet201
 
     if pretrained and weights is None:
@@ -200,25 +244,6 @@ REGISTRY: dict[str, BackboneSpec] = {
 }
 
 
-def first_layer_split(net: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor],
-                                               Callable[[torch.Tensor], torch.Tensor]]:
-    """(first conv layer with its norm and activation, everything after it) of a backbone.
-
-    The first layer's maps are what "How the CNN sees your photo" shows; splitting here lets
-    the export emit them without computing anything twice.
-    """
-    if isinstance(net, LiteFeatures):
-        lite = net.net
-        rest = LiteTop(lite, len(lite._blocks))
-        return (lambda x: lite._swish(lite._bn0(lite._conv_stem(x)))), rest
-    if isinstance(net, TinyNet):
-        return net.features[:3], net.features[3:]
-    feats = getattr(net, "features", None)
-    if isinstance(feats, nn.Sequential) and len(feats) > 3:  # densenet201: conv0, norm0, relu0
-        return feats[:3], (lambda s: torch.relu(feats[3:](s)))
-    raise ModelError(f"cannot split the first layer of {type(net).__name__}")
-
-
 def get_spec(name: str) -> BackboneSpec:
     try:
         return REGISTRY[name]
@@ -227,6 +252,6 @@ def get_spec(name: str) -> BackboneSpec:
 
 
 def build_backbone(name: str, input_size: int, weights: Path | None = None,
-                   pretrained: bool = True) -> nn.Module:
+                   pretrained: bool = True) -> Backbone:
     """Build a registered backbone (ImageNet weights where available, or a user's file)."""
     return get_spec(name).build(input_size, weights, pretrained)

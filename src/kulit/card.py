@@ -15,6 +15,12 @@ CARD_FILE = "card.json"
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model-int8.onnx"  # written by `kulit quantize` only if it passes its check
 HEAD_FILE = "head.npz"  # head weights for the torch-free Grad-CAM
+# model.onnx's tensor names: the one input, then the outputs in graph order
+INPUT = "image"  # float32 [N,3,H,W], preprocessed as card.preprocessing says
+LOGITS = "logits"  # float32 [N,C], before the temperature
+FEATURES = "features"  # float32 [N,K,h,w], last conv feature map (Grad-CAM)
+FIRST_LAYER = "first_layer"  # float32 [N,F,H/2,W/2], first conv layer's maps
+OUTPUTS = (LOGITS, FEATURES, FIRST_LAYER)
 
 
 @dataclass
@@ -29,10 +35,10 @@ class ModelCard:
     threshold: float = 0.5  # top-1 probability below this -> "uncertain"
     recipe: str = "kulit"  # "kulit" or "paper"
     head: str = "linear"  # "linear" (GAP->fc) or "paper" (BN->GAP->fc1->ReLU->fc2)
-    inputs: dict[str, str] = field(default_factory=lambda: {"image": "float32[N,3,H,W]"})
+    inputs: dict[str, str] = field(default_factory=lambda: {INPUT: "float32[N,3,H,W]"})
     outputs: dict[str, str] = field(
-        default_factory=lambda: {"logits": "float32[N,C]", "features": "float32[N,K,h,w]",
-                                 "first_layer": "float32[N,F,H/2,W/2]"}
+        default_factory=lambda: {LOGITS: "float32[N,C]", FEATURES: "float32[N,K,h,w]",
+                                 FIRST_LAYER: "float32[N,F,H/2,W/2]"}
     )
     metrics: dict[str, Any] = field(default_factory=dict)  # test-split numbers
     data: dict[str, Any] = field(default_factory=dict)  # hash, sources, licence, counts

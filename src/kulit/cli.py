@@ -5,7 +5,9 @@ Each command imports its module lazily, so `kulit predict` and `kulit serve` nev
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -114,60 +116,51 @@ def explain(
     typer.echo(to_json(result) if as_json else format_explanation(result))
 
 
-@app.command("train")
-@friendly
-def train_cmd(
-    data: Annotated[Path, typer.Option(help="Image folder, one subfolder per class")] = Path(
-        "../shared/data/skin8"
-    ),
-    split: Annotated[Path, typer.Option("--split", help="split.csv from `kulit data`")] = Path(
-        "runs/data/split.csv"
-    ),
-    out: Annotated[Path | None, typer.Option(help="Run directory [runs/<recipe>]")] = None,
-    recipe: Annotated[str, typer.Option(help="kulit (default) or paper")] = "kulit",
-    backbone: Annotated[str, typer.Option(help="efficientnet-lite0|lite2|densenet201|tiny")] = (
-        "efficientnet-lite0"
-    ),
-    weights: Annotated[Path | None, typer.Option(help="Backbone weights file")] = None,
-    pretrained: Annotated[bool, typer.Option(help="Use bundled ImageNet weights")] = True,
-    input_size: Annotated[int | None, typer.Option(help="Input side in pixels")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Maximum epochs")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Batch size")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate")] = None,
-    views: Annotated[int | None, typer.Option(help="Cached views per train image")] = None,
-    patience: Annotated[int | None, typer.Option(help="Early-stopping patience, 0=off")] = None,
-    mask_logo: Annotated[bool | None, typer.Option(help="Paint out the logo corner")] = (
-        None
-    ),
-    tta: Annotated[bool | None, typer.Option(help="Mirror test-time augmentation")] = None,
-    finetune_blocks: Annotated[
-        int | None, typer.Option(help="Last backbone blocks to fine-tune (0 = frozen)")
-    ] = None,
-    head: Annotated[str | None, typer.Option(help="linear or paper")] = None,
-    hidden: Annotated[int | None, typer.Option(help="Paper head width")] = None,
-    dropout: Annotated[float | None, typer.Option(help="Dropout before the last layer")] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay")] = None,
-    label_smoothing: Annotated[float | None, typer.Option(help="Label smoothing")] = None,
-    balance: Annotated[bool | None, typer.Option(help="Inverse-frequency class weights")] = None,
-    dedupe: Annotated[bool, typer.Option(help="One image per duplicate group")] = True,
-    threads: Annotated[int, typer.Option(help="torch CPU threads")] = 2,
-    cache: Annotated[bool, typer.Option(help="Cache frozen-backbone features")] = True,
-    cache_dir: Annotated[Path, typer.Option(help="Feature cache folder")] = Path(".cache/kulit"),
-    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
-) -> None:
-    """Train a head on a frozen ImageNet backbone: the paper's recipe or kulit's."""
-    from kulit.train import make_config, train
+# `kulit train`'s options are TrainConfig's fields (help from their comments): a new field
+# needs no edit here. Every option defaults to "unset", so the recipe's value applies.
+_TYPES: dict[str, type] = {"str": str, "str | None": str, "int": int, "float": float,
+                           "bool": bool}
+_OPTION_NAMES = {"split_csv": ("--split", "--split-csv")}  # kept from before the generation
 
-    cfg = make_config(
-        str(data), str(split), recipe, out=str(out or Path("runs") / recipe), backbone=backbone,
-        weights=str(weights) if weights else None, pretrained=pretrained, input_size=input_size,
-        epochs=epochs, batch_size=batch_size, lr=lr, views=views, patience=patience,
-        mask_logo=mask_logo, tta=tta, finetune_blocks=finetune_blocks, cache=cache,
-        cache_dir=str(cache_dir), seed=seed, head=head, hidden=hidden, dropout=dropout,
-        weight_decay=weight_decay, label_smoothing=label_smoothing, balance=balance,
-        dedupe=dedupe, threads=threads,
-    )
-    train(cfg)
+
+def _train_parameters() -> list[inspect.Parameter]:
+    from kulit.config import RECIPES, TrainConfig, field_help
+
+    helps = field_help()
+    params = []
+    for f in dataclasses.fields(TrainConfig):
+        kind = _TYPES.get(str(f.type))
+        if kind is None:  # pragma: no cover - a new field type needs a mapping above
+            raise TypeError(f"TrainConfig.{f.name}: no CLI type for {f.type!r}")
+        flag = "--" + f.name.replace("_", "-")
+        names = _OPTION_NAMES.get(f.name, (flag,))
+        if kind is bool:
+            names = (f"{flag}/--no-{f.name.replace('_', '-')}",)
+        default = "runs/RECIPE" if f.name == "out" else f.default
+        help_text = f"{helps.get(f.name, '')} (default: {default})".strip()
+        if f.name == "recipe":
+            help_text += f"; one of {', '.join(RECIPES)}"
+        option = typer.Option(*names, help=help_text, show_default=False)
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Annotated[kind | None, option]))
+    return params
+
+
+def train_cmd(**options: Any) -> None:
+    """Train a head on a frozen ImageNet backbone: the paper's recipe or kulit's."""
+    from kulit.config import TrainConfig, make_config
+    from kulit.train import train
+
+    defaults = TrainConfig()
+    recipe = options.pop("recipe") or defaults.recipe
+    data = options.pop("data") or defaults.data
+    split_csv = options.pop("split_csv") or defaults.split_csv
+    options["out"] = options.get("out") or str(Path("runs") / recipe)
+    train(make_config(data, split_csv, recipe, **options))
+
+
+train_cmd.__signature__ = inspect.Signature(_train_parameters())  # type: ignore[attr-defined]
+app.command("train")(friendly(train_cmd))
 
 
 @app.command("export")
@@ -235,6 +228,19 @@ def _quantize(model: Path, split_csv: Path, cfg: Any = None) -> None:
         typer.echo(line)
 
 
+@app.command("export-web")
+@friendly
+def export_web_cmd(
+    model: Annotated[Path, typer.Option("--model", help="Model directory", metavar="DIR")] = Path(
+        "models/kulit-skin8"),
+    weights: Annotated[str, typer.Option(help="int8 (per-channel, weight-only) or fp32")] = "int8",
+) -> None:
+    """Build model-web.onnx (uint8 photo in, probabilities + gate out) for the on-device check."""
+    from kulit.webmodel import build_web_model
+
+    typer.echo(f"wrote {build_web_model(model, weights=weights)}")
+
+
 @app.command()
 @friendly
 def evaluate(
@@ -256,7 +262,8 @@ def evaluate(
     ] = None,
 ) -> None:
     """Measure a model on labelled photos: metrics with 95% CIs, calibration, report.md."""
-    from kulit.evaluate import evaluate_model, summary_lines
+    from kulit.evaluate import evaluate_model
+    from kulit.report import summary_lines
 
     def show(i: int, n: int) -> None:
         print(f"\rpredicting {i}/{n}", end="\n" if i == n else "", file=sys.stderr, flush=True)

@@ -19,7 +19,6 @@ import io
 import json
 import os
 import sys
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -27,13 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image
 
-from kulit.errors import DataError
+from kulit.errors import DataError, ImageError
+from kulit.preprocess import decode_image
 
-ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP"})  # sniffed, never by extension
-MIN_SIDE = 32  # smaller images carry too little detail to train on
-MAX_PIXELS = 40_000_000  # larger images are treated as decompression bombs
+MIN_SIDE = 32  # smaller images carry too little detail to train on (decoder: kulit.preprocess)
 MAX_FILE_BYTES = 256 * 2**20  # never read a video or disk image into memory
 # Hamming distance (of 64 bits, best of the 8 flips/turns) at or under which two photos are near
 # duplicates. Tuned on skin8 by eye: every pair at 0-4 bits is the same photo (re-encoded,
@@ -237,52 +235,19 @@ def inspect_file(root: Path, file: str, label: str) -> FileCheck:
     sha = hashlib.sha256(data).hexdigest()
     if not data:
         return _reject(file, label, "not_image", "empty file", sha)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            img = Image.open(io.BytesIO(data))
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            return _reject(file, label, "too_large", f"decompression bomb: {_short(e)}", sha)
-        except UnidentifiedImageError:
-            return _reject(file, label, "not_image", "not an image Pillow can identify", sha)
-        except Exception as e:  # Pillow plugins raise many types on hostile headers
-            return _reject(file, label, "corrupt", f"unreadable header: {_short(e)}", sha)
-        with img:
-            fmt = img.format or ""
-            w, h = img.size
-            if fmt not in ACCEPTED_FORMATS:
-                return _reject(file, label, "not_image", f"unsupported format {fmt}", sha)
-            if w * h > MAX_PIXELS:
-                return _reject(
-                    file, label, "too_large", f"{w}x{h} is over {MAX_PIXELS:,} pixels", sha
-                )
-            if min(w, h) < MIN_SIDE:
-                return _reject(
-                    file, label, "too_small", f"{w}x{h}, under {MIN_SIDE} px on a side", sha
-                )
-            try:
-                _load_strict(img)
-            except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-                return _reject(file, label, "too_large", "decompression bomb", sha)
-            except Exception as e:
-                code = "truncated" if "truncat" in str(e).lower() else "corrupt"
-                return _reject(file, label, code, f"cannot decode: {_short(e)}", sha)
-            try:
-                phashes = image_phashes(img)
-            except Exception as e:
-                return _reject(file, label, "corrupt", f"cannot convert: {_short(e)}", sha)
-    return FileCheck(file, label, sha, fmt, w, h, phashes)
-
-
-def _load_strict(img: Image.Image) -> None:
-    """Decode every pixel, failing on truncation even if another module relaxed Pillow."""
-    relaxed = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
-        img.load()
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = relaxed
+        img = decode_image(data, min_side=MIN_SIDE)
+    except ImageError as e:
+        code = e.code
+        if code == "unreadable":  # the report tells a cut-off file from a damaged one
+            code = "truncated" if ": truncated image" in e.message else "corrupt"
+        return _reject(file, label, code, e.message.split(": ", 1)[-1], sha)
+    with img:
+        try:
+            phashes = image_phashes(img)
+        except Exception as e:
+            return _reject(file, label, "corrupt", f"cannot convert: {_short(e)}", sha)
+        return FileCheck(file, label, sha, img.format or "", img.width, img.height, phashes)
 
 
 def _short(e: BaseException) -> str:

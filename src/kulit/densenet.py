@@ -9,7 +9,7 @@ from __future__ import annotations
 import pickle
 import re
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -127,6 +127,20 @@ class DenseNet(nn.Module):
         if self.classifier is None:
             return out
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
+
+    # kulit.backbones.Backbone: the first layer is conv0, norm0, relu0; no partial fine-tuning
+    def first_layer_split(self) -> tuple[Callable[[torch.Tensor], torch.Tensor],
+                                         Callable[[torch.Tensor], torch.Tensor]]:
+        feats = self.features
+        return feats[:3], (lambda s: F.relu(feats[3:](s)))
+
+    def forward_stem(self, x: torch.Tensor, n_top: int) -> torch.Tensor:
+        raise ModelError("finetune_blocks needs an EfficientNet-Lite (or tiny) backbone, "
+                         "not densenet201; use --finetune-blocks 0")
+
+    def top(self, n_top: int) -> nn.Module:
+        raise ModelError("finetune_blocks needs an EfficientNet-Lite (or tiny) backbone, "
+                         "not densenet201; use --finetune-blocks 0")
 
 
 def build_densenet201(weights: Path | str | None = None) -> DenseNet:

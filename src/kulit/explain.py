@@ -7,7 +7,6 @@ functions return plain dicts (JSON-ready); the `format_*` functions turn them in
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from kulit.calibration import softmax
 from kulit.errors import ImageError, KulitError
 
 PAPER_TITLE = (
@@ -102,13 +102,6 @@ def relu(x: np.ndarray) -> np.ndarray:
     return np.maximum(np.asarray(x), 0)
 
 
-def softmax(logits: np.ndarray | list[float]) -> np.ndarray:
-    """Numerically stable softmax over the last axis."""
-    z = np.asarray(logits, dtype=np.float64)
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def conv_steps(patch_hwc: np.ndarray, kernel: np.ndarray, stride: int = 1) -> dict[str, Any]:
     """Run conv (per channel), sum over channels, ReLU and flatten; return each step as lists."""
     per_channel = conv2d_valid(patch_hwc, kernel, stride)  # Ho x Wo x 3
@@ -161,7 +154,7 @@ def paper_walkthrough() -> dict[str, Any]:
         PAPER_INPUTS["stride"],
     )
     outputs = [float(v) for v in PAPER_INPUTS["dense_outputs"]]
-    probs = softmax(outputs)
+    probs = softmax(np.asarray(outputs, dtype=np.float64))
     steps["dense"] = {
         "outputs": outputs,
         "given": True,
@@ -226,33 +219,13 @@ def parse_at(text: str) -> tuple[int, int]:
 def _load_rgb_patch(image: Any, at: tuple[int, int] | None
                     ) -> tuple[np.ndarray, tuple[int, int], tuple[int, int], str | None]:
     """Decode (EXIF-upright, RGB) and cut the 4x4 patch; return patch, (x, y), (w, h), name."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image
 
-    name: str | None = None
-    try:
-        if isinstance(image, Image.Image):
-            img = image
-        else:
-            if isinstance(image, (str, Path)):
-                name = str(image)
-                if not Path(image).exists():
-                    raise ImageError(f"{image}: file not found", code="unreadable")
-                if not Path(image).is_file():
-                    raise ImageError(f"{image}: not a file", code="not_image")
-                src: Any = image
-            else:
-                src = io.BytesIO(image)
-            img = Image.open(src)
-            img.load()
-        img = ImageOps.exif_transpose(img)
-    except UnidentifiedImageError:
-        raise ImageError(f"{name or 'upload'}: not an image Pillow can read",
-                         code="not_image") from None
-    except Image.DecompressionBombError:
-        raise ImageError(f"{name or 'upload'}: image too large", code="too_large") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{name or 'upload'}: cannot decode image ({e})",
-                         code="unreadable") from None
+    from kulit.preprocess import decode_image, upright
+
+    name = str(image) if isinstance(image, (str, Path)) else None
+    img = image if isinstance(image, Image.Image) else decode_image(image)
+    img = upright(img)
 
     w, h = img.size
     if w < PATCH_SIZE or h < PATCH_SIZE:
@@ -344,6 +317,7 @@ class ModelExplanation:
     summary: dict[str, Any]
     maps: np.ndarray  # first conv layer after its norm and activation, [F, h, w]
     prediction: Any  # kulit.predict.Prediction with .heatmap and .image (the crop)
+    answer: Any = None  # kulit.answer.Answer: what a person is told (status, see a doctor)
 
 
 def resolve_model_dir(model: str | Path | None) -> tuple[Path | None, str | None]:
@@ -398,6 +372,9 @@ def explain_model(predictor: Any, image: str | Path | bytes | Any) -> ModelExpla
     The probabilities are recomputed here from the logits and checked against what
     `Predictor.predict_one` (and so `kulit predict`) returns for the same photo.
     """
+    from kulit.answer import answer_for
+    from kulit.i18n import both
+
     card = predictor.card
     # One network pass gives the answer, the heatmap's feature map and the first layer.
     pred = predictor.predict_one(image, top_k=3, heatmap=True, first_layer=True)
@@ -411,6 +388,7 @@ def explain_model(predictor: Any, image: str | Path | bytes | Any) -> ModelExpla
     if diff > PROBS_ATOL:  # a bug, not a user error: the two paths must agree
         raise RuntimeError(f"step-by-step softmax differs from Predictor by {diff:.3g}")
 
+    answer = answer_for(pred, card)
     flat = maps.reshape(f, -1).astype(np.float64)
     previews = [_block_preview(m) for m in maps]
     summary: dict[str, Any] = {
@@ -434,16 +412,20 @@ def explain_model(predictor: Any, image: str | Path | bytes | Any) -> ModelExpla
         },
         "softmax": soft,
         "top": [{"label": c, "probability": round(p, 6)} for c, p in pred.top],
-        "label": None if pred.uncertain else pred.label,
+        "status": answer.status,
+        "label": answer.label,
         "confidence": round(pred.confidence, 6),
         "threshold": float(card.threshold),
         "uncertain": pred.uncertain,
-        "see_doctor": pred.see_doctor,
+        "see_doctor": answer.see_doctor,
+        "melanoma_alert": answer.melanoma_alert,
+        "quality": answer.quality,
+        "advice": both(f"advice_{answer.advice}"),
         "heatmap": None if pred.heatmap is None else np.round(pred.heatmap, 3).tolist(),
         "check": {"against": "kulit predict",
                   "max_abs_diff": diff, "agrees": True},
     }
-    return ModelExplanation(summary=summary, maps=maps, prediction=pred)
+    return ModelExplanation(summary=summary, maps=maps, prediction=pred, answer=answer)
 
 
 def grid_columns(f: int) -> int:
@@ -563,7 +545,8 @@ def _format_conv_part(d: dict[str, Any], discrepancies: list[dict[str, Any]]) ->
     lines += ["   " + s for s in format_matrix(steps["sum"], _marks_for("sum", discrepancies))]
     lines += ["", "5. ReLU: max(0, x)"]
     lines += ["   " + s for s in format_matrix(steps["relu"], _marks_for("relu", discrepancies))]
-    flat_marks = {(0, i): p for (i,), p in _marks_for("flatten", discrepancies).items()}
+    flat_marks: dict[tuple[int, ...], Any] = {
+        (0, i): p for (i,), p in _marks_for("flatten", discrepancies).items()}
     lines += ["", "6. Flatten, row by row"]
     lines += ["   " + s for s in format_matrix([steps["flatten"]], flat_marks)]
     return lines
@@ -582,7 +565,8 @@ def format_paper_walkthrough(d: dict[str, Any]) -> str:
               "(not checked)."]
     lines += ["   " + s for s in format_matrix([[f"O{i + 1}", o]
                                                 for i, o in enumerate(dense["outputs"])])]
-    marks = {(i, 1): p for (i,), p in _marks_for("softmax", disc).items()}
+    marks: dict[tuple[int, ...], Any] = {
+        (i, 1): p for (i,), p in _marks_for("softmax", disc).items()}
     lines += ["", "8. Softmax: p_i = exp(O_i) / sum_j exp(O_j)"]
     lines += ["   " + s for s in format_matrix([[f"p{i + 1}", p] for i, p in enumerate(probs)],
                                                marks)]
@@ -678,7 +662,9 @@ def format_softmax(m: dict[str, Any]) -> list[str]:
                      "; the probabilities are the same and exp cannot overflow)")
     top = ", ".join(f"{t_['label']} {t_['probability']:.1%}" for t_ in m["top"])
     lines += ["", f"10. Top {len(m['top'])}: {top}"]
-    if m["uncertain"]:
+    if m["status"] not in ("answered", "uncertain"):
+        lines.append(f"    {m['status'].upper().replace('_', ' ')}: {m['advice']['en']}")
+    elif m["uncertain"]:
         lines.append(f"    UNCERTAIN: the top probability {m['confidence']:.1%} is below the "
                      f"model's threshold {m['threshold']:.0%}")
     else:

@@ -18,11 +18,22 @@ import torch
 from torch import nn
 
 from kulit import __version__
-from kulit.backbones import build_backbone, first_layer_split, get_spec
-from kulit.card import HEAD_FILE, ONNX_FILE, ModelCard, save_card
+from kulit.backbones import Backbone, build_backbone, get_spec
+from kulit.calibration import softmax
+from kulit.card import (
+    FEATURES,
+    HEAD_FILE,
+    INPUT,
+    LOGITS,
+    ONNX_FILE,
+    OUTPUTS,
+    ModelCard,
+    save_card,
+)
+from kulit.config import TrainConfig
 from kulit.errors import ModelError
-from kulit.preprocess import Preprocessing, open_image, preprocess_image
-from kulit.train import TrainConfig, build_head
+from kulit.preprocess import Preprocessing, open_for_model, preprocess_image
+from kulit.train import build_head
 
 OPSET = 17
 ATOL = 1e-3  # logits, absolute
@@ -32,13 +43,14 @@ PROB_ATOL = 1e-4  # calibrated probabilities, absolute
 class ServingModel(nn.Module):
     """image -> (logits, last conv feature map, first conv layer's maps).
 
-    With TTA the last map averages image and mirror, so the logits of a GAP head equal the
-    mean of the two views' logits, and Grad-CAM stays exact on the exported map."""
+    With TTA (the card's `preprocessing.tta`) the last map averages image and mirror, so the
+    logits of a GAP head equal the mean of the two views' logits, and Grad-CAM stays exact on
+    the exported map."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, tta: bool) -> None:
+    def __init__(self, backbone: Backbone, head: nn.Module, tta: bool) -> None:
         super().__init__()
         self.backbone, self.head, self.tta = backbone, head, tta
-        self.first, self.rest = first_layer_split(backbone)
+        self.first, self.rest = backbone.first_layer_split()
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         stem = self.first(image)
@@ -49,7 +61,7 @@ class ServingModel(nn.Module):
 
 
 def load_run(run_dir: Path) -> tuple[dict[str, Any], TrainConfig, ServingModel]:
-    """Rebuild the trained model from a run directory's checkpoint."""
+    """Rebuild the trained model, TTA as its preprocessing says, from a run's checkpoint."""
     path = Path(run_dir) / "checkpoint.pt"
     if not path.is_file():
         raise ModelError(f"{run_dir}: no checkpoint.pt (is it a `kulit train` run directory?)")
@@ -58,13 +70,17 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], TrainConfig, ServingModel]:
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
         raise ModelError(f"{path}: unreadable checkpoint ({e})") from None
     cfg = TrainConfig(**ckpt["config"])
+    if "tta" not in ckpt["preprocessing"]:  # a run from before the card owned TTA
+        ckpt["preprocessing"] = {**ckpt["preprocessing"], "tta": cfg.serve_tta}
+    pre = Preprocessing.from_dict(ckpt["preprocessing"])
     weights = Path(cfg.weights) if cfg.weights else None
+    torch.manual_seed(cfg.seed)  # an unpretrained frozen base must init as it did in training
     backbone = build_backbone(cfg.backbone, cfg.input_size, weights, cfg.pretrained)
     if ckpt.get("backbone_state") is not None:  # fine-tuned top blocks
         backbone.load_state_dict(ckpt["backbone_state"])
     head = build_head(cfg, ckpt["in_channels"], len(ckpt["classes"]))
     head.load_state_dict(ckpt["head_state"])
-    model = ServingModel(backbone, head, cfg.tta if cfg.head == "linear" else False).eval()
+    model = ServingModel(backbone, head, pre.tta).eval()
     return ckpt, cfg, model
 
 
@@ -73,7 +89,7 @@ def head_arrays(head: nn.Module, kind: str) -> dict[str, np.ndarray]:
     sd = {k: v.detach().double().numpy() for k, v in head.state_dict().items()}
     if kind == "linear":
         return {"fc_w": sd["fc.weight"], "fc_b": sd["fc.bias"]}
-    bn = head.bn
+    bn: Any = head.bn
     scale = sd["bn.weight"] / np.sqrt(sd["bn.running_var"] + bn.eps)
     return {
         "bn_scale": scale, "bn_shift": sd["bn.bias"] - sd["bn.running_mean"] * scale,
@@ -102,10 +118,8 @@ def export_onnx(model: ServingModel, pre: Preprocessing, path: Path) -> None:
 
 def _export(model: nn.Module, dummy: torch.Tensor, path: Path) -> None:
     torch.onnx.export(
-        model, (dummy,), str(path), input_names=["image"],
-        output_names=["logits", "features", "first_layer"],
-        dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}, "features": {0: "N"},
-                      "first_layer": {0: "N"}},
+        model, (dummy,), str(path), input_names=[INPUT], output_names=list(OUTPUTS),
+        dynamic_axes={name: {0: "N"} for name in (INPUT, *OUTPUTS)},
         opset_version=OPSET, dynamo=False,
     )
 
@@ -117,18 +131,13 @@ def verify(model: ServingModel, onnx_path: Path, batch: np.ndarray, temperature:
 
     onnx.checker.check_model(onnx.load(str(onnx_path)))
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    o_logits, o_feats = sess.run(["logits", "features"], {"image": batch})
+    o_logits, o_feats = sess.run([LOGITS, FEATURES], {INPUT: batch})
     with torch.no_grad():
         t_logits, t_feats, _ = (t.numpy() for t in model(torch.from_numpy(batch)))
     diff = float(np.abs(o_logits - t_logits).max())
     fdiff = float(np.abs(o_feats - t_feats).max() / (np.abs(t_feats).max() + 1e-9))
-
-    def probs(z: np.ndarray) -> np.ndarray:
-        z = z / temperature
-        e = np.exp(z - z.max(1, keepdims=True))
-        return e / e.sum(1, keepdims=True)
-
-    pdiff = float(np.abs(probs(o_logits) - probs(t_logits)).max())
+    pdiff = float(np.abs(softmax(o_logits / temperature, 1) - softmax(t_logits / temperature, 1)
+                         ).max())
     if diff > ATOL or pdiff > PROB_ATOL or fdiff > 1e-3:
         raise ModelError(
             f"export check failed: ONNX Runtime differs from torch (logits {diff:.2e}, "
@@ -144,8 +153,7 @@ def export(run_dir: Path, out: Path, name: str | None = None,
     pre = Preprocessing.from_dict(ckpt["preprocessing"])
     images = check_images(cfg)
     if images:
-        batch = np.stack([preprocess_image(open_image(p, draft=2 * pre.input_size), pre)
-                          for p in images])
+        batch = np.stack([preprocess_image(open_for_model(p, pre), pre) for p in images])
     else:
         batch = np.random.default_rng(0).normal(0, 1, (4, 3, pre.input_size, pre.input_size))
     batch = batch.astype(np.float32)
@@ -169,7 +177,8 @@ def export(run_dir: Path, out: Path, name: str | None = None,
         tmpd = Path(tmp)
         export_onnx(model, pre, tmpd / ONNX_FILE)
         diff = verify(model, tmpd / ONNX_FILE, batch, card.temperature)
-        np.savez(tmpd / HEAD_FILE, **head_arrays(model.head, cfg.head))
+        arrays: dict[str, Any] = head_arrays(model.head, cfg.head)
+        np.savez(tmpd / HEAD_FILE, **arrays)
         card.data["export_check"] = {"images": len(batch), "max_logit_diff": diff,
                                      "real_images": bool(images)}
         save_card(card, tmpd)

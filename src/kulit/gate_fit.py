@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from kulit import calibration
+from kulit.answer import Answer, Cutoffs, decide
 from kulit.errors import DataError
 from kulit.gate import Gate, GateScores
 
@@ -194,7 +196,7 @@ def rate(hits: np.ndarray) -> dict[str, Any]:
 def fit_logistic(z_pos: np.ndarray, z_neg: np.ndarray, c: float, seed: int = 0
                  ) -> tuple[np.ndarray, float]:
     """Class-balanced L2 logistic regression on standardised features -> (weights, bias)."""
-    from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
+    from sklearn.linear_model import LogisticRegression
 
     x = np.concatenate([z_pos, z_neg])
     y = np.concatenate([np.ones(len(z_pos)), np.zeros(len(z_neg))])
@@ -247,21 +249,20 @@ def accuracy_threshold(conf_by_group: dict[str, np.ndarray],
 
 
 def softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
-    from kulit.predict import softmax as _softmax
-
-    return _softmax(np.asarray(logits, np.float64) / temperature, axis=-1)
+    return calibration.softmax(np.asarray(logits, np.float64) / temperature, axis=-1)
 
 
-def statuses(scores: GateScores | None, probs: np.ndarray, threshold: float,
-             gate_cfg: dict[str, Any] | None) -> np.ndarray:
-    """The status rule the server applies (without the photo-quality check): not_skin,
-    none_of_these, answered (top-1 >= threshold) or uncertain. No gate -> answered/uncertain."""
-    top1 = probs.max(axis=1)
-    out = np.where(top1 >= threshold, "answered", "uncertain").astype(object)
-    if scores is not None and gate_cfg:
-        out[scores.other >= gate_cfg["other_threshold"]] = "none_of_these"
-        out[scores.not_skin >= gate_cfg["not_skin_threshold"]] = "not_skin"
-    return out
+def answers(scores: GateScores | None, probs: np.ndarray, classes: Sequence[str],
+            threshold: float, gate_cfg: dict[str, Any] | None) -> list[Answer]:
+    """What the server answers each photo (the one rule, kulit.answer; no photo-quality check
+    here: these figures are about the gate). No gate -> answered / uncertain only."""
+    cut = Cutoffs.from_card(gate_cfg if scores is not None else None)
+    return [
+        decide(p, classes, threshold, cutoffs=cut,
+               gate=None if scores is None else {"not_skin": float(scores.not_skin[i]),
+                                                 "other": float(scores.other[i])})
+        for i, p in enumerate(probs)
+    ]
 
 
 @dataclass(frozen=True)
@@ -355,12 +356,10 @@ def gate_figures(feats: Features, classes: Sequence[str], temperature: float, th
     labels = np.array([r.label for r in feats.rows])
     probs = softmax(feats.logits, temperature)
     sc = gate.scores(feats.pooled) if gate is not None else None
-    st = statuses(sc, probs, threshold, cfg if gate is not None else None)
+    said = answers(sc, probs, classes, threshold, cfg if gate is not None else None)
+    st = np.array([a.status for a in said], dtype=object)
     mel = list(classes).index(MELANOMA)
-    if gate is not None and cfg is not None:
-        doctor = (probs[:, mel] >= cfg["melanoma_cutoff"]) & (st != "not_skin")
-    else:
-        doctor = (st == "uncertain") | (probs.argmax(1) == mel)
+    doctor = np.array([a.see_doctor for a in said])
     y = np.array([list(classes).index(lb) if lb in classes else -1 for lb in labels])
     right = probs.argmax(1) == y
     answered = st == "answered"
@@ -425,8 +424,17 @@ def run_gate(model_dir: Path, data_root: Path, split_csv: Path | None = None,
     t0 = time.perf_counter()
     feats = extract_features(model_dir, data_root, rows, cache=cache, progress=progress)
     t1 = time.perf_counter()
+    # the temperature, refitted on what the exported model serves on every source's val photos
+    m = _masks(feats)
+    val = m["skin"] & (m["split"] == "val")
+    y_val = np.array([list(card.classes).index(r.label) for r, v in zip(feats.rows, val,
+                                                                        strict=True) if v])
+    temperature_before = card.temperature
+    card.temperature = calibration.fit_temperature(feats.logits[val], y_val)
     gate, cfg, threshold = fit_gate(feats, card.classes, card.temperature, params)
     figures = gate_figures(feats, card.classes, card.temperature, threshold, gate, cfg)
+    cfg["tuned_on"]["temperature"] = {"before": temperature_before, "after": card.temperature,
+                                      "fitted_on": "served val logits, all skin sources"}
     cfg["tuned_on"]["split"] = how
     cfg["tuned_on"]["threshold_before"] = card.gate.get("tuned_on", {}).get(
         "threshold_before", card.threshold)

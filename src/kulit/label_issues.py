@@ -49,9 +49,9 @@ def write_issues(out: Path, files: Sequence[str], paths: Sequence[Path], sources
                  labels: np.ndarray, probs: np.ndarray, mask: np.ndarray,
                  classes: Sequence[str]) -> dict[str, dict[str, int]]:
     """label_issues.csv + a contact sheet; returns flagged counts per source and class."""
-    idx = np.flatnonzero(mask)
+    order = np.flatnonzero(mask)
     # most confidently wrong first: lowest out-of-fold probability of the given label
-    idx = idx[np.argsort(probs[idx, labels[idx]], kind="stable")]
+    idx = [int(i) for i in order[np.argsort(probs[order, labels[order]], kind="stable")]]
     with open(out / "label_issues.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["file", "source", "given", "suggested", "p_given", "p_suggested"])

@@ -18,19 +18,32 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
-from kulit.card import HEAD_FILE, ONNX_FILE, ModelCard, load_card
+from kulit.calibration import softmax
+from kulit.card import (
+    FEATURES,
+    FIRST_LAYER,
+    HEAD_FILE,
+    INPUT,
+    LOGITS,
+    ONNX_FILE,
+    ModelCard,
+    load_card,
+)
 from kulit.errors import ImageError, ModelError
-from kulit.preprocess import load_and_preprocess, normalize, open_image, resize_crop
-
-# A top answer of one of these always comes with "see a doctor soon".
-URGENT_CLASSES = frozenset({"Melanoma"})
+from kulit.gate import Gate, load_gate
+from kulit.preprocess import normalize, open_for_model, resize_crop
+from kulit.quality import Quality, QualityLimits, check_quality
 
 ImageSource = str | Path | bytes | BinaryIO | Image.Image
 
 
 @dataclass
 class Prediction:
-    """One image's answer: calibrated probabilities, the top-k, and whether to trust it."""
+    """One image's model output: calibrated probabilities, the top-k, gate scores, quality.
+
+    What a person is told about it (status, label or not, see a doctor) is decided by
+    `kulit.answer.answer_for`, not here.
+    """
 
     classes: list[str]
     probs: np.ndarray  # calibrated, sums to 1, in card class order
@@ -42,6 +55,8 @@ class Prediction:
     first_layer: np.ndarray | None = None  # [F, h, w] first conv maps, when asked for
     source: str = ""
     timing_ms: dict[str, float] = field(default_factory=dict)
+    gate: dict[str, float] | None = None  # kulit.gate scores ("not_skin", "other"), if gated
+    quality: Quality | None = None  # photo-quality measures and issue of the decoded photo
 
     @property
     def top(self) -> list[tuple[str, float]]:
@@ -58,28 +73,16 @@ class Prediction:
 
     @property
     def uncertain(self) -> bool:
+        """Top-1 below the card's threshold (the answer also weighs the gate and quality)."""
         return self.confidence < self.threshold
-
-    @property
-    def see_doctor(self) -> bool:
-        """Melanoma on the list, or an uncertain answer: point the person to a doctor."""
-        return self.uncertain or self.label in URGENT_CLASSES
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
             "top": [{"label": c, "probability": round(p, 6)} for c, p in self.top],
-            "label": None if self.uncertain else self.label,
             "confidence": round(self.confidence, 6),
             "uncertain": self.uncertain,
-            "see_doctor": self.see_doctor,
         }
-
-
-def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
-    z = z - z.max(axis=axis, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=axis, keepdims=True)
 
 
 class Predictor:
@@ -114,13 +117,22 @@ class Predictor:
         except Exception as e:  # noqa: BLE001 - any ORT load failure is a bad model file
             raise ModelError(f"{onnx_path}: cannot load the ONNX model ({e})") from None
         out_names = [o.name for o in self.session.get_outputs()]
-        if "logits" not in out_names:
-            raise ModelError(f"{onnx_path}: has no 'logits' output (has {out_names})")
+        if LOGITS not in out_names:
+            raise ModelError(f"{onnx_path}: has no '{LOGITS}' output (has {out_names})")
         self._outputs = set(out_names)
-        self._has_features = "features" in out_names
+        self._has_features = FEATURES in out_names
         self.head = self._load_head()
         self.pre = self.card.preprocessing
-        n_out = self.session.get_outputs()[out_names.index("logits")].shape[-1]
+        self.quality_limits = QualityLimits.from_card(self.card.quality)
+        self.gate: Gate | None = load_gate(self.model_dir)
+        if self.gate is not None:
+            if not self._has_features:
+                raise ModelError(f"{onnx_path}: has a gate but no '{FEATURES}' output")
+            k = self.session.get_outputs()[out_names.index(FEATURES)].shape[1]
+            if isinstance(k, int) and k != self.gate.mean.shape[0]:
+                raise ModelError(f"{self.model_dir}: the gate expects {self.gate.mean.shape[0]} "
+                                 f"features, the model gives {k}")
+        n_out = self.session.get_outputs()[out_names.index(LOGITS)].shape[-1]
         if isinstance(n_out, int) and n_out != len(self.card.classes):
             raise ModelError(
                 f"model has {n_out} outputs but card.json lists {len(self.card.classes)} classes"
@@ -161,28 +173,32 @@ class Predictor:
         With `first_layer`, the first conv maps of the same run land in `self.last_first_layer`
         (thread-local), so the walkthrough needs one network pass, not two.
         """
-        names = ["logits", "features"] if (features and self._has_features) else ["logits"]
-        want_first = first_layer and "first_layer" in self._outputs
+        names = [LOGITS, FEATURES] if (features and self._has_features) else [LOGITS]
+        want_first = first_layer and FIRST_LAYER in self._outputs
         with self._gate:
-            outs = self.session.run(names + (["first_layer"] if want_first else []),
-                                    {"image": batch.astype(np.float32, copy=False)})
+            outs = self.session.run(names + ([FIRST_LAYER] if want_first else []),
+                                    {INPUT: batch.astype(np.float32, copy=False)})
         self._local.first_layer = outs[-1] if want_first else None
         return outs[0], (outs[1] if len(names) > 1 else None)
 
     def first_layer(self, source: ImageSource) -> np.ndarray:
         """The first convolution layer's feature maps [F, h, w] for one image."""
-        if "first_layer" not in self._outputs:
+        if FIRST_LAYER not in self._outputs:
             raise ModelError(f"{self.model_dir}: this model does not export its first layer")
         _, x = self.prepare(source)
         with self._gate:
-            return self.session.run(["first_layer"], {"image": x[None]})[0][0]
+            return self.session.run([FIRST_LAYER], {INPUT: x[None]})[0][0]
 
     def prepare(self, source: ImageSource) -> tuple[Image.Image, np.ndarray]:
         """Decode + preprocess one image exactly as training does. Raises ImageError."""
-        if isinstance(source, Image.Image):
-            crop = resize_crop(open_image(source), self.pre)
-            return crop, normalize(crop, self.pre)
-        return load_and_preprocess(source, self.pre)
+        crop, x, _ = self._prepare(source)
+        return crop, x
+
+    def _prepare(self, source: ImageSource) -> tuple[Image.Image, np.ndarray, Quality]:
+        """prepare() plus the quality check on the decoded photo (before the crop)."""
+        img = open_for_model(source, self.pre)  # the one decode, as training does
+        crop = resize_crop(img, self.pre)
+        return crop, normalize(crop, self.pre), check_quality(img, self.quality_limits)
 
     def predict(
         self, sources: Sequence[ImageSource], top_k: int = 3, heatmap: bool = False,
@@ -190,7 +206,7 @@ class Predictor:
     ) -> list[Prediction]:
         """Predict a batch in one ONNX run. Any undecodable image raises ImageError."""
         t0 = time.perf_counter()
-        prepared = [self.prepare(s) for s in sources]
+        prepared = [self._prepare(s) for s in sources]
         t1 = time.perf_counter()
         return self._predict_prepared(prepared, sources, top_k, heatmap, t1 - t0, first_layer)
 
@@ -203,12 +219,12 @@ class Predictor:
         for i in range(0, len(sources), batch_size):
             chunk = sources[i: i + batch_size]
             t0 = time.perf_counter()
-            prepared: list[tuple[Image.Image, np.ndarray]] = []
+            prepared: list[tuple[Image.Image, np.ndarray, Quality]] = []
             good: list[ImageSource] = []
             slots: list[Prediction | ImageError | None] = []
             for s in chunk:
                 try:
-                    prepared.append(self.prepare(s))
+                    prepared.append(self._prepare(s))
                     good.append(s)
                     slots.append(None)
                 except ImageError as e:
@@ -226,24 +242,32 @@ class Predictor:
         return self.predict([source], top_k=top_k, heatmap=heatmap, first_layer=first_layer)[0]
 
     def _predict_prepared(
-        self, prepared: list[tuple[Image.Image, np.ndarray]], sources: Sequence[ImageSource],
-        top_k: int, heatmap: bool, prep_s: float, first_layer: bool = False,
+        self, prepared: list[tuple[Image.Image, np.ndarray, Quality]],
+        sources: Sequence[ImageSource], top_k: int, heatmap: bool, prep_s: float,
+        first_layer: bool = False,
     ) -> list[Prediction]:
         if not prepared:
             return []
-        batch = np.stack([x for _, x in prepared])
+        batch = np.stack([x for _, x, _ in prepared])
         t1 = time.perf_counter()
-        logits, feats = self.run(batch, features=heatmap, first_layer=first_layer)
+        logits, feats = self.run(batch, features=heatmap or self.gate is not None,
+                                 first_layer=first_layer)
         firsts = getattr(self._local, "first_layer", None) if first_layer else None
         t2 = time.perf_counter()
         probs = softmax(logits.astype(np.float64) / self.temperature)
+        gate = None
+        if self.gate is not None and feats is not None:
+            gate = self.gate.scores(feats.astype(np.float64).mean(axis=(2, 3)))
         preds = []
-        for i, (crop, _) in enumerate(prepared):
+        for i, (crop, _, quality) in enumerate(prepared):
             src = sources[i]
             p = Prediction(
                 classes=self.classes, probs=probs[i], logits=logits[i],
                 threshold=self.card.threshold, top_k=max(1, min(top_k, len(self.classes))),
                 image=crop, source=str(src) if isinstance(src, (str, Path)) else "upload",
+                quality=quality,
+                gate=None if gate is None else {"not_skin": float(gate.not_skin[i]),
+                                                "other": float(gate.other[i])},
             )
             if heatmap and feats is not None:
                 p.heatmap = self.grad_cam(feats[i], int(np.argmax(probs[i])))

@@ -12,8 +12,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from kulit import DISCLAIMER_EN
+from kulit import DISCLAIMER_EN, DISCLAIMER_ID
+from kulit.answer import Answer, answer_for
 from kulit.errors import ImageError, KulitError
+from kulit.i18n import both
 from kulit.predict import Prediction, Predictor, heatmap_overlay
 
 
@@ -82,25 +84,32 @@ def run_predict(paths: list[Path], model: Path, *, json_out: bool = False, top_k
                 bar.write(f"{f}: error: {r.message}", file=sys.stderr)
             continue
         ok += 1
+        ans = answer_for(r, predictor.card)
         if heatmap_dir is not None and r.heatmap is not None and r.image is not None:
             name = f"{f.stem}.heatmap.png"
             heatmap_overlay(r.image, r.heatmap).save(heatmap_dir / name)
-        print(json.dumps(_json(r, predictor)) if json_out else _line(f, r))
+        print(json.dumps(_json(str(f), ans, predictor.model_id)) if json_out
+              else _line(f, ans))
     bar.close()
     if not json_out:
         print(f"\n{ok} of {len(files)} predicted. {DISCLAIMER_EN}")
     return 0 if ok else 1
 
 
-def _json(r: Prediction, predictor: Predictor) -> dict[str, object]:
-    d = r.to_dict()
-    d["model"] = predictor.model_id
-    d["disclaimer"] = DISCLAIMER_EN
-    return d
+def _json(source: str, ans: Answer, model_id: str) -> dict[str, object]:
+    """One JSON line: the same answer fields as the web API (status, label, advice ...)."""
+    return {"source": source, "model": model_id, **ans.to_dict(),
+            "uncertain": ans.status == "uncertain",
+            "advice": both(f"advice_{ans.advice}"),
+            "disclaimer": DISCLAIMER_EN, "disclaimer_id": DISCLAIMER_ID}
 
 
-def _line(f: Path, r: Prediction) -> str:
-    tops = ", ".join(f"{c} {p:.0%}" for c, p in r.top)
-    head = "UNCERTAIN" if r.uncertain else r.label
-    flag = "  -> see a doctor soon" if r.see_doctor else ""
+def _line(f: Path, ans: Answer) -> str:
+    tops = ", ".join(f"{c} {p:.0%}" for c, p in ans.top)
+    head = {"answered": ans.label, "uncertain": "UNCERTAIN"}.get(
+        ans.status, ans.status.upper().replace("_", " "))
+    if ans.status in ("not_skin", "retake"):
+        return f"{f}: {head} ({ans.quality or 'not a close-up of skin'}): " \
+               f"{both(f'advice_{ans.advice}')['en']}"
+    flag = "  -> see a doctor soon" if ans.see_doctor else ""
     return f"{f}: {head} ({tops}){flag}"

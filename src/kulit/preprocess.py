@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from kulit.errors import ImageError
 
-ACCEPTED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "MPO"}
+ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP"})  # sniffed, never by name
 MAX_PIXELS = 40_000_000  # larger images are treated as decompression bombs
-MIN_SIDE = 1  # serving accepts tiny images (they are upsampled); the data pipeline is stricter
+MIN_SIDE = 1  # serving accepts tiny images (they are upsampled); `kulit data` asks for more
+WHITE = (255, 255, 255)
+RESIZE_MODES = ("shorter_center_crop",)
 
 # Pillow's own bomb guard raises at 2x its limit and warns above; we check the header ourselves.
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -27,7 +29,10 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Every value needed to turn a decoded RGB image into the model's input tensor."""
+    """Every value needed to turn an image file into the model's input tensor(s).
+
+    Training, export and serving all read it from here (and the card), so nothing is retyped.
+    """
 
     input_size: int = 224  # square side fed to the network
     resize: str = "shorter_center_crop"  # resize the shorter side, then centre-crop a square
@@ -35,11 +40,28 @@ class Preprocessing:
     interpolation: str = "bilinear"
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # in [0, 1] units
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    background: tuple[int, int, int] = (255, 255, 255)  # colour behind transparent pixels
+    background: tuple[int, int, int] = WHITE  # colour behind transparent pixels
     # Box (x0, y0, x1, y1, relative to the crop) painted with the mean colour in every image,
     # train and serve alike: hides the DermNet logo corner so no model can key on the source.
     mask_box: tuple[float, float, float, float] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # JPEGs are decoded in the DCT at no less than draft_scale * input_size a side (fast, and
+    # it changes the pixels, so training and serving must agree); 0 decodes at full size.
+    draft_scale: int = 2
+    # Test-time augmentation: the model's logits average the image and its mirror image. The
+    # exported graph does it; training evaluates (and calibrates) on the same two views.
+    tta: bool = False
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize {self.resize!r} is not one of {', '.join(RESIZE_MODES)}")
+        if self.interpolation not in _RESAMPLE:
+            raise ValueError(f"interpolation {self.interpolation!r} is not one of "
+                             f"{', '.join(_RESAMPLE)}")
+
+    @property
+    def draft(self) -> int | None:
+        """Smallest side a JPEG may be draft-decoded to, or None for full size."""
+        return self.draft_scale * self.input_size if self.draft_scale else None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -57,73 +79,101 @@ class Preprocessing:
 
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+ImageSource = str | Path | bytes | BinaryIO | Image.Image
 
 
-def open_image(source: str | Path | bytes | BinaryIO | Image.Image, *, draft: int | None = None
-               ) -> Image.Image:
-    """Decode any common image to 8-bit RGB, upright (EXIF), alpha flattened; or raise ImageError.
+def decode_image(source: str | Path | bytes | BinaryIO, *, draft: int | None = None,
+                 min_side: int = MIN_SIDE) -> Image.Image:
+    """The one decoder: sniff the format, check the limits, decode every pixel; or ImageError.
 
-    `draft` lets JPEG decoding downscale in the DCT (fast) to no less than that many pixels a side.
+    Returns the loaded image in its own mode (see `open_image` for upright RGB). Codes:
+    not_found, not_image, too_large, too_small, unreadable. `draft` lets JPEG decoding
+    downscale in the DCT (fast) to no less than that many pixels a side; `min_side` is the
+    smallest accepted width and height (the training data asks for more than serving).
     """
-    if isinstance(source, Image.Image):
-        img = source
-    else:
-        if isinstance(source, (str, Path)):
-            try:
-                fp: BinaryIO = open(source, "rb")  # noqa: SIM115 - closed below via Pillow
-            except FileNotFoundError:
-                raise ImageError(f"{source}: file not found", code="not_found") from None
-            except IsADirectoryError:
-                raise ImageError(f"{source}: is a folder, not an image", code="not_image") from None
-            name = str(source)
-        elif isinstance(source, bytes):
-            fp, name = io.BytesIO(source), "upload"
-        else:
-            fp, name = source, "upload"
+    if isinstance(source, (str, Path)):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                img = Image.open(fp)
-        except UnidentifiedImageError:
-            raise ImageError(
-                f"{name}: not an image (JPEG, PNG, WebP or BMP)", "not_image"
-            ) from None
-        except Image.DecompressionBombError:
-            raise ImageError(
-                f"{name}: image too large (decompression bomb)", "too_large"
-            ) from None
+            fp: BinaryIO = open(source, "rb")  # noqa: SIM115 - closed below via Pillow
+        except FileNotFoundError:
+            raise ImageError(f"{source}: file not found", code="not_found") from None
+        except IsADirectoryError:
+            raise ImageError(f"{source}: is a folder, not an image", code="not_image") from None
         except OSError as e:
-            raise ImageError(f"{name}: unreadable image ({e})", "unreadable") from None
-        if img.format not in ACCEPTED_FORMATS:
-            raise ImageError(
-                f"{name}: {img.format} is not supported (JPEG, PNG, WebP or BMP)", "not_image"
-            )
-        w, h = img.size
-        if w * h > MAX_PIXELS:
-            raise ImageError(
-                f"{name}: image too large ({w}x{h} pixels, limit {MAX_PIXELS:,})", "too_large"
-            )
-        if w < MIN_SIDE or h < MIN_SIDE:
-            raise ImageError(f"{name}: image is empty ({w}x{h})", "too_small")
-        try:
-            if draft and img.format in ("JPEG", "MPO"):
-                img.draft("RGB", (draft, draft))
-            img.load()
-        except Image.DecompressionBombError:
-            raise ImageError(
-                f"{name}: image too large (decompression bomb)", "too_large"
-            ) from None
-        except (OSError, SyntaxError, ValueError) as e:
-            raise ImageError(f"{name}: unreadable or truncated image ({e})", "unreadable") from None
-    return to_rgb(img)
-
-
-def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """Upright 8-bit RGB from any mode: EXIF rotation, CMYK, palette, alpha, 16-bit."""
+            raise ImageError(f"{source}: cannot read ({e.strerror or e})", "unreadable") from None
+        name = str(source)
+    elif isinstance(source, bytes):
+        fp, name = io.BytesIO(source), "upload"
+    else:
+        fp, name = source, "upload"
+    if isinstance(source, bytes) and not source:
+        raise ImageError(f"{name}: empty file, not an image", "not_image")
     try:
-        img = ImageOps.exif_transpose(img) or img
-    except Exception:  # a broken EXIF block must not lose the photo  # noqa: BLE001
-        pass
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(fp)
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image (JPEG, PNG, WebP or BMP)", "not_image") from None
+    except Image.DecompressionBombError:
+        raise ImageError(f"{name}: image too large (decompression bomb)", "too_large") from None
+    except Exception as e:  # Pillow plugins raise many types on hostile headers
+        raise ImageError(f"{name}: unreadable image header ({_short(e)})", "unreadable") from None
+    if img.format not in ACCEPTED_FORMATS:
+        raise ImageError(
+            f"{name}: {img.format} is not supported (JPEG, PNG, WebP or BMP)", "not_image"
+        )
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        raise ImageError(
+            f"{name}: image too large ({w}x{h} pixels, limit {MAX_PIXELS:,})", "too_large"
+        )
+    if w < min_side or h < min_side:
+        what = "empty" if min(w, h) < 1 else f"too small (under {min_side} px on a side)"
+        raise ImageError(f"{name}: image is {what} ({w}x{h})", "too_small")
+    relaxed = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # fail on truncation even if someone relaxed Pillow
+    try:
+        if draft and img.format in ("JPEG", "MPO"):
+            img.draft("RGB", (draft, draft))
+        img.load()
+    except Image.DecompressionBombError:
+        raise ImageError(f"{name}: image too large (decompression bomb)", "too_large") from None
+    except Exception as e:  # truncated or corrupt data, in whatever type the plugin raises
+        what = "truncated" if "truncat" in str(e).lower() else "unreadable"
+        raise ImageError(f"{name}: {what} image ({_short(e)})", "unreadable") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = relaxed
+    return img
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text[:120]
+
+
+def open_image(source: ImageSource, *, draft: int | None = None, min_side: int = MIN_SIDE,
+               background: tuple[int, int, int] = WHITE) -> Image.Image:
+    """Decode any accepted image to 8-bit RGB, upright (EXIF), alpha flattened; or ImageError."""
+    img = source if isinstance(source, Image.Image) else decode_image(
+        source, draft=draft, min_side=min_side)
+    return to_rgb(img, background)
+
+
+def open_for_model(source: ImageSource, p: Preprocessing) -> Image.Image:
+    """Decode exactly as the model's preprocessing says (draft size, background)."""
+    return open_image(source, draft=p.draft, background=p.background)
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a broken EXIF block must not lose the photo."""
+    try:
+        return ImageOps.exif_transpose(img) or img
+    except Exception:  # noqa: BLE001
+        return img
+
+
+def to_rgb(img: Image.Image, background: tuple[int, int, int] = WHITE) -> Image.Image:
+    """Upright 8-bit RGB from any mode: EXIF rotation, CMYK, palette, alpha, 16-bit."""
+    img = upright(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
@@ -154,7 +204,7 @@ def resize_crop(img: Image.Image, p: Preprocessing) -> Image.Image:
 
 def normalize(img: Image.Image, p: Preprocessing) -> np.ndarray:
     """RGB PIL image -> float32 CHW array, scaled to [0,1] then (x - mean) / std (+ mask box)."""
-    arr = np.asarray(img, dtype=np.float32) * (1.0 / 255.0)
+    arr = np.asarray(img, dtype=np.float32) * np.float32(1.0 / 255.0)
     arr = (arr - np.asarray(p.mean, np.float32)) / np.asarray(p.std, np.float32)
     if p.mask_box is not None:
         h, w = arr.shape[:2]
@@ -168,9 +218,8 @@ def preprocess_image(img: Image.Image, p: Preprocessing) -> np.ndarray:
     return normalize(resize_crop(img, p), p)
 
 
-def load_and_preprocess(source: str | Path | bytes | BinaryIO, p: Preprocessing
+def load_and_preprocess(source: ImageSource, p: Preprocessing
                         ) -> tuple[Image.Image, np.ndarray]:
     """Decode then preprocess; returns the cropped RGB image (for overlays) and the tensor."""
-    img = open_image(source, draft=2 * p.input_size)
-    crop = resize_crop(img, p)
+    crop = resize_crop(open_for_model(source, p), p)
     return crop, normalize(crop, p)

@@ -19,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from kulit.calibration import fit_temperature, softmax
 from kulit.card import INT8_FILE, ONNX_FILE, load_card, save_card
 from kulit.errors import KulitError
+from kulit.metrics import balanced_accuracy, expected_calibration_error
 from kulit.preprocess import Preprocessing, load_and_preprocess
 
 Progress = Callable[[int, int], None]
@@ -128,24 +130,19 @@ def run_logits(onnx_path: Path, x: np.ndarray, batch: int = 16) -> np.ndarray:
                            for i in range(0, len(x), batch)]).astype(np.float64)
 
 
-def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
-    from sklearn.metrics import balanced_accuracy_score
-
-    return float(balanced_accuracy_score(y, pred))
-
-
 def compare(y: np.ndarray, sources: np.ndarray, fp32: np.ndarray, int8: np.ndarray,
             cfg: QuantizeConfig) -> tuple[dict[str, dict[str, float]], list[str]]:
     """Per source (and all): agreement, balanced accuracy of both; and what fails the check."""
     figures: dict[str, dict[str, float]] = {}
     failures: list[str] = []
+    k = fp32.shape[1]
     groups = [("all", np.ones(len(y), bool))]
     groups += [(str(s), sources == s) for s in sorted(set(sources))]
     for name, m in groups:
         a, b = fp32[m].argmax(1), int8[m].argmax(1)
         f = {"n": int(m.sum()), "top1_agreement": float(np.mean(a == b)),
-             "balanced_accuracy_fp32": balanced_accuracy(y[m], a),
-             "balanced_accuracy_int8": balanced_accuracy(y[m], b)}
+             "balanced_accuracy_fp32": balanced_accuracy(y[m], a, k),
+             "balanced_accuracy_int8": balanced_accuracy(y[m], b, k)}
         figures[name] = f
         if f["top1_agreement"] < cfg.min_agreement:
             failures.append(f"{name}: top-1 agreement {f['top1_agreement']:.3f} < "
@@ -163,8 +160,6 @@ def quantize_model(model_dir: Path, split_csv: Path, data_root: Path | None = No
 
     Returns the card's `int8` entry (check figures, refitted temperature, settings)."""
     from kulit.data import load_split
-    from kulit.evaluate import expected_calibration_error, fit_temperature
-
     cfg = cfg or QuantizeConfig()
     model_dir = Path(model_dir)
     card = load_card(model_dir)
@@ -194,8 +189,6 @@ def quantize_model(model_dir: Path, split_csv: Path, data_root: Path | None = No
         temperature = fit_temperature(int8_logits, y)
 
         def ece(z: np.ndarray, t: float) -> float:
-            from kulit.predict import softmax
-
             p = softmax(z / t)
             return float(expected_calibration_error(p.max(1), p.argmax(1) == y))
 

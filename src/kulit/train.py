@@ -31,78 +31,13 @@ from torch import nn
 
 from kulit import __version__
 from kulit.backbones import build_backbone, get_spec
+from kulit.calibration import choose_threshold, fit_temperature
+from kulit.config import TrainConfig
 from kulit.data import load_split
 from kulit.errors import DataError, ImageError
 from kulit.heads import LinearHead, PaperHead
-from kulit.preprocess import Preprocessing, open_image, preprocess_image
-
-# Where the DermNet logo sits in a centre crop of a 640x480 photo (see README, source confound).
-LOGO_BOX = (0.0, 0.64, 0.42, 0.95)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """One training run; every CLI option maps onto a field, and the run dir stores it."""
-
-    data: str  # image folder, one subfolder per class
-    split_csv: str  # split.csv written by `kulit data`
-    out: str = "runs/kulit"  # run directory
-    recipe: str = "kulit"  # "kulit" or "paper": sets the defaults below
-    backbone: str = "efficientnet-lite0"  # registry name (kulit.backbones)
-    weights: str | None = None  # user weights file for the backbone (densenet201 needs one)
-    pretrained: bool = True  # use the bundled ImageNet weights when available
-    input_size: int = 224  # square input side
-    head: str = "linear"  # "linear" (GAP -> fc) or "paper" (BN -> GAP -> 128 -> fc)
-    hidden: int = 128  # paper head width
-    dropout: float = 0.2  # before the last layer
-    epochs: int = 100  # upper bound; early stopping may end sooner
-    batch_size: int = 64
-    lr: float = 1e-3  # Adam(W) learning rate
-    weight_decay: float = 1e-4  # AdamW decoupled weight decay
-    label_smoothing: float = 0.1
-    balance: bool = True  # weight the loss by inverse class frequency
-    views: int = 6  # cached views per training image (view 0 plain, the rest augmented)
-    capture_aug: bool = True  # views imitate capture: context crops, low resolution, blur, WB
-    source_balance: bool = True  # sample every (class, source) cell equally often per epoch
-    clean_labels: bool = True  # leave out training photos cleanlab flags as likely mislabelled
-    tta: bool = True  # average logits over the image and its mirror image
-    finetune_blocks: int = 4  # last backbone blocks trained on cached inputs; 0 = frozen base
-    patience: int = 15  # epochs without val balanced-accuracy gain before stopping; 0 = off
-    mask_logo: bool = True  # paint the logo corner out of every image (train and serve)
-    dedupe: bool = True  # one image per duplicate group, so copies do not count twice
-    seed: int = 0
-    cache_dir: str = ".cache/kulit"  # frozen-backbone feature cache
-    cache: bool = True  # False recomputes the backbone every epoch (for the speed benchmark)
-    threads: int = 2  # torch CPU threads
-
-    def preprocessing(self) -> Preprocessing:
-        spec = get_spec(self.backbone)
-        p = spec.preprocessing(self.input_size)
-        return dataclasses.replace(p, mask_box=LOGO_BOX if self.mask_logo else None)
-
-
-RECIPES: dict[str, dict[str, Any]] = {
-    "paper": dict(
-        input_size=64, head="paper", hidden=128, dropout=0.5, epochs=32, batch_size=64, lr=1e-4,
-        weight_decay=0.0, label_smoothing=0.0, balance=False, views=1, tta=False, patience=0,
-        mask_logo=False, finetune_blocks=0, capture_aug=False, source_balance=False,
-        clean_labels=False,
-    ),
-    "kulit": dict(
-        input_size=224, head="linear", dropout=0.2, epochs=100, batch_size=64, lr=1e-3,
-        weight_decay=1e-4, label_smoothing=0.1, balance=False, views=6, tta=True, patience=10,
-        mask_logo=True, finetune_blocks=4, capture_aug=True, source_balance=True,
-        clean_labels=True,
-    ),
-}
-
-
-def make_config(data: str, split_csv: str, recipe: str = "kulit", **overrides: Any) -> TrainConfig:
-    """Recipe defaults, then any option the user set (None means 'keep the recipe's')."""
-    if recipe not in RECIPES:
-        raise DataError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
-    fields = {**RECIPES[recipe], **{k: v for k, v in overrides.items() if v is not None}}
-    return TrainConfig(data=data, split_csv=split_csv, recipe=recipe, **fields)
+from kulit.metrics import balanced_accuracy, source_balanced_accuracy
+from kulit.preprocess import Preprocessing, open_for_model, preprocess_image
 
 
 def seed_everything(seed: int) -> None:
@@ -211,16 +146,10 @@ class FeatureExtractor:
         for p in self.net.parameters():
             p.requires_grad_(False)
         self.n_top = cfg.finetune_blocks
-        if self.n_top and not hasattr(self.net, "forward_stem"):
-            raise DataError(f"--finetune-blocks needs an EfficientNet-Lite backbone, "
-                            f"not {cfg.backbone}")
         if self.n_top:
             self.net.top(self.n_top)  # fail before the long extraction, not after
         # a GAP->linear head on a frozen base only needs pooled features
         self.pooled = cfg.head == "linear" and not self.n_top
-
-    def tensor(self, img: Image.Image) -> np.ndarray:
-        return preprocess_image(img, self.pre)
 
     @torch.no_grad()
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -231,16 +160,20 @@ class FeatureExtractor:
         return (f.mean((2, 3)) if self.pooled else f).numpy()
 
 
-def view_images(s: Sample, views: int, seed: int, size: int, tta: bool, train: bool,
-                capture: bool = False) -> list[Image.Image]:
-    """View 0 is the plain image; training adds augmented views, evaluation its mirror."""
-    img = open_image(s.path, draft=2 * size)
-    out = [img]
+def view_tensors(s: Sample, pre: Preprocessing, views: int, seed: int, train: bool,
+                 capture: bool = False) -> list[np.ndarray]:
+    """Model inputs of one image. View 0 is the plain image; training adds augmented views;
+    evaluation adds what the served model averages: with the card's `tta`, the mirror of the
+    preprocessed input (flipped after the logo mask, exactly as the exported graph does)."""
+    img = open_for_model(s.path, pre)
+    x = preprocess_image(img, pre)
+    out = [x]
     if train:
         rng = np.random.default_rng([seed, zlib_crc(s.file)])
-        out += [augment(img, rng, size, capture) for _ in range(views - 1)]
-    elif tta:
-        out.append(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+        out += [preprocess_image(augment(img, rng, pre.input_size, capture), pre)
+                for _ in range(views - 1)]
+    elif pre.tta:
+        out.append(np.ascontiguousarray(x[:, :, ::-1]))
     return out
 
 
@@ -255,9 +188,9 @@ def cache_key(cfg: TrainConfig, samples: Sequence[Sample], data_hash: str) -> st
         "files": [s.file for s in samples] if not data_hash else len(samples),
         "backbone": cfg.backbone, "weights": cfg.weights, "pretrained": cfg.pretrained,
         "input_size": cfg.input_size, "pre": cfg.preprocessing().to_dict(),
-        "views": cfg.views, "tta": cfg.tta, "pooled": cfg.head == "linear", "seed": cfg.seed,
+        "views": cfg.views, "pooled": cfg.head == "linear", "seed": cfg.seed,
         "dedupe": cfg.dedupe, "finetune_blocks": cfg.finetune_blocks,
-        "capture_aug": cfg.capture_aug, "version": 4,
+        "capture_aug": cfg.capture_aug, "version": 5,
     }
     blob = json.dumps(parts, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
@@ -285,12 +218,12 @@ def extract_features(cfg: TrainConfig, samples: list[Sample], data_hash: str,
         bar = tqdm(subset, desc=f"features {split}", unit="img", leave=False)
         for s in bar:
             try:
-                imgs = view_images(s, cfg.views, cfg.seed, cfg.input_size, cfg.tta,
-                                   split == "train", cfg.capture_aug)
+                xs = view_tensors(s, fx.pre, cfg.views, cfg.seed, split == "train",
+                                  cfg.capture_aug)
             except ImageError as e:
                 raise DataError(f"{s.file}: {e.message} (re-run `kulit data`)") from None
-            n_views = len(imgs)
-            pending.extend(fx.tensor(im) for im in imgs)
+            n_views = len(xs)
+            pending.extend(xs)
             if len(pending) >= 64:
                 feats.append(fx(np.stack(pending)))
                 pending = []
@@ -302,7 +235,8 @@ def extract_features(cfg: TrainConfig, samples: list[Sample], data_hash: str,
     if cfg.cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **out)
+        arrays: dict[str, Any] = out
+        np.savez(tmp, **arrays)
         tmp.replace(path)
     log(f"features computed in {seconds:.1f} s")
     return out, seconds
@@ -340,18 +274,6 @@ class Trainable(nn.Module):
                 if isinstance(m, nn.BatchNorm2d):
                     m.eval()
         return self
-
-
-def balanced_accuracy(y: np.ndarray, pred: np.ndarray, k: int) -> float:
-    recalls = [float((pred[y == c] == c).mean()) for c in range(k) if (y == c).any()]
-    return float(np.mean(recalls)) if recalls else 0.0
-
-
-def source_balanced_accuracy(y: np.ndarray, pred: np.ndarray, source: np.ndarray, k: int
-                             ) -> float:
-    """Mean over data sources of each source's balanced accuracy."""
-    return float(np.mean([balanced_accuracy(y[source == s], pred[source == s], k)
-                          for s in sorted(set(source.tolist()))]))
 
 
 def _sampling_probs(y: np.ndarray, source: np.ndarray, keep: np.ndarray, balance: bool
@@ -413,8 +335,8 @@ class Recompute:
 
     def features(self, split: str) -> np.ndarray:
         subset = [s for s in self.samples if s.split == split]
-        tensors = [self.fx.tensor(im) for s in subset for im in view_images(
-            s, self.cfg.views, self.cfg.seed, self.cfg.input_size, self.cfg.tta, split == "train",
+        tensors = [x for s in subset for x in view_tensors(
+            s, self.fx.pre, self.cfg.views, self.cfg.seed, split == "train",
             self.cfg.capture_aug)]
         arr = np.concatenate([self.fx(np.stack(tensors[i: i + 64]))
                               for i in range(0, len(tensors), 64)])
@@ -424,8 +346,6 @@ class Recompute:
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
     """Run one recipe end to end and write the run directory. Ctrl-C keeps the best so far."""
     from tqdm import tqdm
-
-    from kulit.evaluate import fit_temperature
 
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
@@ -545,6 +465,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
         "backbone_state": fx.net.state_dict() if top is not None and fx else None,
         "best_epoch": best["epoch"], "data_hash": data_hash, "kulit_version": __version__,
         "preprocessing": cfg.preprocessing().to_dict(), "interrupted": interrupted,
+        # what T and the threshold were fitted on, for the train-versus-served parity check
+        "val_files": [s.file for s in samples if s.split == "val"], "val_logits": val_logits,
     }
     torch.save(ckpt, out / "checkpoint.pt")
     timing = {"feature_seconds": feat_seconds, "total_seconds": train_seconds,
@@ -555,21 +477,6 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
     log(f"run saved to {out} (best epoch {best['epoch']}, temperature {temperature:.3f}, "
         f"{train_seconds:.1f} s)")
     return out
-
-
-def choose_threshold(logits: np.ndarray, y: np.ndarray, target: float = 0.85) -> float:
-    """Lowest confidence cut whose answered validation images are >= `target` accurate.
-
-    Clamped to [0.4, 0.7] so the model neither always answers nor almost never does.
-    """
-    z = logits - logits.max(1, keepdims=True)
-    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
-    conf, correct = p.max(1), p.argmax(1) == y
-    for t in np.round(np.arange(0.40, 0.71, 0.05), 2):
-        keep = conf >= t
-        if keep.sum() >= max(5, 0.2 * len(y)) and correct[keep].mean() >= target:
-            return float(t)
-    return 0.7
 
 
 def format_history(history: list[dict[str, float]]) -> str:

@@ -20,8 +20,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import kulit
 from kulit.predict import Predictor
-from kulit.web import routes_api, routes_explain, routes_pages
-from kulit.web.routes_api import error_response
+from kulit.web import routes_api, routes_device, routes_explain, routes_pages
+from kulit.web.errors import error_response
+from kulit.web.rendering import render, resolve_lang
 from kulit.web.settings import Settings
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -29,7 +30,8 @@ API_PREFIXES = ("/api/", "/healthz")
 # Pages load nothing from other hosts (no CDN; works offline). /docs is FastAPI's and is exempt.
 PAGE_CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
-    "script-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    "script-src 'self' 'wasm-unsafe-eval'; form-action 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'"
 )
 # answers that carry the photo or its result
 NO_STORE_PATHS = ("/predict", "/api/v1/predict", "/explain", "/api/v1/explain")
@@ -93,6 +95,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     app.include_router(routes_api.router)
     app.include_router(routes_pages.router)
     app.include_router(routes_explain.router)
+    app.include_router(routes_device.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(SecurityHeaders)
 
@@ -113,8 +116,8 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
             return error_response(code, str(exc.detail), exc.status_code)
         if exc.status_code == 404 and request.app.state.predictor is not None:
             s: Settings = request.app.state.settings
-            lang = routes_pages.resolve_lang(request, s.default_lang)
-            return routes_pages.render(request, "error.html", lang, s, request.app.state.predictor,
+            lang = resolve_lang(request, s.default_lang)
+            return render(request, "error.html", lang, s, request.app.state.predictor,
                                        status=404)
         return await http_exception_handler(request, exc)
 

@@ -1,4 +1,4 @@
-"""One upload -> prediction (+ heatmap overlay) as plain data; CPU-bound, run in the threadpool."""
+"""One upload -> prediction, answer (+ heatmap overlay) as plain data; run in the threadpool."""
 
 from __future__ import annotations
 
@@ -9,15 +9,17 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from kulit.answer import Answer, answer_for
 from kulit.errors import ModelError
 from kulit.predict import Prediction, Predictor, heatmap_overlay
 
 
 @dataclass
 class Analysis:
-    """A prediction plus what the page and API show with it, all in memory."""
+    """A prediction, the answer a person gets, and what the page and API show with it."""
 
     prediction: Prediction
+    answer: Answer
     overlay_png: bytes | None  # the heatmap blended over the crop, PNG
     total_ms: float
 
@@ -34,7 +36,8 @@ def analyse(predictor: Predictor, data: bytes, top_k: int, heatmap: bool) -> Ana
     overlay = None
     if heatmap and pred.heatmap is not None and pred.image is not None:
         overlay = encode_image(heatmap_overlay(pred.image, pred.heatmap), "PNG")
-    return Analysis(pred, overlay, 1000 * (time.perf_counter() - t0))
+    return Analysis(pred, answer_for(pred, predictor.card), overlay,
+                    1000 * (time.perf_counter() - t0))
 
 
 def encode_image(img: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:

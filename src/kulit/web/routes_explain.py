@@ -18,12 +18,13 @@ from starlette.concurrency import run_in_threadpool
 
 from kulit.errors import ImageError, KulitError
 from kulit.explain import CHANNELS, ModelExplanation, explain_photo, first_layer_grid, parse_at
+from kulit.i18n import condition_name, fmt_num, fmt_pct, t
 from kulit.predict import Predictor, heatmap_overlay
 from kulit.web.deps import PredictorDep, SettingsDep
-from kulit.web.i18n import condition_name, fmt_num, fmt_pct, t
+from kulit.web.errors import error_response, status_of
 from kulit.web.inference import Analysis, data_uri, encode_image
-from kulit.web.routes_api import ERRORS, MULTIPART_BODY, STATUS, UPLOAD_FIELD, error_response
-from kulit.web.routes_pages import LangDep, class_list, render, result_context
+from kulit.web.rendering import LangDep, render, render_upload_error, result_context
+from kulit.web.schemas import ERRORS, MULTIPART_BODY, UPLOAD_FIELD
 from kulit.web.upload import UploadRejected, read_file_field
 
 # The result page sends the crop back as this data URI in the `image` field.
@@ -85,7 +86,7 @@ def explain_context(ex: Explained, lang: str) -> dict[str, Any]:
     d = ex.result
     m = d["model"]
     pred = ex.arrays.prediction
-    base = result_context(Analysis(pred, ex.overlay_png, ex.total_ms), lang)
+    base = result_context(Analysis(pred, ex.arrays.answer, ex.overlay_png, ex.total_ms), lang)
     x, y = d["at"]
     size = d["image"]["width"]
     patch = d["inputs"]["patch"]
@@ -143,9 +144,7 @@ async def explain_page(request: Request, lang: LangDep, settings: SettingsDep,
         data = await read_file_field(request, UPLOAD_FIELD, settings.max_upload_bytes)
         ex = await run_in_threadpool(run_explain, predictor, data)
     except (UploadRejected, ImageError) as e:
-        return render(request, "index.html", lang, settings, predictor,
-                      status=STATUS.get(e.code, 400), classes=class_list(predictor, lang.code),
-                      error=t(lang.code, f"err_{e.code}", mb=f"{settings.max_upload_mb:g}"))
+        return render_upload_error(request, lang, settings, predictor, e.code, status_of(e.code))
     return render(request, "explain.html", lang, settings, predictor,
                   **explain_context(ex, lang.code))
 

@@ -2,90 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
-import kulit
 from kulit.errors import ImageError
-from kulit.predict import URGENT_CLASSES, Predictor
+from kulit.i18n import METRICS, PERCENT_METRICS, fmt_num, fmt_pct, t
 from kulit.web.deps import PredictorDep, SettingsDep
-from kulit.web.i18n import (
-    LANG_COOKIE,
-    LANGS,
-    METRICS,
-    PERCENT_METRICS,
-    STRINGS,
-    condition_info,
-    condition_name,
-    fmt_num,
-    fmt_pct,
-    normalize_lang,
-    t,
+from kulit.web.errors import status_of
+from kulit.web.inference import analyse, data_uri, encode_image
+from kulit.web.rendering import (
+    LangDep,
+    class_list,
+    render,
+    render_upload_error,
+    result_context,
 )
-from kulit.web.inference import Analysis, analyse, data_uri, encode_image
-from kulit.web.routes_api import STATUS, UPLOAD_FIELD
-from kulit.web.settings import Settings
+from kulit.web.schemas import UPLOAD_FIELD
 from kulit.web.upload import UploadRejected, read_file_field
 
-TEMPLATES_DIR = Path(__file__).with_name("templates")
-templates = Jinja2Templates(directory=TEMPLATES_DIR)
-COOKIE_MAX_AGE = 365 * 24 * 3600
-
 router = APIRouter(include_in_schema=False)
-
-
-@dataclass(frozen=True)
-class Lang:
-    """The page language and whether ?lang= chose it (then it is remembered in a cookie)."""
-
-    code: str
-    from_query: bool = False
-
-
-def resolve_lang(request: Request, default: str) -> Lang:
-    """?lang= first, then the cookie, then the server default."""
-    chosen = normalize_lang(request.query_params.get("lang"))
-    if chosen:
-        return Lang(chosen, True)
-    return Lang(normalize_lang(request.cookies.get(LANG_COOKIE)) or default)
-
-
-def get_lang(request: Request, settings: SettingsDep,
-             lang: Annotated[str | None, Query(description="id or en")] = None) -> Lang:
-    return resolve_lang(request, settings.default_lang)
-
-
-LangDep = Annotated[Lang, Depends(get_lang)]
-
-
-def render(request: Request, name: str, lang: Lang, settings: Settings,
-           predictor: Predictor | None, status: int = 200, **ctx: Any) -> Response:
-    """Render a page in `lang` with the shared layout context; remember a ?lang= choice."""
-    context = {
-        "lang": lang.code,
-        "langs": [(code, STRINGS[code]["lang_name"]) for code in LANGS],
-        "t": partial(t, lang.code),
-        "version": kulit.__version__,
-        "model_id": predictor.model_id if predictor is not None else "",
-        "max_mb": f"{settings.max_upload_mb:g}",
-        "max_bytes": settings.max_upload_bytes,
-        **ctx,
-    }
-    resp = templates.TemplateResponse(request, name, context, status_code=status)
-    if lang.from_query:
-        resp.set_cookie(LANG_COOKIE, lang.code, max_age=COOKIE_MAX_AGE, samesite="lax")
-    return resp
-
-
-def class_list(predictor: Predictor, lang: str) -> list[dict[str, str]]:
-    return [{"cls": c, "name": condition_name(c, lang)} for c in predictor.classes]
 
 
 @router.get("/")
@@ -110,43 +48,14 @@ async def predict_page(request: Request, lang: LangDep, settings: SettingsDep,
         data = await read_file_field(request, UPLOAD_FIELD, settings.max_upload_bytes)
         result = await run_in_threadpool(analyse, predictor, data, settings.top_k, True)
     except (UploadRejected, ImageError) as e:
-        return render(request, "index.html", lang, settings, predictor,
-                      status=STATUS.get(e.code, 400), classes=class_list(predictor, lang.code),
-                      error=t(lang.code, f"err_{e.code}", mb=f"{settings.max_upload_mb:g}"))
+        return render_upload_error(request, lang, settings, predictor, e.code, status_of(e.code))
     crop = result.prediction.image  # re-posted losslessly by "How it works" (routes_explain)
-    crop_png = await run_in_threadpool(encode_image, crop, "PNG") if crop else None
+    ctx = result_context(result, lang.code)
+    crop_png = (await run_in_threadpool(encode_image, crop, "PNG")
+                if crop and ctx["explainable"] else None)
     return render(request, "result.html", lang, settings, predictor,
-                  **result_context(result, lang.code),
+                  **ctx,
                   crop_png_uri=data_uri(crop_png, "image/png") if crop_png else None)
-
-
-def result_context(result: Analysis, lang: str) -> dict[str, Any]:
-    """What result.html shows: rows with bars and texts, the verdict, the photo and heatmap."""
-    pred = result.prediction
-    rows = [
-        {"cls": c, "pct": fmt_pct(p), "width": f"{100 * p:.1f}", "urgent": c in URGENT_CLASSES,
-         **condition_info(c, lang)}
-        for c, p in pred.top
-    ]
-    if not pred.see_doctor:
-        doctor = ""
-    elif pred.uncertain:
-        doctor = t(lang, "see_doctor_uncertain")
-    elif pred.label == "Melanoma":
-        doctor = t(lang, "see_doctor_melanoma")
-    else:
-        doctor = t(lang, "see_doctor_urgent", name=rows[0]["name"])
-    photo = encode_image(pred.image, "JPEG", quality=90) if pred.image is not None else None
-    return {
-        "rows": rows,
-        "n_classes": len(pred.classes),
-        "uncertain": pred.uncertain,
-        "verdict": (t(lang, "verdict_uncertain") if pred.uncertain
-                    else t(lang, "verdict_likely", name=rows[0]["name"], pct=rows[0]["pct"])),
-        "doctor": doctor,
-        "photo_uri": data_uri(photo, "image/jpeg") if photo else None,
-        "overlay_uri": data_uri(result.overlay_png, "image/png") if result.overlay_png else None,
-    }
 
 
 @router.get("/about")

@@ -18,6 +18,7 @@ class Settings(BaseSettings):
     max_upload_mb: Annotated[float, Field(gt=0)] = 10.0  # larger uploads: 413, read no further
     top_k: Annotated[int, Field(ge=1, le=20)] = 3  # conditions shown / returned by default
     default_lang: Literal["id", "en"] = "id"  # page language without ?lang= or a cookie
+    device: bool = True  # offer the on-device check when the model dir has model-web.onnx
     # ONNX Runtime, chosen by measurement on 2 cores (issue 15): one thread per run behind a cap
     # of 2 runs, idle threads not spinning (+26-37% throughput at concurrency 16)
     int8: bool = True  # serve the card's int8 file when it passed its check

@@ -1,0 +1,143 @@
+"""Page rendering shared by the page routers and the app: language, layout, the result view."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, Query, Request
+from fastapi.responses import Response
+from fastapi.templating import Jinja2Templates
+
+import kulit
+from kulit.answer import Answer
+from kulit.i18n import (
+    LANG_COOKIE,
+    LANGS,
+    STRINGS,
+    condition_info,
+    condition_name,
+    fmt_pct,
+    normalize_lang,
+    t,
+)
+from kulit.predict import Predictor
+from kulit.web.deps import SettingsDep
+from kulit.web.inference import Analysis, data_uri, encode_image
+from kulit.web.settings import Settings
+
+TEMPLATES_DIR = Path(__file__).with_name("templates")
+templates = Jinja2Templates(directory=TEMPLATES_DIR)
+COOKIE_MAX_AGE = 365 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class Lang:
+    """The page language and whether ?lang= chose it (then it is remembered in a cookie)."""
+
+    code: str
+    from_query: bool = False
+
+
+def resolve_lang(request: Request, default: str) -> Lang:
+    """?lang= first, then the cookie, then the server default."""
+    chosen = normalize_lang(request.query_params.get("lang"))
+    if chosen:
+        return Lang(chosen, True)
+    return Lang(normalize_lang(request.cookies.get(LANG_COOKIE)) or default)
+
+
+def get_lang(request: Request, settings: SettingsDep,
+             lang: Annotated[str | None, Query(description="id or en")] = None) -> Lang:
+    return resolve_lang(request, settings.default_lang)
+
+
+LangDep = Annotated[Lang, Depends(get_lang)]
+
+
+def render(request: Request, name: str, lang: Lang, settings: Settings,
+           predictor: Predictor | None, status: int = 200, **ctx: Any) -> Response:
+    """Render a page in `lang` with the shared layout context; remember a ?lang= choice."""
+    context = {
+        "lang": lang.code,
+        "langs": [(code, STRINGS[code]["lang_name"]) for code in LANGS],
+        "t": partial(t, lang.code),
+        "version": kulit.__version__,
+        "model_id": predictor.model_id if predictor is not None else "",
+        "max_mb": f"{settings.max_upload_mb:g}",
+        "max_bytes": settings.max_upload_bytes,
+        **ctx,
+    }
+    resp = templates.TemplateResponse(request, name, context, status_code=status)
+    if lang.from_query:
+        resp.set_cookie(LANG_COOKIE, lang.code, max_age=COOKIE_MAX_AGE, samesite="lax")
+    return resp
+
+
+def render_upload_error(request: Request, lang: Lang, settings: Settings, predictor: Predictor,
+                        code: str, status: int) -> Response:
+    """The upload form again, with the error said in the page's language."""
+    return render(request, "index.html", lang, settings, predictor, status=status,
+                  classes=class_list(predictor, lang.code),
+                  error=t(lang.code, f"err_{code}", mb=f"{settings.max_upload_mb:g}"))
+
+
+def class_list(predictor: Predictor, lang: str) -> list[dict[str, str]]:
+    return [{"cls": c, "name": condition_name(c, lang)} for c in predictor.classes]
+
+
+def doctor_box(ans: Answer, lang: str, top_name: str) -> tuple[str, str, bool]:
+    """(text, title, urgent) of the see-a-doctor box; text "" = no box."""
+    if not ans.see_doctor:
+        return "", "", False
+    if ans.advice == "melanoma":
+        text = t(lang, "see_doctor_melanoma")
+    elif ans.advice == "melanoma_possible":
+        text = t(lang, "see_doctor_melanoma_possible", pct=fmt_pct(max(ans.urgent.values())))
+    else:
+        text = t(lang, f"see_doctor_{ans.advice}", name=top_name)
+    gentle = ans.status == "none_of_these" and not ans.melanoma_alert
+    return text, t(lang, "see_doctor_gentle_title" if gentle else "see_doctor_title"), not gentle
+
+
+def verdict(ans: Answer, lang: str, top: dict[str, Any], n_classes: int) -> str:
+    if ans.status == "answered":
+        return t(lang, "verdict_likely", name=top["name"], pct=top["pct"])
+    if ans.status == "none_of_these":
+        return t(lang, "verdict_none_of_these", n=n_classes)
+    return t(lang, f"verdict_{ans.status}")
+
+
+def result_context(result: Analysis, lang: str) -> dict[str, Any]:
+    """What result.html shows: the verdict, advice, rows with bars and texts, photo, heatmap.
+
+    Everything said comes from `result.answer` (kulit.answer): classes are listed only when
+    the answer may name them, the badge only on the classes behind a melanoma alert.
+    """
+    pred, ans = result.prediction, result.answer
+    top_name, top_pct = condition_name(ans.top[0][0], lang), fmt_pct(ans.confidence)
+    rows = [
+        {"cls": c, "pct": fmt_pct(p), "width": f"{100 * p:.1f}", "urgent": c in ans.urgent,
+         **condition_info(c, lang)}
+        for c, p in ans.top
+    ] if ans.names_classes else []
+    doctor, doctor_title, doctor_urgent = doctor_box(ans, lang, top_name)
+    guidance = t(lang, f"advice_{ans.advice}") if ans.status in ("not_skin", "retake") else ""
+    photo = encode_image(pred.image, "JPEG", quality=90) if pred.image is not None else None
+    return {
+        "answer_status": ans.status,
+        "rows": rows,
+        "n_classes": len(pred.classes),
+        "uncertain": ans.status != "answered",
+        "verdict": verdict(ans, lang, {"name": top_name, "pct": top_pct}, len(pred.classes)),
+        "guidance": guidance,
+        "doctor": doctor,
+        "doctor_title": doctor_title,
+        "doctor_urgent": doctor_urgent,
+        "photo_uri": data_uri(photo, "image/jpeg") if photo else None,
+        "overlay_uri": (data_uri(result.overlay_png, "image/png")
+                        if result.overlay_png and ans.names_classes else None),
+        "explainable": ans.names_classes,
+    }

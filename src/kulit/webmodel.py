@@ -1,0 +1,253 @@
+"""The browser model: model.onnx wrapped so the page needs no preprocessing or maths of its own.
+
+`build_web_model` prepends to the served graph what `kulit.preprocess.normalize` does (uint8 RGB
+NHWC -> [0,1] -> (x - mean) / std -> logo mask -> NCHW) and appends temperature + softmax, the
+trust gate's two logistic scorers on the pooled features (when the model dir has gate.npz) and
+the Grad-CAM maps of a linear head. The mirror TTA is already inside model.onnx. Conv weights are
+stored as int8 per output channel with a DequantizeLinear in front (weight-only: activations stay
+float32, unlike the dynamic / per-tensor int8 that lost 8-12 points). Needs `onnx` (train extra).
+
+`device_config` is the JSON the page's answer rule runs on: the card's threshold and cut-offs,
+the quality limits, the urgent classes and every text in both languages, read from the same
+objects the server uses, so nothing is retyped in JavaScript.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from kulit.card import HEAD_FILE, ONNX_FILE, ModelCard, load_card
+from kulit.errors import ModelError
+from kulit.gate import SCORERS, load_gate
+from kulit.preprocess import Preprocessing, normalize
+
+WEB_ONNX_FILE = "model-web.onnx"
+WEB_INPUT = "image_u8"  # uint8 [N, S, S, 3], the centre crop the server also computes
+WEB_OUTPUTS = ("probs", "gate", "cam")  # gate only with gate.npz, cam only with a linear head
+WEIGHTS = ("int8", "fp32")
+MIN_QUANT_SIZE = 256  # smaller conv kernels stay float32: too few bytes to matter
+
+
+def mask_from_normalize(p: Preprocessing) -> np.ndarray:
+    """[S, S, 1] float32, 0 inside the logo box; read off `normalize` itself, not retyped.
+
+    A black crop never normalises to 0 (mean > 0), so every exact zero is the mask box.
+    """
+    black = Image.new("RGB", (p.input_size, p.input_size), (0, 0, 0))
+    out = normalize(black, p)  # [3, S, S]
+    if float(np.min(p.mean)) <= 0.0:
+        raise ModelError("cannot locate the mask box: the card's mean has a zero channel")
+    return (out[0] != 0.0).astype(np.float32)[:, :, None]
+
+
+def _const(name: str, arr: np.ndarray) -> Any:
+    from onnx import numpy_helper
+    return numpy_helper.from_array(np.ascontiguousarray(arr), name)
+
+
+def _quantise_weights(graph: Any) -> int:
+    """Conv kernels -> int8 per output channel + DequantizeLinear under the old name."""
+    from onnx import helper, numpy_helper
+
+    conv_w = {n.input[1] for n in graph.node if n.op_type == "Conv"}
+    # the mirror pass reads the same kernels through Identity nodes
+    conv_w |= {n.input[0] for n in graph.node if n.op_type == "Identity"
+               and any(n.output[0] == w for w in conv_w)}
+    keep, dq_nodes, n = [], [], 0
+    for init in graph.initializer:
+        w = numpy_helper.to_array(init)
+        if init.name not in conv_w or w.dtype != np.float32 or w.ndim != 4 \
+                or w.size < MIN_QUANT_SIZE:
+            keep.append(init)
+            continue
+        peak = np.abs(w).reshape(w.shape[0], -1).max(1)
+        scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+        q = np.clip(np.round(w / scale[:, None, None, None]), -127, 127).astype(np.int8)
+        keep += [_const(init.name + "_q", q), _const(init.name + "_s", scale),
+                 _const(init.name + "_z", np.zeros_like(q, shape=scale.shape))]
+        dq_nodes.append(helper.make_node(
+            "DequantizeLinear", [init.name + "_q", init.name + "_s", init.name + "_z"],
+            [init.name], name=init.name + "_dq", axis=0))
+        n += 1
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(dq_nodes + nodes)
+    return n
+
+
+def build_web_model(model_dir: Path, out: Path | None = None, weights: str = "int8") -> Path:
+    """model_dir/model.onnx (+ card, gate.npz, head.npz) -> model-web.onnx; checks itself."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    if weights not in WEIGHTS:
+        raise ModelError(f"weights must be one of {WEIGHTS}, not {weights!r}")
+    model_dir = Path(model_dir)
+    card = load_card(model_dir)
+    src = model_dir / ONNX_FILE
+    if not src.is_file():
+        raise ModelError(f"{model_dir} is not a kulit model: {ONNX_FILE} is missing")
+    m = onnx.load(str(src))
+    g = m.graph
+    p = card.preprocessing
+    s = p.input_size
+    old_in = g.input[0].name
+
+    # prepend: exactly normalize()'s float32 steps, in its order
+    pre_inits = [
+        _const("web_inv255", np.array(1.0 / 255.0, np.float32)),
+        _const("web_mean", np.asarray(p.mean, np.float32)),
+        _const("web_std", np.asarray(p.std, np.float32)),
+    ]
+    pre = [
+        helper.make_node("Cast", [WEB_INPUT], ["web_f"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["web_f", "web_inv255"], ["web_01"]),
+        helper.make_node("Sub", ["web_01", "web_mean"], ["web_c"]),
+        helper.make_node("Div", ["web_c", "web_std"], ["web_n"]),
+    ]
+    last = "web_n"
+    if p.mask_box is not None:
+        pre_inits.append(_const("web_mask", mask_from_normalize(p)))
+        pre.append(helper.make_node("Mul", [last, "web_mask"], ["web_m"]))
+        last = "web_m"
+    pre.append(helper.make_node("Transpose", [last], [old_in], perm=[0, 3, 1, 2]))
+
+    # append: calibrated probabilities, gate scores, class activation maps
+    post_inits = [_const("web_temp", np.array(card.temperature, np.float32))]
+    post = [helper.make_node("Div", ["logits", "web_temp"], ["web_scaled"]),
+            helper.make_node("Softmax", ["web_scaled"], ["probs"], axis=1)]
+    n_cls = len(card.classes)
+    outs = [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", n_cls])]
+    gate = load_gate(model_dir)
+    if gate is not None:
+        # (pooled - mean) / scale @ w + b  ==  pooled @ (w / scale) + (b - (mean / scale) @ w)
+        w = np.stack([gate.weights[k] / gate.scale for k in SCORERS], axis=1)
+        b = np.array([gate.biases[k] - (gate.mean / gate.scale) @ gate.weights[k]
+                      for k in SCORERS])
+        post_inits += [_const("web_gate_w", w.astype(np.float32)),
+                       _const("web_gate_b", b.astype(np.float32))]
+        post += [helper.make_node("ReduceMean", ["features"], ["web_pooled"], axes=[2, 3],
+                                  keepdims=0),  # opset 17: axes is an attribute
+                 helper.make_node("Gemm", ["web_pooled", "web_gate_w", "web_gate_b"],
+                                  ["web_gate_s"]),
+                 helper.make_node("Sigmoid", ["web_gate_s"], ["gate"])]
+        outs.append(helper.make_tensor_value_info("gate", TensorProto.FLOAT, ["N", 2]))
+    head_path = model_dir / HEAD_FILE
+    if card.head == "linear" and head_path.is_file():
+        with np.load(head_path) as z:
+            fc_w = z["fc_w"].astype(np.float32)
+        post_inits.append(_const("web_cam_w", fc_w[:, :, None, None]))
+        post.append(helper.make_node("Conv", ["features", "web_cam_w"], ["cam"]))
+        outs.append(helper.make_tensor_value_info("cam", TensorProto.FLOAT,
+                                                  ["N", n_cls, "h", "w"]))
+
+    nodes = list(g.node)
+    del g.node[:]
+    g.node.extend(pre + nodes + post)
+    g.initializer.extend(pre_inits + post_inits)
+    del g.input[:]
+    g.input.append(helper.make_tensor_value_info(WEB_INPUT, TensorProto.UINT8, ["N", s, s, 3]))
+    del g.output[:]
+    g.output.extend(outs)
+    onnx.checker.check_model(m)
+    # the surgery is checked on the float weights; int8 is judged on photos (benchmarks/device.py)
+    check_web_model(model_dir, m.SerializeToString(), atol=1e-4)
+    if weights == "int8":
+        _quantise_weights(g)
+        onnx.checker.check_model(m)
+    m.doc_string = f"kulit browser model ({weights} weights) from {card.name}"
+    out = Path(out) if out else model_dir / WEB_ONNX_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(m, str(out))
+    # the server sends this copy to browsers that accept gzip (kulit.web.routes_device)
+    with gzip.open(out.with_name(out.name + ".gz"), "wb", compresslevel=9) as f:
+        f.write(out.read_bytes())
+    return out
+
+
+def check_web_model(model_dir: Path, web_model: Path | bytes, atol: float) -> float:
+    """Run both models on a few synthetic crops; raise if the probabilities differ by > atol."""
+    from kulit.predict import Predictor, softmax
+
+    pred = Predictor(model_dir, threads=1, int8=False)  # the browser model is built from fp32
+    web = web_session(web_model)
+    rng = np.random.default_rng(0)
+    s = pred.card.preprocessing.input_size
+    crops = rng.integers(0, 256, (2, s, s, 3), dtype=np.uint8)
+    batch = np.stack([normalize(Image.fromarray(c), pred.card.preprocessing) for c in crops])
+    logits, _ = pred.run(batch)
+    want = softmax(logits.astype(np.float64) / pred.card.temperature)
+    got = web.run(["probs"], {WEB_INPUT: crops})[0]
+    diff = float(np.abs(got - want).max())
+    if not diff <= atol:
+        raise ModelError(f"the browser model differs from model.onnx by {diff:.2g}")
+    return diff
+
+
+def web_session(model: Path | bytes, threads: int = 1) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    src = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def _texts() -> dict[str, dict[str, str]]:
+    """Both languages' UI strings, from the one text store."""
+    from kulit import i18n
+
+    return {lang: dict(i18n.STRINGS[lang]) for lang in i18n.LANGS}
+
+
+def min_side(card: ModelCard) -> int:
+    """The shortest usable photo side: kulit.quality's limit (card override on top)."""
+    from kulit.quality import QualityLimits
+
+    return int(QualityLimits.from_card(card.quality).min_side)
+
+
+def device_config(card: ModelCard, model_dir: Path) -> dict[str, Any]:
+    """What the page needs to answer on the device; the answer rule's parameters from the card."""
+    from kulit import i18n
+    from kulit.answer import URGENT_CLASSES
+
+    web_path = Path(model_dir) / WEB_ONNX_FILE
+    has_gate = load_gate(Path(model_dir)) is not None
+    gate = card.gate if has_gate else {}
+    quality = {"min_side": min_side(card)}
+    return {
+        "model": {
+            "name": card.name,
+            "url": f"/device/{WEB_ONNX_FILE}?v={file_digest(web_path)}"
+            if web_path.is_file() else None,
+            "input": WEB_INPUT,
+            "input_size": card.preprocessing.input_size,
+            "has_gate": has_gate,
+        },
+        "rule": {
+            "classes": card.classes,
+            "threshold": card.threshold,
+            "top_k": 3,
+            "urgent_classes": sorted(URGENT_CLASSES & set(card.classes)),
+            "not_skin_threshold": gate.get("not_skin_threshold"),
+            "other_threshold": gate.get("other_threshold"),
+            "melanoma_cutoff": gate.get("melanoma_cutoff"),
+            "quality": quality,
+        },
+        "texts": _texts(),
+        "class_names": {lang: {c: i18n.condition_name(c, lang) for c in card.classes}
+                        for lang in i18n.LANGS},
+    }

@@ -1,0 +1,386 @@
+"""On-device check: the browser model graph, its config, real Chromium (parity, rule, offline)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kulit.card import load_card, save_card
+from kulit.gate import SCORERS, Gate, load_gate, save_gate
+from kulit.predict import Predictor, softmax
+from kulit.preprocess import load_and_preprocess, normalize
+from kulit.webmodel import WEB_INPUT, WEB_ONNX_FILE, build_web_model, device_config, web_session
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "models" / "kulit-skin8"
+DATA = ROOT.parent / "shared" / "data"
+SOURCES = ("skin8", "skin8-web", "other-conditions", "not-skin")  # every photo source here
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update"]
+ORT_WASM = ROOT / "src/kulit/web/static/ort/ort-wasm-simd-threaded.wasm"
+CUTOFFS = {"not_skin_threshold": 0.6, "other_threshold": 0.6, "melanoma_cutoff": 0.2}
+PHOTOS_PER_SOURCE = 13  # ~50 photos in all; the parity holds per crop, so more only costs time
+
+needs_shipped = pytest.mark.skipif(not (SHIPPED / "model.onnx").is_file(),
+                                   reason="the shipped model is not here")
+
+
+def python_rule(probs: np.ndarray, classes: list[str], card_threshold: float,
+                gate: dict[str, float] | None, cutoffs: dict[str, Any],
+                issue: str | None) -> dict[str, Any]:
+    """The server's answer rule (kulit.answer once it lands) as the fields both sides show."""
+    try:
+        from kulit.answer import Cutoffs, decide  # type: ignore[import-not-found]
+    except ImportError:
+        decide = None
+    if decide is not None:
+        a = decide(probs, classes, card_threshold, gate=gate,
+                   cutoffs=Cutoffs.from_card(cutoffs), quality_issue=issue)
+        return {"status": a.status, "label": a.label, "see_doctor": a.see_doctor,
+                "melanoma_alert": a.melanoma_alert, "advice": a.advice}
+    # until kulit.answer is merged: the order issue 11 fixed (retake, not_skin, none_of_these,
+    # answered / uncertain; melanoma alert on statuses 3-4)
+    from kulit.predict import URGENT_CLASSES
+
+    p = np.asarray(probs, np.float64)
+    best = classes[int(np.argmax(p))]
+    conf = float(p.max())
+    on = {k: v for k, v in cutoffs.items() if v is not None}
+    if issue is not None:
+        return {"status": "retake", "label": None, "see_doctor": False,
+                "melanoma_alert": False, "advice": f"retake_{issue}"}
+    if gate is not None and "not_skin_threshold" in on \
+            and gate["not_skin"] >= on["not_skin_threshold"]:
+        return {"status": "not_skin", "label": None, "see_doctor": False,
+                "melanoma_alert": False, "advice": "not_skin"}
+    if gate is not None and "other_threshold" in on and gate["other"] >= on["other_threshold"]:
+        status = "none_of_these"
+    else:
+        status = "answered" if conf >= card_threshold else "uncertain"
+    alert = any(c == best or ("melanoma_cutoff" in on
+                              and p[classes.index(c)] >= on["melanoma_cutoff"])
+                for c in URGENT_CLASSES if c in classes)
+    advice = ("melanoma" if best in URGENT_CLASSES else "melanoma_possible") if alert else \
+        {"answered": "default", "uncertain": "uncertain", "none_of_these": "none_of_these"}[status]
+    return {"status": status, "label": best if status == "answered" else None,
+            "see_doctor": alert or status != "answered", "melanoma_alert": alert,
+            "advice": advice}
+
+
+def synthetic_gate(dim: int, seed: int = 0) -> Gate:
+    rng = np.random.default_rng(seed)
+    return Gate(mean=rng.normal(0, 0.1, dim), scale=rng.uniform(0.5, 2.0, dim),
+                weights={n: rng.normal(0, 0.08, dim) for n in SCORERS},
+                biases={"not_skin": -0.5, "other": -0.3})
+
+
+@pytest.fixture(scope="module")
+def device_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped model with a synthetic gate and cut-offs, browser model in float32 weights
+    so in-browser and server probabilities can be held to 1e-3."""
+    if not (SHIPPED / "model.onnx").is_file():
+        pytest.skip("the shipped model is not here")
+    out = tmp_path_factory.mktemp("device") / "model"
+    out.mkdir()
+    for name in ("model.onnx", "card.json", "head.npz"):
+        shutil.copy(SHIPPED / name, out / name)
+    dim = Predictor(out).session.get_outputs()[1].shape[1]
+    save_gate(synthetic_gate(int(dim)), out)
+    card = load_card(out)
+    card.gate = dict(CUTOFFS)
+    save_card(card, out)
+    build_web_model(out, weights="fp32")
+    return out
+
+
+def server_answer(pred: Predictor, gate: Gate | None, crop: np.ndarray,
+                  cutoffs: dict[str, Any]) -> tuple[np.ndarray, dict[str, float] | None, dict]:
+    x = normalize(Image.fromarray(crop), pred.card.preprocessing)[None]
+    logits, feats = pred.run(x, features=True)
+    probs = softmax(logits.astype(np.float64) / pred.card.temperature)[0]
+    scores = None
+    if gate is not None:
+        g = gate.scores(feats.mean(axis=(2, 3)))
+        scores = {n: float(getattr(g, n)[0]) for n in SCORERS}
+    return probs, scores, python_rule(probs, pred.classes, pred.card.threshold, scores,
+                                      cutoffs, None)
+
+
+# --- the graph, in ONNX Runtime on the CPU ---
+
+def test_browser_graph_equals_server_path(device_model_dir: Path) -> None:
+    """uint8 crop -> model-web.onnx gives the server's probabilities, gate scores and CAM."""
+    pred = Predictor(device_model_dir)
+    gate = load_gate(device_model_dir)
+    web = web_session(device_model_dir / WEB_ONNX_FILE)
+    rng = np.random.default_rng(1)
+    s = pred.card.preprocessing.input_size
+    crops = [rng.integers(0, 256, (s, s, 3), dtype=np.uint8)]
+    if (DATA / "skin8").is_dir():
+        photo = sorted((DATA / "skin8" / "Melanoma").iterdir())[0]
+        crops.append(np.asarray(load_and_preprocess(photo, pred.card.preprocessing)[0]))
+    for crop in crops:
+        probs, scores, _ = server_answer(pred, gate, crop, CUTOFFS)
+        p, g, cam = web.run(["probs", "gate", "cam"], {WEB_INPUT: crop[None]})
+        assert np.abs(p[0] - probs).max() < 1e-5
+        assert scores is not None
+        assert np.abs(g[0] - [scores["not_skin"], scores["other"]]).max() < 1e-5
+        x = normalize(Image.fromarray(crop), pred.card.preprocessing)[None]
+        _, feats = pred.run(x, features=True)
+        top = int(np.argmax(probs))
+        want = pred.grad_cam(feats[0], top)
+        got = np.maximum(cam[0, top], 0)
+        assert np.abs(got / got.max() - want).max() < 1e-4
+
+
+def test_mask_box_comes_from_normalize() -> None:
+    """The mask in the graph is read off normalize(): a crop's logo corner is zero in both."""
+    from kulit.webmodel import mask_from_normalize
+
+    card = load_card(SHIPPED) if (SHIPPED / "card.json").is_file() else None
+    if card is None or card.preprocessing.mask_box is None:
+        pytest.skip("no model with a mask box here")
+    p = card.preprocessing
+    mask = mask_from_normalize(p)[:, :, 0]
+    white = normalize(Image.new("RGB", (p.input_size,) * 2, (255, 255, 255)), p)[0]
+    assert ((white == 0) == (mask == 0)).all() and 0 < (mask == 0).mean() < 0.5
+
+
+@needs_shipped
+def test_shipped_weights_keep_accuracy_on_photos() -> None:
+    """int8 weights: same top-1 as float32 on most real photos (accuracy: benchmarks/device.py)."""
+    if not (DATA / "skin8").is_dir():
+        pytest.skip("../shared/data/skin8 is not here")
+    web_path = SHIPPED / WEB_ONNX_FILE
+    if not web_path.is_file():
+        build_web_model(SHIPPED)
+    pred = Predictor(SHIPPED)
+    web = web_session(web_path)
+    agree = []
+    for cls in pred.classes:
+        for photo in sorted((DATA / "skin8" / cls).iterdir())[:3]:
+            crop, x = load_and_preprocess(photo, pred.card.preprocessing)
+            logits, _ = pred.run(x[None])
+            p8 = web.run(["probs"], {WEB_INPUT: np.asarray(crop)[None]})[0][0]
+            agree.append(int(np.argmax(logits)) == int(np.argmax(p8)))
+    assert np.mean(agree) >= 0.85
+
+
+def test_config_and_files_are_served(device_model_dir: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from kulit.web.app import create_app
+    from kulit.web.settings import Settings
+
+    card = load_card(device_model_dir)
+    with TestClient(create_app(Settings(model_dir=device_model_dir))) as client:
+        cfg = client.get("/device/config.json").json()
+        assert cfg == json.loads(json.dumps(device_config(card, device_model_dir)))
+        rule = cfg["rule"]
+        assert rule["threshold"] == card.threshold and rule["classes"] == card.classes
+        assert {k: rule[k] for k in CUTOFFS} == CUTOFFS
+        for lang in ("id", "en"):
+            for key in ("privacy_device", "advice_not_skin", "advice_melanoma", "verdict_likely"):
+                assert cfg["texts"][lang][key]
+        assert cfg["texts"]["id"]["privacy_device"] != cfg["texts"]["en"]["privacy_device"]
+        r = client.get(cfg["model"]["url"], headers={"accept-encoding": "gzip"})
+        assert r.status_code == 200 and r.headers["content-encoding"] == "gzip"
+        assert r.content == (device_model_dir / WEB_ONNX_FILE).read_bytes()  # client unzips
+        assert client.get("/sw.js").headers["content-type"].startswith("text/javascript")
+        assert client.get("/manifest.webmanifest").json()["start_url"] == "/"
+        assert "wasm-unsafe-eval" in client.get("/").headers["content-security-policy"]
+        assert client.get("/device/ort/../../app.py").status_code == 404
+    with TestClient(create_app(Settings(model_dir=device_model_dir, device=False))) as client:
+        assert client.get("/device/config.json").json()["model"]["url"] is None
+
+
+# --- real Chromium ---
+
+@pytest.fixture(scope="module")
+def device_server(device_model_dir: Path) -> Iterator[str]:
+    uvicorn = pytest.importorskip("uvicorn")
+    from kulit.web.app import create_app
+    from kulit.web.settings import Settings
+
+    if not ORT_WASM.is_file():
+        pytest.skip("onnxruntime-web is not vendored (make setup runs scripts/vendor_ort_web.sh)")
+    from tests.test_web_e2e import free_port
+
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(Settings(model_dir=device_model_dir)),
+                                        host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip("/usr/bin/chromium not found (CI installs it: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def open_device_page(chromium: Any, base: str, lang: str = "en") -> tuple[Any, Any]:
+    ctx = chromium.new_context(viewport={"width": 360, "height": 740})
+    page = ctx.new_page()
+    page.goto(f"{base}/?lang={lang}")
+    page.wait_for_selector("html[data-device]", state="attached", timeout=120_000)
+    assert page.evaluate("document.documentElement.dataset.device") == "ready"
+    return ctx, page
+
+
+def sample_photos(n: int) -> list[Path]:
+    """Up to n photos of every source here, spread over its folders (deterministic)."""
+    out = []
+    for source in SOURCES:
+        files = sorted(p for p in (DATA / source).rglob("*")
+                       if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+        if files:
+            step = max(1, len(files) // n)
+            out += files[::step][:n]
+    return out
+
+
+@pytest.mark.e2e
+def test_browser_parity_with_server(device_server: str, chromium: Any, device_model_dir: Path,
+                                    ) -> None:
+    """The same uint8 crop in Chromium (onnxruntime-web) and on the server: probabilities within
+    1e-3, same status and advice. Photos of every source in ../shared/data."""
+    photos = sample_photos(PHOTOS_PER_SOURCE)
+    if not photos:
+        pytest.skip("../shared/data is not here")
+    pred = Predictor(device_model_dir)
+    gate = load_gate(device_model_dir)
+    ctx, page = open_device_page(chromium, device_server)
+    worst, statuses = 0.0, []
+    for photo in photos:
+        crop = np.asarray(load_and_preprocess(photo, pred.card.preprocessing)[0], np.uint8)
+        probs, scores, want = server_answer(pred, gate, crop, CUTOFFS)
+        got = page.evaluate("""async (b64) => {
+            const cfg = await window.kulitDevice.ready;
+            const rgb = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const out = await window.kulitDevice.runCrop(rgb);
+            return {probs: out.probs, gate: out.gate,
+                    answer: window.kulitDevice.decide(cfg.rule, out.probs, out.gate, null)};
+        }""", base64.b64encode(crop.tobytes()).decode())
+        worst = max(worst, float(np.abs(np.array(got["probs"]) - probs).max()))
+        assert scores is not None and abs(got["gate"]["not_skin"] - scores["not_skin"]) < 1e-3
+        a = got["answer"]
+        assert {k: a[k] for k in want} == want, photo
+        statuses.append(a["status"])
+    ctx.close()
+    print(f"parity: {len(photos)} photos, max |dP| {worst:.2g}, statuses "
+          f"{ {s: statuses.count(s) for s in set(statuses)} }")
+    assert worst < 1e-3
+
+
+@pytest.mark.e2e
+def test_browser_canvas_resize_agreement(device_server: str, chromium: Any,
+                                         device_model_dir: Path) -> None:
+    """Reported, not held: the browser's own canvas resize of the original photo vs Pillow's."""
+    photos = sample_photos(4)
+    if not photos:
+        pytest.skip("../shared/data is not here")
+    pred = Predictor(device_model_dir)
+    ctx, page = open_device_page(chromium, device_server)
+    diffs, same = [], []
+    for photo in photos:
+        want = pred.predict_one(photo).probs
+        got = page.evaluate("""async (b64) => {
+            await window.kulitDevice.ready;
+            const blob = new Blob([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))]);
+            const crop = await window.kulitDevice.cropPhoto(blob);
+            return (await window.kulitDevice.runCrop(crop.rgb)).probs;
+        }""", base64.b64encode(photo.read_bytes()).decode())
+        diffs.append(float(np.abs(np.array(got) - want).max()))
+        same.append(int(np.argmax(got)) == int(np.argmax(want)))
+    ctx.close()
+    print(f"canvas resize: {len(photos)} photos, top-1 same {np.mean(same):.0%}, "
+          f"median max |dP| {np.median(diffs):.3f}, worst {max(diffs):.3f}")
+
+
+RULE_CASES = [  # (probs over the 8 classes, gate scores or None, quality issue or None)
+    ([0.9, 0.02, 0.02, 0.01, 0.02, 0.01, 0.01, 0.01], None, None),
+    ([0.9, 0.02, 0.02, 0.01, 0.02, 0.01, 0.01, 0.01], {"not_skin": 0.7, "other": 0.1}, None),
+    ([0.9, 0.02, 0.02, 0.01, 0.02, 0.01, 0.01, 0.01], {"not_skin": 0.6, "other": 0.9}, None),
+    ([0.9, 0.02, 0.02, 0.01, 0.02, 0.01, 0.01, 0.01], {"not_skin": 0.59, "other": 0.6}, None),
+    ([0.5, 0.1, 0.1, 0.1, 0.1, 0.05, 0.03, 0.02], {"not_skin": 0.1, "other": 0.1}, None),
+    ([0.7, 0.05, 0.05, 0.05, 0.05, 0.05, 0.03, 0.02], None, None),
+    ([0.69, 0.06, 0.05, 0.05, 0.05, 0.05, 0.03, 0.02], None, None),
+    ([0.1, 0.05, 0.05, 0.75, 0.02, 0.01, 0.01, 0.01], None, None),
+    ([0.75, 0.0, 0.0, 0.2, 0.02, 0.01, 0.01, 0.01], {"not_skin": 0.1, "other": 0.1}, None),
+    ([0.75, 0.0, 0.0, 0.2, 0.02, 0.01, 0.01, 0.01], {"not_skin": 0.1, "other": 0.7}, None),
+    ([0.79, 0.0, 0.0, 0.19, 0.0, 0.01, 0.0, 0.01], {"not_skin": 0.1, "other": 0.1}, None),
+    ([0.1, 0.05, 0.05, 0.75, 0.02, 0.01, 0.01, 0.01], {"not_skin": 0.9, "other": 0.9}, None),
+    ([0.1, 0.05, 0.05, 0.75, 0.02, 0.01, 0.01, 0.01], None, "too_small"),
+    ([0.3, 0.3, 0.1, 0.1, 0.1, 0.05, 0.03, 0.02], None, None),
+    ([0.125] * 8, {"not_skin": 0.0, "other": 0.0}, None),
+]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("cutoffs", [CUTOFFS, {k: None for k in CUTOFFS}])
+def test_js_rule_equals_python_rule(device_server: str, chromium: Any, device_model_dir: Path,
+                                    cutoffs: dict[str, Any]) -> None:
+    """device.js's decide and the server's rule, on one table of cases: identical answers."""
+    ctx, page = open_device_page(chromium, device_server)
+    rule = page.evaluate("window.kulitDevice.ready.then((c) => c.rule)")
+    rule = {**rule, **cutoffs}
+    got = page.evaluate("""([rule, cases]) => cases.map(([p, g, q]) =>
+        window.kulitDevice.decide(rule, p, g, q))""", [rule, RULE_CASES])
+    ctx.close()
+    for (probs, gate, issue), a in zip(RULE_CASES, got, strict=True):
+        want = python_rule(np.array(probs), rule["classes"], rule["threshold"], gate,
+                           cutoffs, issue)
+        assert {k: a[k] for k in want} == want, (probs, gate, issue)
+
+
+@pytest.mark.e2e
+def test_offline_after_one_visit(device_server: str, chromium: Any, tmp_path: Path) -> None:
+    """Visit once, go offline (airplane mode), reload: the check still answers, nothing sent."""
+    photo = next(iter(sample_photos(1)), None)
+    if photo is None:
+        photo = tmp_path / "p.jpg"
+        Image.new("RGB", (300, 240), (200, 150, 120)).save(photo)
+    ctx, page = open_device_page(chromium, device_server, lang="id")
+    for _ in range(300):  # the page's CSP forbids wait_for_function's eval
+        if page.evaluate("navigator.serviceWorker.controller !== null"):
+            break
+        time.sleep(0.1)
+    assert "tidak pernah dikirim" in page.text_content("#device-note")
+    ctx.set_offline(True)
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.method) if r.method != "GET" else None)
+    page.reload()
+    page.wait_for_selector("html[data-device]", state="attached", timeout=60_000)
+    assert page.evaluate("document.documentElement.dataset.device") == "ready"
+    page.set_input_files("#image", str(photo))
+    page.click("#submit")
+    page.wait_for_selector("#device-result:not([hidden])", timeout=60_000)
+    assert page.get_attribute("#device-result", "data-status") in (
+        "answered", "uncertain", "none_of_these", "not_skin", "retake")
+    assert page.text_content("#device-result").strip()
+    assert sent == []  # no upload, online or not
+    ctx.close()
