@@ -69,6 +69,7 @@ def test_quantize_writes_an_int8_file_the_predictor_uses(model_dir, split_csv):
     assert card.files == {"model": "model.onnx", "int8": INT8_FILE}
     assert card.int8["passed"] and card.int8["temperature"] == entry["temperature"]
     assert set(entry["check"]["sources"]) == {"all", "tiny", "web"}
+    assert set(entry["check"]["answer_agreement"]) == {"all", "tiny", "web"}
     onnx.checker.check_model(str(model_dir / INT8_FILE))
     ops = {n.op_type for n in onnx.load(str(model_dir / INT8_FILE)).graph.node}
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops

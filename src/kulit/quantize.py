@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from kulit.calibration import fit_temperature, softmax
-from kulit.card import INT8_FILE, ONNX_FILE, load_card, save_card
+from kulit.card import FEATURES, INPUT, INT8_FILE, LOGITS, ONNX_FILE, load_card, save_card
 from kulit.errors import KulitError
 from kulit.metrics import balanced_accuracy, expected_calibration_error
 from kulit.preprocess import Preprocessing, load_and_preprocess
@@ -122,12 +122,45 @@ def fp32_convs(convs: list[tuple[str, str]]) -> list[str]:
     return [name for name, weight in convs if weight in keep]
 
 
-def run_logits(onnx_path: Path, x: np.ndarray, batch: int = 16) -> np.ndarray:
+def run_logits(onnx_path: Path, x: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Logits [N,C] and the globally pooled last feature map [N,K] (what the gate scores)."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    return np.concatenate([sess.run(["logits"], {"image": x[i: i + batch]})[0]
-                           for i in range(0, len(x), batch)]).astype(np.float64)
+    logits, pooled = [], []
+    for i in range(0, len(x), batch):
+        z, f = sess.run([LOGITS, FEATURES], {INPUT: x[i: i + batch]})
+        logits.append(z)
+        pooled.append(f.mean(axis=(2, 3)))
+    return (np.concatenate(logits).astype(np.float64),
+            np.concatenate(pooled).astype(np.float64))
+
+
+def answer_agreement(model_dir: Path, card: Any, runs: dict[str, tuple[np.ndarray, np.ndarray,
+                                                                        float]],
+                     sources: np.ndarray) -> dict[str, float]:
+    """Share of photos, per source, told the same (status, label, melanoma alert) by fp32 and
+    int8 through `kulit.answer.decide` with the card's gate and cut-offs. Reported, not a gate:
+    the refitted temperature moves photos across the threshold on purpose."""
+    from kulit.answer import Cutoffs, decide
+    from kulit.gate import load_gate
+
+    gate = load_gate(model_dir)
+    cut = Cutoffs.from_card(card.gate)
+    told: dict[str, list[tuple[Any, ...]]] = {}
+    for name, (logits, pooled, t) in runs.items():
+        probs = softmax(logits / t)
+        scores = gate.scores(pooled) if gate is not None else None
+        told[name] = []
+        for i in range(len(probs)):
+            g = None if scores is None else {"not_skin": float(scores.not_skin[i]),
+                                             "other": float(scores.other[i])}
+            a = decide(probs[i], card.classes, card.threshold, gate=g, cutoffs=cut)
+            told[name].append((a.status, a.label, a.melanoma_alert))
+    same = np.array([a == b for a, b in zip(told["fp32"], told["int8"], strict=True)])
+    out = {"all": float(same.mean())}
+    out.update({str(s): float(same[sources == s].mean()) for s in sorted(set(sources))})
+    return out
 
 
 def compare(y: np.ndarray, sources: np.ndarray, fp32: np.ndarray, int8: np.ndarray,
@@ -183,8 +216,8 @@ def quantize_model(model_dir: Path, split_csv: Path, data_root: Path | None = No
     with tempfile.TemporaryDirectory(dir=model_dir) as tmp:
         tmp_int8 = Path(tmp) / INT8_FILE
         quantize_onnx(fp32_path, tmp_int8, calib)
-        fp32_logits = run_logits(fp32_path, x_val)
-        int8_logits = run_logits(tmp_int8, x_val)
+        fp32_logits, fp32_pooled = run_logits(fp32_path, x_val)
+        int8_logits, int8_pooled = run_logits(tmp_int8, x_val)
         figures, failures = compare(y, sources, fp32_logits, int8_logits, cfg)
         temperature = fit_temperature(int8_logits, y)
 
@@ -199,7 +232,16 @@ def quantize_model(model_dir: Path, split_csv: Path, data_root: Path | None = No
             "check": {"split": "val", "sources": figures,
                       "ece_fp32": ece(fp32_logits, card.temperature),
                       "ece_int8_fp32_temperature": ece(int8_logits, card.temperature),
-                      "ece_int8": ece(int8_logits, temperature)},
+                      "ece_int8": ece(int8_logits, temperature),
+                      "answer_agreement": answer_agreement(
+                          model_dir, card, {"fp32": (fp32_logits, fp32_pooled, card.temperature),
+                                            "int8": (int8_logits, int8_pooled, temperature)},
+                          sources),
+                      # the same with the fp32 temperature: what quantisation alone changes
+                      "answer_agreement_fp32_temperature": answer_agreement(
+                          model_dir, card, {"fp32": (fp32_logits, fp32_pooled, card.temperature),
+                                            "int8": (int8_logits, int8_pooled, card.temperature)},
+                          sources)},
             "calibration": {"split": "train", "images": len(calib_rows),
                             "method": "minmax", "format": "QDQ", "weights": "int8 per-channel",
                             "activations": "uint8 per-tensor",
@@ -230,4 +272,9 @@ def summary_lines(entry: dict[str, Any], model_dir: Path) -> list[str]:
     c = entry["check"]
     lines.append(f"  ECE fp32 {c['ece_fp32']:.3f}, int8 {c['ece_int8']:.3f} "
                  f"(int8 with the fp32 temperature {c['ece_int8_fp32_temperature']:.3f})")
+    lines.append("  same answer (status, label, melanoma alert; gate and cut-offs applied): "
+                 + ", ".join(f"{k} {v:.3f}" for k, v in c["answer_agreement"].items())
+                 + "; with the fp32 temperature "
+                 + ", ".join(f"{k} {v:.3f}"
+                             for k, v in c["answer_agreement_fp32_temperature"].items()))
     return lines
