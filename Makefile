@@ -66,6 +66,8 @@ model: data
 	$(BIN)/kulit evaluate --model $(MODEL) --data $(DATA_ROOT) --split-csv runs/data/split.csv \
 		--split test --out $(MODEL)
 	$(BIN)/kulit export-web --model $(MODEL)
+	# int8 beside fp32 only if it agrees with fp32 on val (a refusal is printed, not fatal)
+	-$(BIN)/kulit quantize $(MODEL) --split-csv runs/data/split.csv
 
 # The paper's recipe, still reproducible on skin8 alone (its own split, no exclusions).
 paper: setup

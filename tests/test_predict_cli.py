@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 from typer.testing import CliRunner
 
 from kulit.cli import app
@@ -63,3 +64,29 @@ def test_missing_model_is_one_line(tmp_path):
     r = runner.invoke(app, ["predict", "--model", str(tmp_path / "nomodel"), str(f)])
     assert r.exit_code == 2
     assert "model directory not found" in r.output and "Traceback" not in r.output
+
+
+def test_parallel_workers_print_what_the_serial_path_prints(onnx_model_dir, tmp_path):
+    """Two single-thread workers, bounded queue: same lines in the same order as one worker,
+    and the same answers as batches of 32; bad files reported in place."""
+    d = tmp_path / "many"
+    d.mkdir()
+    for i in range(23):
+        make_image(300 + i, (90 + i, 70), i % 3).save(d / f"p{i:02d}.jpg")
+    (d / "p07b.jpg").write_bytes(b"not an image")
+    base = ["predict", "--model", str(onnx_model_dir), str(d), "--json"]
+    one = runner.invoke(app, base + ["--workers", "1", "--batch-size", "1"])
+    two = runner.invoke(app, base + ["--workers", "2"])
+    batched = runner.invoke(app, base + ["--workers", "1", "--batch-size", "32"])
+    for r in (one, two, batched):
+        assert r.exit_code == 0, r.output
+    assert two.stdout == one.stdout
+    lines = [json.loads(x) for x in two.stdout.splitlines()]
+    assert [x["source"] for x in lines] == sorted(str(p) for p in d.iterdir())
+    assert sum("error" in x for x in lines) == 1
+    for x, y in zip(lines, (json.loads(s) for s in batched.stdout.splitlines()), strict=True):
+        assert x.get("label") == y.get("label")
+        if "top" in x:
+            assert [t["label"] for t in x["top"]] == [t["label"] for t in y["top"]]
+            assert np.allclose([t["probability"] for t in x["top"]],
+                               [t["probability"] for t in y["top"]], atol=1e-5)

@@ -13,6 +13,7 @@ from kulit.preprocess import Preprocessing
 SCHEMA_VERSION = 1
 CARD_FILE = "card.json"
 ONNX_FILE = "model.onnx"
+INT8_FILE = "model-int8.onnx"  # written by `kulit quantize` only if it passes its check
 HEAD_FILE = "head.npz"  # head weights for the torch-free Grad-CAM
 # model.onnx's tensor names: the one input, then the outputs in graph order
 INPUT = "image"  # float32 [N,3,H,W], preprocessed as card.preprocessing says
@@ -65,6 +66,10 @@ class ModelCard:
     gate: dict[str, Any] = field(default_factory=dict)
     # photo-quality limits (kulit.quality): min side, blur, exposure; {} = defaults
     quality: dict[str, Any] = field(default_factory=dict)
+    # the model files by role: "model" (fp32, always) and "int8" when `kulit quantize` passed
+    files: dict[str, str] = field(default_factory=lambda: {"model": ONNX_FILE})
+    # the int8 file's temperature, check figures (fp32 vs int8 per source) and settings; {} = none
+    int8: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:

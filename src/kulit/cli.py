@@ -182,11 +182,58 @@ def export_cmd(
     card_extra: Annotated[
         Path | None, typer.Option(help="JSON merged into card.json (data source, licence, limits)")
     ] = None,
+    int8: Annotated[
+        bool, typer.Option("--int8", help="Then `kulit quantize` the model with the run's split")
+    ] = False,
 ) -> None:
     """Export a run to model.onnx + card.json + head.npz, checked against torch."""
     from kulit.export import export, load_extra
 
     export(run_dir, out, name=name, extra=load_extra(card_extra))
+    if int8:
+        from kulit.card import load_card
+
+        _quantize(out, Path(load_card(out).train_config["split_csv"]))
+
+
+@app.command("quantize")
+@friendly
+def quantize_cmd(
+    model: Annotated[Path, typer.Argument(help="Model directory (model.onnx + card.json)")],
+    split_csv: Annotated[
+        Path, typer.Option("--split-csv", help="split.csv from `kulit data`: train rows "
+                           "calibrate, val rows check", metavar="FILE")
+    ],
+    calib_images: Annotated[int, typer.Option(help="Training photos to calibrate on")] = 100,
+    min_agreement: Annotated[
+        float, typer.Option(help="Least top-1 agreement with fp32 on val, each source")
+    ] = 0.95,
+    max_drop: Annotated[
+        float, typer.Option(help="Largest balanced-accuracy drop on val, each source (0.01 = "
+                            "1 point)")
+    ] = 0.01,
+    seed: Annotated[int, typer.Option(help="Seed picking the calibration photos")] = 0,
+) -> None:
+    """Add model-int8.onnx (static int8) if it agrees with fp32 on val; else write nothing."""
+    from kulit.quantize import QuantizeConfig
+
+    _quantize(model, split_csv, QuantizeConfig(calib_images=calib_images,
+                                               min_agreement=min_agreement,
+                                               max_bacc_drop=max_drop, seed=seed))
+
+
+def _quantize(model: Path, split_csv: Path, cfg: Any = None) -> None:
+    """Quantise and print the check figures, also when the check refuses the int8 file."""
+    from kulit.quantize import QuantizeError, quantize_model, summary_lines
+
+    try:
+        entry = quantize_model(model, split_csv, cfg=cfg)
+    except QuantizeError as e:
+        for line in summary_lines(e.entry, model):
+            typer.echo(line, err=True)
+        raise
+    for line in summary_lines(entry, model):
+        typer.echo(line)
 
 
 @app.command("export-web")
@@ -279,13 +326,19 @@ def predict_cmd(
     heatmap_dir: Annotated[
         Path | None, typer.Option(help="Write Grad-CAM overlays (PNG) into this folder")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per ONNX run")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Images per ONNX run (with --workers 1)")] = 32,
+    workers: Annotated[
+        int | None, typer.Option(help="Parallel single-thread workers, one photo each [CPU "
+                                 "count]; 1 = batches on all threads", min=1)
+    ] = None,
+    int8: Annotated[bool, typer.Option(help="Use the model's int8 file if it has one")] = True,
 ) -> None:
     """Predict skin conditions for photos (torch-free). Not a diagnosis."""
     from kulit.predict_cli import run_predict
 
     raise typer.Exit(run_predict(paths, model, json_out=json_out, top_k=top_k,
-                                 heatmap_dir=heatmap_dir, batch_size=batch_size))
+                                 heatmap_dir=heatmap_dir, batch_size=batch_size,
+                                 workers=workers, int8=int8))
 
 
 @app.command()
@@ -310,10 +363,11 @@ def serve(
                          "pip install 'kulit[serve]'") from None
 
     tune_allocator()
-    predictor = Predictor(model)  # a bad model dir fails here, before the server starts
-    settings = Settings(model_dir=model)
-    typer.echo(f"kulit: serving {predictor.model_id} on http://{host}:{port}  (Ctrl+C stops)",
-               err=True)
+    settings = Settings(model_dir=model)  # KULIT_THREADS, KULIT_INT8, ... from the environment
+    # a bad model dir fails here, before the server starts
+    predictor = Predictor(model, **settings.predictor_options())
+    typer.echo(f"kulit: serving {predictor.model_id} ({predictor.precision}) on "
+               f"http://{host}:{port}  (Ctrl+C stops)", err=True)
     uvicorn.run(create_app(settings, predictor=predictor), host=host, port=port)
 
 

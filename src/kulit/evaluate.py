@@ -144,7 +144,8 @@ def evaluate_model(
     metrics["run"] = {
         "model": card.name, "model_dir": str(model_dir), "data": str(data), "split": split,
         "split_csv": str(split_csv) if split_csv is not None and split != "all" else None,
-        "temperature": card.temperature, "threshold": card.threshold, "seed": card.seed,
+        "temperature": predictor.temperature, "precision": predictor.precision,
+        "threshold": card.threshold, "seed": card.seed,
     }
     title = f"{card.name} on {data.name or data} ({split} split)"
     write_report(metrics, out, title=title, card=card.to_dict())

@@ -383,7 +383,7 @@ def explain_model(predictor: Any, image: str | Path | bytes | Any) -> ModelExpla
     f, h, w = maps.shape
     size = card.preprocessing.input_size
 
-    soft = softmax_steps(pred.logits, card.temperature)
+    soft = softmax_steps(pred.logits, predictor.temperature)  # int8 has its own
     diff = float(np.abs(np.asarray(soft["probs"]) - pred.probs).max())
     if diff > PROBS_ATOL:  # a bug, not a user error: the two paths must agree
         raise RuntimeError(f"step-by-step softmax differs from Predictor by {diff:.3g}")

@@ -139,7 +139,7 @@ def extract_features(model_dir: Path, data_root: Path, rows: Sequence[Row],
     todo = [r.file for r in rows if r.file not in cached]
     bad: set[str] = set()
     if todo:
-        pred = Predictor(model_dir, threads=threads)
+        pred = Predictor(model_dir, threads=threads, int8=False)  # fitted with card.temperature
         for i in range(0, len(todo), batch_size):
             chunk, xs = [], []
             for f in todo[i: i + batch_size]:

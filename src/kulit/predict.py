@@ -115,7 +115,10 @@ class Predictor:
     decode_slots: AbstractContextManager[Any] = nullcontext()
 
     def __init__(self, model_dir: str | Path, threads: int | None = None,
-                 max_concurrent: int = 2) -> None:
+                 max_concurrent: int = 2, *, int8: bool = True,
+                 allow_spinning: bool = True) -> None:
+        """`threads`: intra-op threads per run; `int8`: use the card's int8 file if it passed
+        its check; `allow_spinning=False` stops idle ORT threads busy-waiting (servers)."""
         import onnxruntime as ort
 
         getattr(ort, "disable_telemetry_events", lambda: None)()  # privacy: see README
@@ -125,13 +128,15 @@ class Predictor:
         self._local = threading.local()
         self.model_dir = Path(model_dir)
         self.card: ModelCard = load_card(self.model_dir)
-        onnx_path = self.model_dir / ONNX_FILE
+        self.precision, onnx_path, self.temperature = self._pick_file(int8)
         if not onnx_path.is_file():
-            raise ModelError(f"{self.model_dir} is not a kulit model: {ONNX_FILE} is missing")
+            raise ModelError(f"{self.model_dir} is not a kulit model: {onnx_path.name} is missing")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or min(os.cpu_count() or 1, 4)
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not allow_spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
                 str(onnx_path), opts, providers=["CPUExecutionProvider"]
@@ -159,6 +164,18 @@ class Predictor:
             raise ModelError(
                 f"model has {n_out} outputs but card.json lists {len(self.card.classes)} classes"
             )
+
+    def _pick_file(self, int8: bool) -> tuple[str, Path, float]:
+        """(precision, ONNX file, temperature): the int8 file only if asked, present, checked,
+        and made from the fp32 file beside it (a re-exported model.onnx voids it)."""
+        fp32 = self.model_dir / self.card.files.get("model", ONNX_FILE)
+        entry, name = self.card.int8, self.card.files.get("int8")
+        if int8 and name and entry.get("passed") and (self.model_dir / name).is_file():
+            from kulit.quantize import file_sha256
+
+            if fp32.is_file() and entry.get("source_sha256") == file_sha256(fp32):
+                return "int8", self.model_dir / name, float(entry["temperature"])
+        return "fp32", fp32, self.card.temperature
 
     @property
     def classes(self) -> list[str]:
@@ -269,7 +286,7 @@ class Predictor:
                                  first_layer=first_layer)
         firsts = getattr(self._local, "first_layer", None) if first_layer else None
         t2 = time.perf_counter()
-        probs = softmax(logits.astype(np.float64) / self.card.temperature)
+        probs = softmax(logits.astype(np.float64) / self.temperature)
         gate = None
         if self.gate is not None and feats is not None:
             gate = self.gate.scores(feats.astype(np.float64).mean(axis=(2, 3)))

@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+
+from tqdm import tqdm
 
 from kulit import DISCLAIMER_EN, DISCLAIMER_ID
 from kulit.answer import Answer, answer_for
 from kulit.errors import ImageError, KulitError, ensure_writable_dir
 from kulit.i18n import both
-from kulit.predict import Predictor, heatmap_overlay
+from kulit.predict import Prediction, Predictor, heatmap_overlay
 
 
 def expand(paths: list[Path]) -> Iterator[Path]:
@@ -38,14 +42,41 @@ def _walk(root: Path) -> Iterator[Path]:
         yield from (Path(dirpath) / n for n in names)
 
 
+def predict_files(predictor: Predictor, files: list[Path], *, top_k: int, heatmap: bool,
+                  workers: int, batch_size: int) -> Iterator[Prediction | ImageError]:
+    """Results in file order. With workers > 1 each worker takes a whole photo (decode,
+    preprocess, one single-thread run): on 2 cores 1.3x faster than batches of 32 and ~8x less
+    memory; at most 2 * workers photos are in flight, so memory stays bounded."""
+    if workers <= 1:
+        for i in range(0, len(files), batch_size):
+            yield from predictor.predict_many(files[i: i + batch_size], top_k=top_k,
+                                              heatmap=heatmap, batch_size=batch_size)
+        return
+
+    def one(f: Path) -> Prediction | ImageError:
+        return predictor.predict_many([f], top_k=top_k, heatmap=heatmap, batch_size=1)[0]
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque[Future[Prediction | ImageError]] = deque()
+        for f in files:
+            pending.append(pool.submit(one, f))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def run_predict(paths: list[Path], model: Path, *, json_out: bool = False, top_k: int = 3,
-                heatmap_dir: Path | None = None, batch_size: int = 32) -> int:
+                heatmap_dir: Path | None = None, batch_size: int = 32,
+                workers: int | None = None, int8: bool = True) -> int:
     """Predict every file; exit status 0 if at least one image was predicted, else 1."""
     if batch_size < 1:
         raise KulitError(f"--batch-size must be at least 1, not {batch_size}")
     if top_k < 1:
         raise KulitError(f"--top-k must be at least 1, not {top_k}")
-    predictor = Predictor(model)
+    workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
+    predictor = (Predictor(model, threads=1, max_concurrent=workers, int8=int8) if workers > 1
+                 else Predictor(model, int8=int8))
     files = list(expand(paths))
     if not files:
         raise KulitError("no files to predict (empty folder?)")
@@ -55,29 +86,31 @@ def run_predict(paths: list[Path], model: Path, *, json_out: bool = False, top_k
     if not json_out:
         print(f"model {predictor.model_id} ({len(predictor.classes)} conditions, "
               f"uncertain below {predictor.card.threshold:.0%})")
-    for i in range(0, len(files), batch_size):
-        chunk = files[i: i + batch_size]
-        results = predictor.predict_many(chunk, top_k=top_k, heatmap=heatmap_dir is not None,
-                                         batch_size=batch_size)
-        for f, r in zip(chunk, results, strict=True):
-            if isinstance(r, ImageError):
-                if json_out:
-                    print(json.dumps({"source": str(f), "error": {"code": r.code,
-                                                                  "message": r.message}}))
-                else:
-                    print(f"{f}: error: {r.message}", file=sys.stderr)
-                continue
-            ok += 1
-            ans = answer_for(r, predictor.card)
-            if heatmap_dir is not None and r.heatmap is not None and r.image is not None:
-                name = f"{f.stem}.heatmap.png"
-                try:
-                    heatmap_overlay(r.image, r.heatmap).save(heatmap_dir / name)
-                except OSError as e:  # disk full, folder removed meanwhile: say so, go on
-                    print(f"{f}: error: cannot write {heatmap_dir / name} "
+    results = predict_files(predictor, files, top_k=top_k, heatmap=heatmap_dir is not None,
+                            workers=workers, batch_size=batch_size)
+    bar = tqdm(total=len(files), unit="photo", file=sys.stderr, disable=not sys.stderr.isatty(),
+               leave=False)
+    for f, r in zip(files, results, strict=True):
+        bar.update()
+        if isinstance(r, ImageError):
+            if json_out:
+                print(json.dumps({"source": str(f), "error": {"code": r.code,
+                                                              "message": r.message}}))
+            else:
+                bar.write(f"{f}: error: {r.message}", file=sys.stderr)
+            continue
+        ok += 1
+        ans = answer_for(r, predictor.card)
+        if heatmap_dir is not None and r.heatmap is not None and r.image is not None:
+            name = f"{f.stem}.heatmap.png"
+            try:
+                heatmap_overlay(r.image, r.heatmap).save(heatmap_dir / name)
+            except OSError as e:  # disk full, folder removed meanwhile: say so, go on
+                bar.write(f"{f}: error: cannot write {heatmap_dir / name} "
                           f"({e.strerror or e})", file=sys.stderr)
-            print(json.dumps(_json(str(f), ans, predictor.model_id)) if json_out
-                  else _line(f, ans))
+        print(json.dumps(_json(str(f), ans, predictor.model_id)) if json_out
+              else _line(f, ans))
+    bar.close()
     if not json_out:
         print(f"\n{ok} of {len(files)} predicted. {DISCLAIMER_EN}")
     return 0 if ok else 1

@@ -177,7 +177,7 @@ def check_web_model(model_dir: Path, web_model: Path | bytes, atol: float) -> fl
     """Run both models on a few synthetic crops; raise if the probabilities differ by > atol."""
     from kulit.predict import Predictor, softmax
 
-    pred = Predictor(model_dir, threads=1)
+    pred = Predictor(model_dir, threads=1, int8=False)  # the browser model is built from fp32
     web = web_session(web_model)
     rng = np.random.default_rng(0)
     s = pred.card.preprocessing.input_size

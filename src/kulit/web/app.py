@@ -98,7 +98,8 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded_here = app.state.predictor is None
         if loaded_here:
-            app.state.predictor = await run_in_threadpool(Predictor, settings.model_dir)
+            app.state.predictor = await run_in_threadpool(
+                lambda: Predictor(settings.model_dir, **settings.predictor_options()))
         app.state.predictor.decode_slots = DecodeSlots(settings.max_concurrent_decodes)
         yield
         if loaded_here:

@@ -50,6 +50,10 @@ def analyse(predictor: Predictor, data: bytes, top_k: int, heatmap: bool,
 
 
 def encode_image(img: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
+    """Encode once for the page. PNG at compress_level 1: the same pixels as the default
+    level, ~10% larger, but ~20 ms less per 224 px overlay (issue 15)."""
+    if fmt.upper() == "PNG":
+        kw.setdefault("compress_level", 1)
     buf = io.BytesIO()
     img.save(buf, fmt, **kw)
     return buf.getvalue()
