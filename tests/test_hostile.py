@@ -514,8 +514,12 @@ def test_python_heap_does_not_grow_per_request(client: TestClient) -> None:
 
 # 9. Ctrl-C twice during training -------------------------------------------------------------
 
-def test_double_ctrl_c_keeps_the_run_and_says_interrupted(tiny_dataset, tmp_path, monkeypatch):
+def test_double_ctrl_c_keeps_the_run_and_says_interrupted(tiny_dataset, tmp_path, monkeypatch,
+                                                          request):
     pytest.importorskip("torch")
+    # as in a terminal: a run started in the background (nohup, CI) inherits SIGINT ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     import kulit.train as kt
     from kulit.config import make_config
     from kulit.data import run_data
