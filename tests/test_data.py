@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from kulit import data as data_module
+from kulit import dedupe
 from kulit.cli import app
 from kulit.data import (
     PHASH_THRESHOLD,
@@ -28,12 +28,11 @@ from kulit.data import (
     inspect_file,
     inspect_files,
     load_split,
-    near_pairs,
-    phash_distances,
     read_report,
     run_data,
     scan_folder,
 )
+from kulit.dedupe import near_pairs, phash_distances
 from kulit.errors import DataError
 
 SKIN8 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "skin8"
@@ -174,8 +173,8 @@ def test_popcount_fallback_matches_python() -> None:
     x = np.random.default_rng(0).integers(0, 2**63, (5, 3), dtype=np.uint64)
     x[0, 0] = np.uint64(2**64 - 1)
     expected = [[bin(int(v)).count("1") for v in row] for row in x]
-    assert data_module._popcount(x).tolist() == expected
-    table = data_module._POP8[x.view(np.uint8)].reshape(5, 3, 8).sum(axis=-1)
+    assert dedupe._popcount(x).tolist() == expected
+    table = dedupe._POP8[x.view(np.uint8)].reshape(5, 3, 8).sum(axis=-1)
     assert table.tolist() == expected
 
 

@@ -18,48 +18,46 @@ import hashlib
 import io
 import json
 import os
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from kulit.data_io import (
+    REPORT_JSON,
+    REPORT_MD,
+    REPORT_VERSION,
+    SPLIT_CSV,
+    SPLITS,
+    DataResult,
+    SplitRow,
+    _progress_printer,
+    load_split,
+    read_report,
+    render_report_md,
+    summary_lines,
+    write_outputs,
+)
+from kulit.dedupe import PHASH_THRESHOLD, dihedral_phashes, group_duplicates, image_phashes
 from kulit.errors import DataError, ImageError
 from kulit.preprocess import decode_image
 
+# kulit.data is the pipeline's front door: the split format (kulit.data_io) and duplicate
+# grouping (kulit.dedupe) are reachable from here too
+__all__ = [
+    "PHASH_THRESHOLD", "REPORT_JSON", "REPORT_MD", "SPLIT_CSV", "SPLITS", "DataResult",
+    "FileCheck", "SplitRow", "build_split", "dihedral_phashes", "image_phashes",
+    "inspect_file", "inspect_files", "load_split", "read_report", "render_report_md",
+    "run_data", "scan_folder",
+]
+
 MIN_SIDE = 32  # smaller images carry too little detail to train on (decoder: kulit.preprocess)
 MAX_FILE_BYTES = 256 * 2**20  # never read a video or disk image into memory
-# Hamming distance (of 64 bits, best of the 8 flips/turns) at or under which two photos are near
-# duplicates. Tuned on skin8 by eye: every pair at 0-4 bits is the same photo (re-encoded,
-# resized, recoloured, flipped); at 6 bits 5 of 6 pairs are, the sixth two look-alike melanoma
-# photos of one class; at 8 bits 4 of 6 pairs are different photos, some from different classes.
-PHASH_THRESHOLD = 6
-SPLITS = ("train", "val", "test")
-SPLIT_COLUMNS = ("file", "class", "split", "group")  # required when reading
-SOURCE_COLUMNS = ("source", "origin")  # written by `kulit data`; optional when reading
-REPORT_JSON = "data_report.json"
-REPORT_MD = "data_report.md"
-SPLIT_CSV = "split.csv"
-REPORT_VERSION = 2
 MANIFEST = "manifest.csv"  # optional per folder: columns file (relative to it) and source
 _PARALLEL_MIN_FILES = 2000  # decoding is ~2 ms a file: below this, one process is fast enough
-
-
-@dataclass(frozen=True)
-class SplitRow:
-    """One line of split.csv, with the image's absolute path resolved against the data root."""
-
-    path: Path
-    file: str
-    label: str
-    split: str
-    group: str
-    source: str = ""  # data folder the file came from (e.g. "skin8-web")
-    origin: str = ""  # the folder manifest's source, shortened (e.g. "DermNet NZ")
 
 
 @dataclass(frozen=True)
@@ -90,14 +88,6 @@ class FolderScan:
     files: list[tuple[str, str]]  # (relative file, class), sorted
     ignored: list[str]  # top-level files and hidden entries, relative paths
     empty_classes: list[str]
-
-
-@dataclass
-class DataResult:
-    """Everything `build_split` decided: the split rows and the report written beside them."""
-
-    rows: list[tuple[str, str, str, str, str, str]]  # split.csv rows, sorted by file
-    report: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,54 +156,6 @@ def _nested_message(folder: Path, root: Path) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Inspecting one file
-
-
-def _dct_matrix(n: int) -> np.ndarray:
-    """Orthonormal DCT-II matrix: `m @ x` transforms a length-n signal."""
-    k = np.arange(n)[:, None]
-    i = np.arange(n)[None, :]
-    m = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
-    m[0] /= np.sqrt(2.0)
-    return m
-
-
-_DCT32 = _dct_matrix(32)
-_SIGN8 = (-1.0) ** np.arange(8)
-_BIT_WEIGHTS = (1 << np.arange(63, -1, -1, dtype=np.uint64)).astype(np.uint64)
-
-
-def _bits(block: np.ndarray) -> int:
-    flags = (block > np.median(block)).ravel()
-    return int(np.bitwise_or.reduce(_BIT_WEIGHTS[flags], initial=np.uint64(0)))
-
-
-def dihedral_phashes(gray32: np.ndarray) -> tuple[int, ...]:
-    """64-bit DCT pHashes of a 32x32 grey image under all 8 flips and quarter turns.
-
-    Flipping an image negates its odd DCT frequencies along that axis and a transpose transposes
-    the coefficients, so one DCT gives all 8 variants exactly. Identity comes first.
-    """
-    coeffs = (_DCT32 @ gray32.astype(np.float64) @ _DCT32.T)[:8, :8]
-    variants = []
-    for transpose in (False, True):
-        base = coeffs.T if transpose else coeffs
-        for flip_rows in (False, True):
-            for flip_cols in (False, True):
-                c = base
-                if flip_rows:
-                    c = c * _SIGN8[:, None]
-                if flip_cols:
-                    c = c * _SIGN8[None, :]
-                variants.append(_bits(c))
-    return tuple(variants)
-
-
-def image_phashes(img: Image.Image) -> tuple[int, ...]:
-    """The 8 dihedral pHashes of a decoded PIL image."""
-    # 16/32-bit greyscale would clip in "L"; pHash ignores intensity scale, so keep it as float
-    grey = img.convert("F") if img.mode.startswith(("I", "F")) else img.convert("L")
-    grey = grey.resize((32, 32), Image.Resampling.LANCZOS, reducing_gap=2.0)
-    return dihedral_phashes(np.asarray(grey, dtype=np.float64))
 
 
 def _reject(file: str, label: str, code: str, reason: str, sha: str = "") -> FileCheck:
@@ -287,84 +229,6 @@ def inspect_files(
 
 # ---------------------------------------------------------------------------------------------
 # Duplicates
-
-
-_POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
-
-
-def _popcount(x: np.ndarray) -> np.ndarray:
-    """Set bits per uint64 element (numpy >= 2 has it built in; a byte table otherwise)."""
-    if hasattr(np, "bitwise_count"):
-        return np.bitwise_count(x)
-    x = np.ascontiguousarray(x, dtype=np.uint64)
-    return _POP8[x.view(np.uint8)].reshape(*x.shape, 8).sum(axis=-1, dtype=np.uint8)
-
-
-def _phash_blocks(phashes: Sequence[Sequence[int]]) -> Iterable[tuple[int, np.ndarray]]:
-    """Yield (first row, distances of a block of rows to every image), bounded memory."""
-    h = np.array(phashes, dtype=np.uint64).reshape(len(phashes), 8)
-    n = len(h)
-    rows = max(1, 4_000_000 // (8 * max(n, 1)))  # about 32 MB of XORs per block
-    ident = h[:, 0]
-    for start in range(0, n, rows):
-        block = h[start : start + rows]
-        yield start, _popcount(block[:, :, None] ^ ident[None, None, :]).min(axis=1)
-
-
-def phash_distances(phashes: Sequence[Sequence[int]]) -> np.ndarray:
-    """n x n Hamming distances, each the best over the 8 flips/turns of either image."""
-    n = len(phashes)
-    dist = np.empty((n, n), dtype=np.uint8)
-    for start, d in _phash_blocks(phashes):
-        dist[start : start + len(d)] = d
-    return np.minimum(dist, dist.T)
-
-
-def near_pairs(phashes: Sequence[Sequence[int]], threshold: int) -> list[tuple[int, int]]:
-    """Index pairs (i < j) within `threshold` bits, without holding the n x n matrix."""
-    pairs: set[tuple[int, int]] = set()
-    for start, d in _phash_blocks(phashes):
-        for r, c in zip(*np.nonzero(d <= threshold), strict=True):
-            i, j = start + int(r), int(c)
-            if i != j:
-                pairs.add((min(i, j), max(i, j)))
-    return sorted(pairs)
-
-
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, i: int, j: int) -> None:
-        a, b = self.find(i), self.find(j)
-        if a != b:
-            self.parent[max(a, b)] = min(a, b)
-
-
-def group_duplicates(
-    checks: Sequence[FileCheck], threshold: int = PHASH_THRESHOLD
-) -> list[list[int]]:
-    """Group usable files that are exact (same sha256) or near (pHash) copies; index lists."""
-    n = len(checks)
-    uf = _UnionFind(n)
-    first_by_sha: dict[str, int] = {}
-    for i, c in enumerate(checks):
-        j = first_by_sha.setdefault(c.sha256, i)
-        if j != i:
-            uf.union(j, i)
-    if n > 1 and threshold >= 0:
-        for i, j in near_pairs([c.phashes for c in checks], threshold):
-            uf.union(i, j)
-    groups: dict[int, list[int]] = {}
-    for i in range(n):
-        groups.setdefault(uf.find(i), []).append(i)
-    return sorted(groups.values(), key=lambda g: checks[g[0]].file)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -633,130 +497,6 @@ def _counts(rows: Sequence[Sequence[str]], classes: Sequence[str]) -> dict[str, 
 # Outputs
 
 
-def _split_csv_text(rows: Sequence[Sequence[str]]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(SPLIT_COLUMNS + SOURCE_COLUMNS)
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
-def render_report_md(report: dict[str, Any]) -> str:
-    """A short human summary of `data_report.json`."""
-    r = report
-    fr = r["fractions"]
-    lines = [
-        f"# Data report: {r['data_dir']}",
-        "",
-        f"- {r['n_files']} images used of {r['n_files_scanned']} files scanned, "
-        f"in {r['n_groups']} unique groups (copies of one photo share a group and a split)",
-        f"- split {fr['train']:g}/{fr['val']:g}/{fr['test']:g} train/val/test, seed {r['seed']}, "
-        "stratified per class over whole groups",
-        f"- exact duplicates: {r['exact_duplicates']['n_extra_copies']} extra copies in "
-        f"{r['exact_duplicates']['n_groups']} groups",
-        f"- near duplicates (pHash distance <= {r['near_duplicates']['phash_threshold']} of 64, "
-        f"any flip or quarter turn): {r['near_duplicates']['n_groups']} groups, "
-        f"{r['near_duplicates']['n_files']} files",
-        f"- label conflicts left out: {r['label_conflicts']['n_groups']} groups, "
-        f"{r['label_conflicts']['n_files']} files",
-        f"- rejected files: {len(r['rejected'])}; excluded by list: {len(r['excluded'])}; "
-        f"ignored: {len(r['ignored'])}",
-        f"- data hash: `{r['data_hash']}`",
-        "",
-        "| class | train | val | test | total |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for label in r["classes"]:
-        c = r["counts"][label]
-        lines.append(f"| {label} | {c['train']} | {c['val']} | {c['test']} | {c['total']} |")
-    s = r["split_counts"]
-    lines.append(f"| **all** | {s['train']} | {s['val']} | {s['test']} | {r['n_files']} |")
-    lines += ["", "## Per source", "", "| source | class | train | val | test | total |",
-              "|---|---|---:|---:|---:|---:|"]
-    for src, info in r["sources"].items():
-        for label, c in info["counts"].items():
-            lines.append(f"| {src} | {label} | {c['train']} | {c['val']} | {c['test']} | "
-                         f"{c['total']} |")
-        origins = ", ".join(f"{o or 'unknown'} {n}" for o, n in info["origins"].items())
-        lines.append(f"| {src} | origins: {origins} | | | | |")
-    if r["excluded"]:
-        lines += ["", "## Excluded by the exclusion list", ""] + [f"- {x}" for x in r["excluded"]]
-    if r["warnings"]:
-        lines += ["", "## Warnings", ""] + [f"- {w}" for w in r["warnings"]]
-    if r["rejected"]:
-        lines += ["", "## Rejected files", "", "| file | reason |", "|---|---|"]
-        lines += [f"| {x['file']} | {x['code']}: {x['reason']} |" for x in r["rejected"]]
-    if r["label_conflicts"]["groups"]:
-        lines += ["", "## Label conflicts (left out)", ""]
-        for g in r["label_conflicts"]["groups"]:
-            lines.append(f"- {', '.join(g['files'])} ({' vs '.join(g['classes'])})")
-    if r["near_duplicates"]["groups"]:
-        lines += ["", "## Near-duplicate groups", ""]
-        lines += [
-            f"- {g['group']}: {', '.join(g['files'])}" for g in r["near_duplicates"]["groups"]
-        ]
-    if r["exact_duplicates"]["groups"]:
-        lines += ["", "## Exact-duplicate groups", ""]
-        lines += [f"- {', '.join(g)}" for g in r["exact_duplicates"]["groups"]]
-    if r["ignored"]:
-        lines += ["", "## Ignored (not in a class folder, or hidden)", ""]
-        lines += [f"- {x}" for x in r["ignored"]]
-    return "\n".join(lines) + "\n"
-
-
-def write_outputs(result: DataResult, out_dir: Path) -> None:
-    """Write split.csv, data_report.json and data_report.md; same input -> same bytes."""
-    out_dir = Path(out_dir)
-    # the folders' parent, relative to the output folder: no absolute path in any output
-    result.report["root"] = Path(
-        os.path.relpath(Path(result.report["root"]).resolve(), out_dir.resolve())).as_posix()
-    csv_text = _split_csv_text(result.rows)
-    result.report["split_sha256"] = hashlib.sha256(csv_text.encode()).hexdigest()
-    json_text = json.dumps(result.report, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name, text in (
-            (SPLIT_CSV, csv_text),
-            (REPORT_JSON, json_text),
-            (REPORT_MD, render_report_md(result.report)),
-        ):
-            tmp = out_dir / f".{name}.tmp"
-            tmp.write_text(text, encoding="utf-8", newline="")
-            tmp.replace(out_dir / name)
-    except OSError as e:
-        raise DataError(f"cannot write to {out_dir}: {e.strerror or e}") from None
-
-
-def _progress_printer() -> Callable[[int, int], None] | None:
-    if not sys.stderr.isatty():
-        return None
-
-    def show(i: int, n: int) -> None:
-        if n >= 200 and (i % 50 == 0 or i == n):
-            end = "\n" if i == n else ""
-            print(f"\rchecking images {i}/{n}", end=end, file=sys.stderr, flush=True)
-
-    return show
-
-
-def summary_lines(report: dict[str, Any], out_dir: Path) -> list[str]:
-    """The few lines `kulit data` prints."""
-    r = report
-    s = r["split_counts"]
-    lines = [
-        f"{r['n_files']} images in {len(r['classes'])} classes ({r['n_groups']} unique groups); "
-        f"{len(r['rejected'])} rejected, {r['label_conflicts']['n_files']} left out for label "
-        "conflicts",
-        f"duplicates: {r['exact_duplicates']['n_extra_copies']} exact extra copies, "
-        f"{r['near_duplicates']['n_groups']} near-duplicate groups (kept together in one split)",
-        f"split: train {s['train']}, val {s['val']}, test {s['test']} (seed {r['seed']})",
-    ]
-    lines += [f"warning: {w}" for w in r["warnings"]]
-    lines.append(f"wrote {out_dir / SPLIT_CSV}, {REPORT_JSON}, {REPORT_MD}")
-    lines.append(f"data hash {r['data_hash']}")
-    return lines
-
-
 def run_data(
     paths: Path | Sequence[Path],
     out: Path,
@@ -780,90 +520,3 @@ def run_data(
     return 0
 
 
-# ---------------------------------------------------------------------------------------------
-# Reading back
-
-
-def read_report(out_dir: Path) -> dict[str, Any]:
-    """Load `data_report.json` from a `kulit data` output folder (holds `data_hash`, classes)."""
-    path = Path(out_dir)
-    if path.is_dir():
-        path = path / REPORT_JSON
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"data report not found: {path} (run `kulit data` first)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"cannot read data report {path}: {e}") from None
-    if not isinstance(report, dict) or "data_hash" not in report or "classes" not in report:
-        raise DataError(f"malformed data report {path}: no data_hash or classes")
-    return report
-
-
-def _under(base: Path, rel: Path, bases: dict[str, Path]) -> Path:
-    """Where `<folder>/...` lives: under `base`, or beside it when `base` is one of the folders."""
-    top = rel.parts[0]
-    if top not in bases:
-        inside = top != base.name and (base / top).is_dir()
-        bases[top] = base if inside or not (base.parent / top).is_dir() else base.parent
-    return bases[top] / rel
-
-
-def load_split(
-    split_csv: Path, root: Path | None = None, check_files: bool = True
-) -> list[SplitRow]:
-    """Read split.csv into rows with absolute paths; DataError if unusable.
-
-    Files are `<folder>/<class>/<name>`: `root` may be the folders' common parent or one of the
-    folders itself; without it, the `root` recorded in the data report beside split.csv.
-    """
-    split_csv = Path(split_csv)
-    if root is None:
-        root = split_csv.parent / read_report(split_csv.parent).get("root", ".")
-    root = Path(root)
-    try:
-        text = split_csv.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"split file not found: {split_csv} (run `kulit data` first)") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read split file {split_csv}: {e}") from None
-    reader = csv.DictReader(io.StringIO(text))
-    missing_cols = [c for c in SPLIT_COLUMNS if c not in (reader.fieldnames or [])]
-    if missing_cols:
-        raise DataError(
-            f"malformed split file {split_csv}: missing column(s) {', '.join(missing_cols)}"
-        )
-    if check_files and not root.is_dir():
-        raise DataError(f"data folder not found: {root}")
-    base = root.resolve()
-    bases: dict[str, Path] = {}
-    rows: list[SplitRow] = []
-    for line_no, rec in enumerate(reader, start=2):
-        values = {c: (rec.get(c) or "").strip() for c in SPLIT_COLUMNS}
-        if not all(values.values()):
-            raise DataError(f"malformed split file {split_csv}, line {line_no}: empty field")
-        if values["split"] not in SPLITS:
-            raise DataError(
-                f"malformed split file {split_csv}, line {line_no}: split "
-                f"{values['split']!r} is not one of {', '.join(SPLITS)}"
-            )
-        rel = Path(values["file"])
-        if rel.is_absolute() or ".." in rel.parts:
-            raise DataError(
-                f"malformed split file {split_csv}, line {line_no}: file must be relative "
-                f"to the data folder, got {values['file']!r}"
-            )
-        path = _under(base, rel, bases)
-        rows.append(
-            SplitRow(path, values["file"], values["class"], values["split"], values["group"],
-                     *((rec.get(c) or "").strip() for c in SOURCE_COLUMNS))
-        )
-    if not rows:
-        raise DataError(f"split file {split_csv} has no rows")
-    if check_files:
-        missing = [r.file for r in rows if not r.path.is_file()]
-        if missing:
-            raise DataError(
-                f"{len(missing)} file(s) of {split_csv} not found under {root}, e.g. {missing[0]}"
-            )
-    return rows
