@@ -9,7 +9,8 @@ from PIL import Image
 pytest.importorskip("cleanlab")
 
 from kulit.label_issues import find_issues  # noqa: E402
-from kulit.train import _sampling_probs, augment  # noqa: E402
+from kulit.augment import augment  # noqa: E402
+from kulit.train import _sampling_probs  # noqa: E402
 
 
 def blobs(n_per: int, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
