@@ -8,8 +8,8 @@ from PIL import Image
 
 pytest.importorskip("cleanlab")
 
-from kulit.label_issues import find_issues  # noqa: E402
 from kulit.augment import augment  # noqa: E402
+from kulit.label_issues import find_issues  # noqa: E402
 from kulit.train import _sampling_probs  # noqa: E402
 
 
