@@ -4,6 +4,7 @@ every copy of a photo lands on one side of the split."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
@@ -71,7 +72,9 @@ def dihedral_phashes(gray32: np.ndarray) -> tuple[int, ...]:
 def image_phashes(img: Image.Image) -> tuple[int, ...]:
     """The 8 dihedral pHashes of a decoded PIL image."""
     # 16/32-bit greyscale would clip in "L"; pHash ignores intensity scale, so keep it as float
-    grey = img.convert("F") if img.mode.startswith(("I", "F")) else img.convert("L")
+    with warnings.catch_warnings():  # palette + transparency: the grey values are what we hash
+        warnings.filterwarnings("ignore", "Palette images with Transparency", UserWarning)
+        grey = img.convert("F") if img.mode.startswith(("I", "F")) else img.convert("L")
     grey = grey.resize((32, 32), Image.Resampling.LANCZOS, reducing_gap=2.0)
     return dihedral_phashes(np.asarray(grey, dtype=np.float64))
 

@@ -252,7 +252,9 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = WHITE) -> Image.
         hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
         img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     if img.mode == "P":
-        img = img.convert("RGBA")
+        with warnings.catch_warnings():  # Pillow's advice to do exactly this conversion
+            warnings.filterwarnings("ignore", "Palette images with Transparency", UserWarning)
+            img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (*background, 255))
