@@ -282,7 +282,7 @@ def bench_paper(files: list[Path], tmp: Path) -> dict[str, Any]:
     torch.manual_seed(0)
     spec = get_spec("densenet201")
     backbone = build_backbone("densenet201", PAPER_SIZE, None, False)
-    net = nn.Sequential(backbone, PaperHead(spec.out_channels, 8)).eval()  # type: ignore[arg-type]
+    net = nn.Sequential(backbone, PaperHead(spec.out_channels, 8)).eval()
     path = tmp / "paper_densenet201_64.onnx"
     t = time.perf_counter()
     torch.onnx.export(net, (torch.zeros(1, 3, PAPER_SIZE, PAPER_SIZE),), str(path),
