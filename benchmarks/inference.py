@@ -1,7 +1,7 @@
 """Inference speed, one run, side by side: fp32 vs int8 predictor, torch eager, the floor.
 
     python benchmarks/inference.py [--model models/kulit-skin8] [--run runs/kulit] [--n 200]
-                                   [--folder 500]
+                                   [--folder 500] [--skip-paper] [--skip-api] [--api-requests 200]
 
 Writes benchmarks/results/inference.json. Latency at batch 1 includes decode and preprocess
 (the same code path for every engine), with 2 intra-op threads (a lone process) and with 1
@@ -9,7 +9,10 @@ Writes benchmarks/results/inference.json. Latency at batch 1 includes decode and
 (photos/s and peak memory; serial batches of 32 vs parallel single-thread workers, fp32 and
 int8); cold start and peak memory of the predictor in a fresh process; the physical floor of
 the network (its FLOPs over the GEMM rate ONNX Runtime reaches here, fp32 and int8); the
-result page's image encoding. int8 rows need `kulit quantize` to have passed on --model.
+result page's image encoding; the paper's architecture (DenseNet201 at 64 px + its head, random
+weights, exported like kulit exports) in ONNX Runtime; `kulit serve` at concurrency 1/4/16 with
+real photo uploads (benchmarks/serve.py's harness) and its peak memory. int8 rows need
+`kulit quantize` to have passed on --model.
 The machine's load average is recorded at the start and the end: 2 cores are easily disturbed.
 """
 
