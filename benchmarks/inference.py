@@ -1,7 +1,7 @@
 """Inference speed, one run, side by side: fp32 vs int8 predictor, torch eager, the floor.
 
     python benchmarks/inference.py [--model models/kulit-skin8] [--run runs/kulit] [--n 200]
-                                   [--folder 500]
+                                   [--folder 500] [--skip-paper] [--skip-api] [--api-requests 200]
 
 Writes benchmarks/results/inference.json. Latency at batch 1 includes decode and preprocess
 (the same code path for every engine), with 2 intra-op threads (a lone process) and with 1
@@ -9,7 +9,10 @@ Writes benchmarks/results/inference.json. Latency at batch 1 includes decode and
 (photos/s and peak memory; serial batches of 32 vs parallel single-thread workers, fp32 and
 int8); cold start and peak memory of the predictor in a fresh process; the physical floor of
 the network (its FLOPs over the GEMM rate ONNX Runtime reaches here, fp32 and int8); the
-result page's image encoding. int8 rows need `kulit quantize` to have passed on --model.
+result page's image encoding; the paper's architecture (DenseNet201 at 64 px + its head, random
+weights, exported like kulit exports) in ONNX Runtime; `kulit serve` at concurrency 1/4/16 with
+real photo uploads (benchmarks/serve.py's harness) and its peak memory. int8 rows need
+`kulit quantize` to have passed on --model.
 The machine's load average is recorded at the start and the end: 2 cores are easily disturbed.
 """
 
@@ -261,6 +264,128 @@ def bench_encode(model: Path, files: list[Path]) -> dict[str, Any]:
                                      for k, v in res.items()}}
 
 
+PAPER_SIZE = 64
+
+
+def bench_paper(files: list[Path], tmp: Path) -> dict[str, Any]:
+    """The paper's architecture (DenseNet201 at 64 px + its BN/GAP/Dense128/Dropout/Dense8
+    head), built with kulit's own code, exported like kulit exports (opset, input name, dynamic
+    batch) and timed with ONNX Runtime. Random weights: timing only, the predictions mean nothing.
+    """
+    import onnxruntime as ort
+    import torch
+    from torch import nn
+
+    from kulit.backbones import build_backbone, get_spec
+    from kulit.card import INPUT, LOGITS
+    from kulit.export import OPSET
+    from kulit.heads import PaperHead
+    from kulit.preprocess import load_and_preprocess
+
+    torch.manual_seed(0)
+    spec = get_spec("densenet201")
+    backbone = build_backbone("densenet201", PAPER_SIZE, None, False)
+    net = nn.Sequential(backbone, PaperHead(spec.out_channels, 8)).eval()
+    path = tmp / "paper_densenet201_64.onnx"
+    t = time.perf_counter()
+    torch.onnx.export(net, (torch.zeros(1, 3, PAPER_SIZE, PAPER_SIZE),), str(path),
+                      input_names=[INPUT], output_names=[LOGITS],
+                      dynamic_axes={INPUT: {0: "N"}, LOGITS: {0: "N"}},
+                      opset_version=OPSET, dynamo=False)
+    export_s = time.perf_counter() - t
+    params = sum(p.numel() for p in net.parameters())
+    pre = spec.preprocessing(PAPER_SIZE)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def one(f: Path) -> np.ndarray:
+        x = load_and_preprocess(f, pre)[1][None]
+        return np.asarray(sess.run([LOGITS], {INPUT: x})[0])
+
+    for f in files[:5]:
+        one(f)
+    lat = []
+    for f in files:
+        t = time.perf_counter()
+        one(f)
+        lat.append(time.perf_counter() - t)
+    x = np.stack([load_and_preprocess(f, pre)[1] for f in files[:32]])
+    t1 = []
+    for i in range(len(files)):
+        t = time.perf_counter()
+        sess.run([LOGITS], {INPUT: x[i % 32: i % 32 + 1]})
+        t1.append(time.perf_counter() - t)
+    batches = [files[i: i + 32] for i in range(0, len(files) - 31, 32)]
+    t = time.perf_counter()
+    for b in batches:
+        sess.run([LOGITS], {INPUT: np.stack([load_and_preprocess(f, pre)[1] for f in b])})
+    thr = 32 * len(batches) / (time.perf_counter() - t)
+    sess.run([LOGITS], {INPUT: x})
+    t = time.perf_counter()
+    for _ in range(5):
+        sess.run([LOGITS], {INPUT: x})
+    thr_model = 5 * 32 / (time.perf_counter() - t)
+    return {
+        "architecture": f"densenet201 at {PAPER_SIZE} px + PaperHead (BN -> GAP -> Dense 128 "
+                        "ReLU -> Dropout -> Dense 8), kulit.backbones + kulit.heads",
+        "weights": "random (seed 0): timing only, the outputs mean nothing",
+        "inputs": f"the same real photos, decoded and preprocessed at {PAPER_SIZE} px",
+        "onnx": {"opset": OPSET, "input": INPUT, "dynamic_batch": True,
+                 "mb": path.stat().st_size / 1e6, "export_s": export_s},
+        "params_m": params / 1e6,
+        "network_gflop": network_flops(path) / 1e9,
+        "threads": "ONNX Runtime default (one per core)",
+        "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
+        "batch32_images_per_s": thr, "model_only_p50_ms": pct(t1, 50),
+        "model_only_batch32_images_per_s": thr_model,
+    }
+
+
+def bench_api(model: Path, n: int, levels: tuple[int, ...] = (1, 4, 16),
+              warmup: int = 20) -> dict[str, Any]:
+    """`kulit serve` on a free loopback port, real photo uploads at each concurrency level;
+    the server and client code of benchmarks/serve.py, imported."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import serve
+
+    bodies = [serve.multipart(name, data) for name, data in serve.sample_photos(64, 0)]
+    port = serve.free_port()
+    base = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "server.log"
+        proc = serve.start_server(model.resolve(), port, log)
+        try:
+            health = serve.wait_healthy(base, proc, log)
+            mem = serve.MemorySampler(proc.pid)
+            mem.sample()
+            idle_mb = mem.peak_rss_kb / 1024
+            mem.start()
+            serve.run_level(base, bodies, warmup, 1, proc.pid, mem)
+            keep = ("concurrency", "requests", "errors", "status_counts", "p50_ms", "p99_ms",
+                    "throughput_rps", "server_cpu_ms_per_request", "server_rss_peak_mb_sampled")
+            levels_out = []
+            for conc in levels:
+                r = serve.run_level(base, bodies, n, conc, proc.pid, mem)
+                levels_out.append({k: r[k] for k in keep})
+                print(f"api c={conc}", levels_out[-1], flush=True)
+            mem.stop.set()
+            mem.join()
+            mem.sample()
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return {"server": "kulit serve --host 127.0.0.1 (benchmarks/serve.py's harness)",
+            "client": "same machine, one httpx.Client per thread, 64 real photos cycled",
+            "startup_s": health["startup_s"], "idle_rss_mb": idle_mb, "warmup": warmup,
+            "levels": levels_out,
+            "server_peak_rss_mb": max(mem.peak_hwm_kb, mem.peak_rss_kb) / 1024}
+
+
 def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -294,6 +419,10 @@ def main() -> None:
     ap.add_argument("--run", type=Path, default=REPO / "runs" / "kulit")
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--folder", type=int, default=500, help="photos for `kulit predict`")
+    ap.add_argument("--skip-paper", action="store_true",
+                    help="skip the paper's DenseNet201-at-64-px row")
+    ap.add_argument("--skip-api", action="store_true", help="skip the `kulit serve` row")
+    ap.add_argument("--api-requests", type=int, default=200, help="per concurrency level")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "inference.json")
     args = ap.parse_args()
     if not SKIN8.is_dir():
@@ -344,6 +473,13 @@ def main() -> None:
     print("kulit predict", res["kulit_predict_folder"], flush=True)
     res["web_encode"] = bench_encode(args.model, bench_files)
     print("web encode", res["web_encode"], flush=True)
+    if not args.skip_paper:
+        with tempfile.TemporaryDirectory() as tmp:
+            res["paper_densenet201_64"] = bench_paper(bench_files, Path(tmp))
+        print("paper", res["paper_densenet201_64"], flush=True)
+    if not args.skip_api:
+        res["api"] = bench_api(args.model, args.api_requests)
+        print("api peak RSS", res["api"]["server_peak_rss_mb"], flush=True)
     res["load_average_end"] = load()
     res["targets"] = {"speedup_p50_min": 3.0, "p50_ms_max": 10.0, "folder_images_per_s_min": 150,
                       "folder_peak_rss_mb_max": 300}
