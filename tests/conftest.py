@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -110,3 +113,29 @@ def onnx_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     classes = ["Chickenpox", "Herpes", "Impetigo", "Melanoma", "Psoriasis", "Ringworm",
                "Vitiligo", "Warts"]
     return write_onnx_model_dir(tmp_path_factory.mktemp("onnx_model"), classes)
+
+
+@contextlib.contextmanager
+def serve_on_loopback(app: Any) -> Iterator[str]:
+    """Run an ASGI app under uvicorn on a free 127.0.0.1 port in a thread; yield its URL."""
+    import socket
+    import threading
+    import time
+
+    uvicorn = pytest.importorskip("uvicorn")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)

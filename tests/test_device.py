@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from kulit.gate import SCORERS, Gate, load_gate, save_gate
 from kulit.predict import Predictor, softmax
 from kulit.preprocess import load_and_preprocess, normalize
 from kulit.webmodel import WEB_INPUT, WEB_ONNX_FILE, build_web_model, device_config, web_session
+from tests.conftest import serve_on_loopback
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "models" / "kulit-skin8"
@@ -208,27 +208,13 @@ def test_config_and_files_are_served(device_model_dir: Path) -> None:
 
 @pytest.fixture(scope="module")
 def device_server(device_model_dir: Path) -> Iterator[str]:
-    uvicorn = pytest.importorskip("uvicorn")
     from kulit.web.app import create_app
     from kulit.web.settings import Settings
 
     if not ORT_WASM.is_file():
         pytest.skip("onnxruntime-web is not vendored (make setup runs scripts/vendor_ort_web.sh)")
-    from tests.test_web_e2e import free_port
-
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(Settings(model_dir=device_model_dir)),
-                                        host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serve_on_loopback(create_app(Settings(model_dir=device_model_dir))) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

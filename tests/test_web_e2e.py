@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from kulit import DISCLAIMER_EN, DISCLAIMER_ID
-from tests.conftest import SHIPPED_MODEL, SKIN8, image_bytes, make_image
+from tests.conftest import SHIPPED_MODEL, SKIN8, image_bytes, make_image, serve_on_loopback
 
 pytestmark = pytest.mark.e2e
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
                  "--disable-gpu"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pick_model(fallback: Path) -> Path:
@@ -52,25 +43,13 @@ def a_photo(tmp: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def server(onnx_model_dir: Path) -> Iterator[str]:
-    uvicorn = pytest.importorskip("uvicorn")
     from kulit.web.app import create_app
     from kulit.web.settings import Settings
 
-    port = free_port()
     # the server path; the on-device check has its own tests (test_device.py)
     app = create_app(Settings(model_dir=pick_model(onnx_model_dir), device=False))
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("uvicorn did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serve_on_loopback(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
