@@ -21,13 +21,13 @@ from kulit.explain import (
     explain_image,
     explain_photo,
     first_layer_grid,
-    format_explanation,
     grid_columns,
     paper_walkthrough,
     parse_at,
     softmax_steps,
     to_json,
 )
+from kulit.explain_text import format_explanation
 from kulit.predict import Predictor
 from tests.conftest import image_bytes, make_image
 

@@ -101,12 +101,12 @@ def explain(
     """Show the CNN's steps (patch, conv, sum, ReLU, flatten, dense, softmax) with the numbers."""
     from kulit.explain import (
         explain_image,
-        format_explanation,
         paper_walkthrough,
         parse_at,
         resolve_model_dir,
         to_json,
     )
+    from kulit.explain_text import format_explanation
 
     if image is None:
         if model is not None or at is not None:
