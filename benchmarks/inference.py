@@ -373,12 +373,7 @@ def bench_api(model: Path, n: int, levels: tuple[int, ...] = (1, 4, 16),
             mem.join()
             mem.sample()
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            serve.stop_server(proc)
     return {"server": "kulit serve --host 127.0.0.1 (benchmarks/serve.py's harness)",
             "client": "same machine, one httpx.Client per thread, 64 real photos cycled",
             "startup_s": health["startup_s"], "idle_rss_mb": idle_mb, "warmup": warmup,

@@ -168,6 +168,16 @@ def wait_healthy(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: f
     sys.exit(f"error: the server did not answer /healthz within {timeout:.0f} s")
 
 
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def run_level(base: str, bodies: list[bytes], n: int, conc: int, server_pid: int,
               mem: MemorySampler) -> dict[str, Any]:
     """Send n requests from conc threads; each thread takes the next request index until done."""
@@ -290,12 +300,7 @@ def main() -> None:
             mem.join()
             mem.sample()
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_server(proc)
     busy = sorted(set(busy_before) | set(busy_neighbours()))
     peak_mb = max(mem.peak_hwm_kb, mem.peak_rss_kb) / 1024
     by_c = {r["concurrency"]: r for r in results}

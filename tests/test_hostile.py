@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import io
 import json
 import os
@@ -291,16 +292,13 @@ def test_predict_batch_size_must_be_positive(onnx_model_dir, tmp_path, size: str
     assert "--batch-size" in r.stderr
 
 
-def test_predict_heatmap_dir_that_is_a_file_or_unwritable(onnx_model_dir, tmp_path,
-                                                          monkeypatch) -> None:
-    d = photos(tmp_path)
-    f = tmp_path / "file"
-    f.write_text("x")
-    one_line_error(predict(onnx_model_dir, str(d), "--heatmap-dir", str(f)))
-    ro = tmp_path / "ro"
+@contextlib.contextmanager
+def read_only_dir(ro: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A folder nobody may write in; as root (who writes anywhere) the writability probe's
+    temporary file is refused there, as the kernel would for anyone else."""
     ro.mkdir()
     ro.chmod(0o500)
-    if os.geteuid() == 0:  # root writes anywhere: refuse the probe file as the kernel would
+    if os.geteuid() == 0:
         import tempfile
 
         real = tempfile.TemporaryFile
@@ -312,9 +310,19 @@ def test_predict_heatmap_dir_that_is_a_file_or_unwritable(onnx_model_dir, tmp_pa
 
         monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
     try:
-        one_line_error(predict(onnx_model_dir, str(d), "--heatmap-dir", str(ro)))
+        yield ro
     finally:
         ro.chmod(0o755)
+
+
+def test_predict_heatmap_dir_that_is_a_file_or_unwritable(onnx_model_dir, tmp_path,
+                                                          monkeypatch) -> None:
+    d = photos(tmp_path)
+    f = tmp_path / "file"
+    f.write_text("x")
+    one_line_error(predict(onnx_model_dir, str(d), "--heatmap-dir", str(f)))
+    with read_only_dir(tmp_path / "ro", monkeypatch) as ro:
+        one_line_error(predict(onnx_model_dir, str(d), "--heatmap-dir", str(ro)))
 
 
 def test_predict_fifo_does_not_hang(onnx_model_dir, tmp_path) -> None:
@@ -387,24 +395,8 @@ def test_train_output_folders_that_are_files_or_unwritable(tmp_path, which, monk
     f.write_text("x")
     base = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run")]
     one_line_error(runner.invoke(cli, [*base, which, str(f)]))
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    if os.geteuid() == 0:
-        import tempfile
-
-        real = tempfile.TemporaryFile
-
-        def refuse(*a, dir=None, **kw):
-            if dir is not None and Path(dir) == ro:
-                raise PermissionError(13, "Permission denied", str(ro))
-            return real(*a, dir=dir, **kw)
-
-        monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
-    try:
+    with read_only_dir(tmp_path / "ro", monkeypatch) as ro:
         one_line_error(runner.invoke(cli, [*base, which, str(ro)]))
-    finally:
-        ro.chmod(0o755)
 
 
 # 5. 405 keeps Allow; HEAD on pages -----------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -102,6 +103,16 @@ def save_card(card: ModelCard, model_dir: Path) -> Path:
     path = model_dir / CARD_FILE
     path.write_text(json.dumps(card.to_dict(), indent=2, sort_keys=False) + "\n")
     return path
+
+
+def file_sha256(path: Path) -> str:
+    """A model file's content hash (read in 1 MB blocks): ties derived files (int8, caches,
+    the browser model's URL) to the model.onnx they were made from."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def load_card(model_dir: Path) -> ModelCard:

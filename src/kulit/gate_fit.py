@@ -21,6 +21,7 @@ import numpy as np
 
 from kulit import calibration
 from kulit.answer import Answer, Cutoffs, decide
+from kulit.card import ONNX_FILE, file_sha256
 from kulit.errors import DataError
 from kulit.gate import Gate, GateScores
 
@@ -114,14 +115,6 @@ class Features:
                         self.ok[idx])
 
 
-def _file_md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def extract_features(model_dir: Path, data_root: Path, rows: Sequence[Row],
                      cache: Path | None = None, batch_size: int = 32, threads: int = 1,
                      progress: Callable[[int, int], None] | None = None) -> Features:
@@ -129,11 +122,11 @@ def extract_features(model_dir: Path, data_root: Path, rows: Sequence[Row],
     from kulit.errors import ImageError
     from kulit.predict import Predictor
 
-    model_md5 = _file_md5(Path(model_dir) / "model.onnx")
+    model_sha = file_sha256(Path(model_dir) / ONNX_FILE)
     cached: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if cache is not None and cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
-            if str(z["model_md5"]) == model_md5:
+            if "model_sha256" in z.files and str(z["model_sha256"]) == model_sha:
                 cached = {f: (p, lg) for f, p, lg in zip(z["files"], z["pooled"], z["logits"],
                                                           strict=True)}
     todo = [r.file for r in rows if r.file not in cached]
@@ -159,7 +152,7 @@ def extract_features(model_dir: Path, data_root: Path, rows: Sequence[Row],
         if cache is not None:
             files = sorted(cached)
             cache.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(cache, model_md5=np.array(model_md5), files=np.array(files),
+            np.savez(cache, model_sha256=np.array(model_sha), files=np.array(files),
                      pooled=np.stack([cached[f][0] for f in files]),
                      logits=np.stack([cached[f][1] for f in files]))
     dim = next(iter(cached.values()))[0].shape[0] if cached else 0

@@ -28,6 +28,7 @@ from kulit.card import (
     LOGITS,
     ONNX_FILE,
     ModelCard,
+    file_sha256,
     load_card,
 )
 from kulit.errors import ImageError, ModelError
@@ -171,8 +172,6 @@ class Predictor:
         fp32 = self.model_dir / self.card.files.get("model", ONNX_FILE)
         entry, name = self.card.int8, self.card.files.get("int8")
         if int8 and name and entry.get("passed") and (self.model_dir / name).is_file():
-            from kulit.quantize import file_sha256
-
             if fp32.is_file() and entry.get("source_sha256") == file_sha256(fp32):
                 return "int8", self.model_dir / name, float(entry["temperature"])
         return "fp32", fp32, self.card.temperature

@@ -9,7 +9,6 @@ points of balanced accuracy on skin8: this module offers neither. Torch-free.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -20,7 +19,16 @@ from typing import Any
 import numpy as np
 
 from kulit.calibration import fit_temperature, softmax
-from kulit.card import FEATURES, INPUT, INT8_FILE, LOGITS, ONNX_FILE, load_card, save_card
+from kulit.card import (
+    FEATURES,
+    INPUT,
+    INT8_FILE,
+    LOGITS,
+    ONNX_FILE,
+    file_sha256,
+    load_card,
+    save_card,
+)
 from kulit.errors import KulitError
 from kulit.metrics import balanced_accuracy, expected_calibration_error
 from kulit.preprocess import Preprocessing, load_and_preprocess
@@ -46,14 +54,6 @@ class QuantizeError(KulitError):
     def __init__(self, message: str, entry: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.entry = entry or {}  # the check figures, when the check ran
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def pick_calibration(rows: Sequence[Any], n: int, seed: int) -> list[Any]:

@@ -226,13 +226,13 @@ class Trainable(nn.Module):
 def _sampling_probs(y: np.ndarray, source: np.ndarray, keep: np.ndarray, balance: bool
                     ) -> np.ndarray:
     """Per training photo, the chance to be drawn: equal mass per (class, source) cell."""
+    if not balance:
+        return keep / keep.sum()
     cell = np.array([f"{a}|{b}" for a, b in zip(y.tolist(), source.tolist(), strict=True)])
     p = np.zeros(len(y))
     for c in set(cell[keep].tolist()):
         members = keep & (cell == c)
         p[members] = 1.0 / members.sum()
-    if not balance:
-        p = keep.astype(np.float64)
     return p / p.sum()
 
 

@@ -15,14 +15,13 @@ objects the server uses, so nothing is retyped in JavaScript.
 from __future__ import annotations
 
 import gzip
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from kulit.card import HEAD_FILE, ONNX_FILE, ModelCard, load_card
+from kulit.card import HEAD_FILE, ONNX_FILE, ModelCard, file_sha256, load_card
 from kulit.errors import ModelError
 from kulit.gate import SCORERS, load_gate
 from kulit.preprocess import Preprocessing, normalize
@@ -201,10 +200,6 @@ def web_session(model: Path | bytes, threads: int = 1) -> Any:
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 
 
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-
-
 def _texts() -> dict[str, dict[str, str]]:
     """Both languages' UI strings, from the one text store."""
     from kulit import i18n
@@ -231,7 +226,7 @@ def device_config(card: ModelCard, model_dir: Path) -> dict[str, Any]:
     return {
         "model": {
             "name": card.name,
-            "url": f"/device/{WEB_ONNX_FILE}?v={file_digest(web_path)}"
+            "url": f"/device/{WEB_ONNX_FILE}?v={file_sha256(web_path)[:16]}"
             if web_path.is_file() else None,
             "input": WEB_INPUT,
             "input_size": card.preprocessing.input_size,
