@@ -26,10 +26,6 @@ MIN_SIDE = 1  # serving accepts tiny images (they are upsampled); `kulit data` a
 # Longer side over shorter side. A 40000x1 strip is 85 bytes yet, resized on its short side,
 # would become ~9,000,000x224 pixels; nothing past 20:1 is a photo of skin.
 MAX_ASPECT = 20
-# Every training photo is under 3.4:1 (skin8, skin8-web, not-skin, other-conditions). Up to this
-# ratio resize_crop keeps the exact pixels the model was trained on (resize, then crop); past it
-# it resizes only the centre square (bounded work; differs by at most 1 in a few pixels).
-CROP_FIRST_ASPECT = 4
 # Formats without a DCT draft (PNG, WebP, BMP) past this many pixels, bigger than any training
 # photo (12 MP), are box-reduced by a whole factor right after decoding, keeping the short side
 # at least the draft size: the JPEG draft's bound on the work, for every format.
@@ -267,8 +263,9 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = WHITE) -> Image.
 def resize_crop(img: Image.Image, p: Preprocessing) -> Image.Image:
     """Resize the shorter side to input_size/crop_pct and centre-crop a square of input_size.
 
-    Past CROP_FIRST_ASPECT only the centre square is resampled (Pillow's `box`), the same
-    geometry without materialising the long side: the work is bounded by the output size.
+    Only the centre square is resampled (Pillow's `box`): the same geometry and filter as
+    resizing the whole photo then cropping (pixels within 1 level), without computing the
+    columns the crop throws away, so the work is bounded by the output size.
     """
     size = p.input_size
     w, h = img.size
@@ -276,24 +273,31 @@ def resize_crop(img: Image.Image, p: Preprocessing) -> Image.Image:
     scale = short / min(w, h)
     nw, nh = max(short, round(w * scale)), max(short, round(h * scale))
     left, top = (nw - size) // 2, (nh - size) // 2
-    if max(w, h) > CROP_FIRST_ASPECT * min(w, h):
-        sx, sy = w / nw, h / nh
-        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
-        return img.resize((size, size), _RESAMPLE[p.interpolation], box=box, reducing_gap=None)
-    if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), _RESAMPLE[p.interpolation], reducing_gap=None)
-    return img.crop((left, top, left + size, top + size))
+    if (nw, nh) == (w, h):
+        return img.crop((left, top, left + size, top + size))
+    sx, sy = w / nw, h / nh
+    box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+    return img.resize((size, size), _RESAMPLE[p.interpolation], box=box, reducing_gap=None)
 
 
 def normalize(img: Image.Image, p: Preprocessing) -> np.ndarray:
-    """RGB PIL image -> float32 CHW array, scaled to [0,1] then (x - mean) / std (+ mask box)."""
-    arr = np.asarray(img, dtype=np.float32) * np.float32(1.0 / 255.0)
-    arr = (arr - np.asarray(p.mean, np.float32)) / np.asarray(p.std, np.float32)
+    """RGB PIL image -> float32 CHW array, scaled to [0,1] then (x - mean) / std (+ mask box).
+
+    One multiply-add per channel (scale 1/(255 std), offset -mean/std) written straight into
+    the CHW array: the same values as the three steps to within 1e-6, a fifth of the time."""
+    rgb = np.asarray(img)
+    h, w = rgb.shape[:2]
+    std = np.asarray(p.std, np.float64)
+    scale = (1.0 / (255.0 * std)).astype(np.float32)
+    offset = (-np.asarray(p.mean, np.float64) / std).astype(np.float32)
+    out = np.empty((3, h, w), np.float32)
+    for c in range(3):
+        np.multiply(rgb[:, :, c], scale[c], out=out[c])
+        out[c] += offset[c]
     if p.mask_box is not None:
-        h, w = arr.shape[:2]
         x0, y0, x1, y1 = p.mask_box
-        arr[round(y0 * h): round(y1 * h), round(x0 * w): round(x1 * w)] = 0.0
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+        out[:, round(y0 * h): round(y1 * h), round(x0 * w): round(x1 * w)] = 0.0
+    return out
 
 
 def preprocess_image(img: Image.Image, p: Preprocessing) -> np.ndarray:

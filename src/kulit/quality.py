@@ -31,7 +31,7 @@ class QualityLimits:
     target <= 2%) and catch 100% of copies shrunk to 80 px or less, 85% / 99% of copies blurred
     with a Gaussian radius of 1% / 1.5% of the shorter side, 76% / 100% of copies darkened to
     30% / 20%, 86% / 93% of copies brightened 3x / 4x. Each limit sits just outside the
-    clean photos' range (sharpness p1 0.023, brightness 0.22-0.88, smallest side 135 px).
+    clean photos' range (sharpness p1 0.021, brightness 0.22-0.88, smallest side 135 px).
     """
 
     min_side: int = 96  # px, shorter side of the decoded photo (smallest training photo: 122)
@@ -75,16 +75,19 @@ class Quality:
 
 
 def grey_thumbnail(img: Image.Image, side: int = THUMB_SIDE) -> np.ndarray:
-    """The central square of `img` as a side x side float array in [0, 1]."""
+    """The central square of `img` as a side x side float array in [0, 1].
+
+    Grey first (one channel to resample), then a whole-factor box reduction of the square to
+    between 1x and 2x the side, then bilinear to the side."""
     w, h = img.size
     s = min(w, h)
     left, top = (w - s) // 2, (h - s) // 2
-    sq = img.crop((left, top, left + s, top + s))
-    factor = s // (2 * side)
-    if factor >= 2:  # integer box reduction first: cheap on big photos
-        sq = sq.reduce(factor)
-    grey = sq.convert("L").resize((side, side), Image.Resampling.BILINEAR, reducing_gap=None)
-    return np.asarray(grey, dtype=np.float32) * (1.0 / 255.0)
+    box = (left, top, left + s, top + s)
+    grey = img.convert("L")
+    factor = s // side
+    sq = grey.reduce(factor, box=box) if factor >= 2 else grey.crop(box)
+    sq = sq.resize((side, side), Image.Resampling.BILINEAR, reducing_gap=None)
+    return np.asarray(sq, dtype=np.float32) * (1.0 / 255.0)
 
 
 def measure(img: Image.Image) -> tuple[float, float, float, float]:
