@@ -24,7 +24,8 @@ setup: $(BIN)/kulit $(MODEL)/model-web.onnx
 	scripts/vendor_ort_web.sh
 	scripts/vendor_web_ui.sh
 
-$(MODEL)/model-web.onnx: $(MODEL)/model.onnx $(MODEL)/card.json $(wildcard $(MODEL)/gate.npz) | $(BIN)/kulit
+$(MODEL)/model-web.onnx: $(MODEL)/model.onnx $(MODEL)/card.json $(wildcard $(MODEL)/gate.npz) \
+		$(wildcard $(MODEL)/model-int8.onnx) | $(BIN)/kulit
 	$(BIN)/kulit export-web --model $(MODEL)
 
 test: setup
@@ -57,17 +58,18 @@ data: setup
 	$(BIN)/kulit data $(DATA) --exclude $(EXCLUDE) --out runs/data
 
 # Rebuilds the shipped model from scratch on both sources (about 35 min on 2 cores; the feature
-# cache in .cache/kulit makes re-runs with other head settings fast): train, export, fit the
-# trust gate (not skin / none of the 8 / melanoma cut-off / threshold), evaluate on test.
+# cache in .cache/kulit makes re-runs with other head settings fast): train, export, int8 beside
+# fp32 if it agrees with fp32 on val (a refusal is printed, not fatal: fp32 is then served), fit
+# the trust gate on the served file (not skin / none of the 8 / melanoma cut-off / threshold),
+# evaluate the served file on test, and build the browser model from it.
 model: data
 	$(BIN)/kulit train --data $(DATA_ROOT) --split runs/data/split.csv --recipe kulit --out runs/kulit
 	$(BIN)/kulit export runs/kulit --out $(MODEL) --card-extra docs/skin8-card.json
+	-$(BIN)/kulit quantize $(MODEL) --split-csv runs/data/split.csv
 	$(BIN)/kulit gate --model $(MODEL) --data $(DATA_ROOT) --split-csv runs/data/split.csv
 	$(BIN)/kulit evaluate --model $(MODEL) --data $(DATA_ROOT) --split-csv runs/data/split.csv \
 		--split test --out $(MODEL)
 	$(BIN)/kulit export-web --model $(MODEL)
-	# int8 beside fp32 only if it agrees with fp32 on val (a refusal is printed, not fatal)
-	-$(BIN)/kulit quantize $(MODEL) --split-csv runs/data/split.csv
 
 # The paper's recipe, still reproducible on skin8 alone (its own split, no exclusions).
 paper: setup

@@ -84,30 +84,44 @@ def synthetic_gate(dim: int, seed: int = 0) -> Gate:
                 biases={"not_skin": -0.5, "other": -0.3})
 
 
-@pytest.fixture(scope="module")
-def device_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped model with a synthetic gate and cut-offs, browser model in float32 weights
-    so in-browser and server probabilities can be held to 1e-3."""
+def _device_dir(tmp_path_factory: pytest.TempPathFactory, served: bool) -> Path:
+    """A copy of the shipped model with a synthetic gate and cut-offs and its browser model:
+    `served` wraps the graph the server runs (the static int8 file, as shipped), else the
+    float32 model.onnx (float32 browser graph, no int8 file)."""
     if not (SHIPPED / "model.onnx").is_file():
         pytest.skip("the shipped model is not here")
     out = tmp_path_factory.mktemp("device") / "model"
     out.mkdir()
-    for name in ("model.onnx", "card.json", "head.npz"):
-        shutil.copy(SHIPPED / name, out / name)
+    names = ("model.onnx", "card.json", "head.npz") + (("model-int8.onnx",) if served else ())
+    for name in names:
+        if (SHIPPED / name).is_file():
+            shutil.copy(SHIPPED / name, out / name)
     dim = Predictor(out).session.get_outputs()[1].shape[1]
     save_gate(synthetic_gate(int(dim)), out)
     card = load_card(out)
     card.gate = dict(CUTOFFS)
     save_card(card, out)
-    build_web_model(out, weights="fp32")
+    build_web_model(out) if served else build_web_model(out, weights="fp32")
     return out
+
+
+@pytest.fixture(scope="module")
+def device_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """As shipped: the browser model is the server's own graph (int8 when it passed)."""
+    return _device_dir(tmp_path_factory, served=True)
+
+
+@pytest.fixture(scope="module")
+def fp32_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """float32 everywhere: in-browser and server probabilities can be held to 1e-3."""
+    return _device_dir(tmp_path_factory, served=False)
 
 
 def server_answer(pred: Predictor, gate: Gate | None, crop: np.ndarray,
                   cutoffs: dict[str, Any]) -> tuple[np.ndarray, dict[str, float] | None, dict]:
     x = normalize(Image.fromarray(crop), pred.card.preprocessing)[None]
     logits, feats = pred.run(x, features=True)
-    probs = softmax(logits.astype(np.float64) / pred.card.temperature)[0]
+    probs = softmax(logits.astype(np.float64) / pred.temperature)[0]
     scores = None
     if gate is not None:
         g = gate.scores(feats.mean(axis=(2, 3)))
@@ -157,8 +171,9 @@ def test_mask_box_comes_from_normalize() -> None:
 
 
 @needs_shipped
-def test_shipped_weights_keep_accuracy_on_photos() -> None:
-    """int8 weights: same top-1 as float32 on most real photos (accuracy: benchmarks/device.py)."""
+def test_shipped_browser_model_is_the_served_graph() -> None:
+    """The shipped model-web.onnx gives the server's own probabilities on real photos of every
+    class: the same graph (the int8 file when it passed its check), not an approximation."""
     if not (DATA / "skin8").is_dir():
         pytest.skip("../shared/data/skin8 is not here")
     web_path = SHIPPED / WEB_ONNX_FILE
@@ -166,14 +181,15 @@ def test_shipped_weights_keep_accuracy_on_photos() -> None:
         build_web_model(SHIPPED)
     pred = Predictor(SHIPPED)
     web = web_session(web_path)
-    agree = []
+    worst = 0.0
     for cls in pred.classes:
         for photo in sorted((DATA / "skin8" / cls).iterdir())[:3]:
             crop, x = load_and_preprocess(photo, pred.card.preprocessing)
             logits, _ = pred.run(x[None])
-            p8 = web.run(["probs"], {WEB_INPUT: np.asarray(crop)[None]})[0][0]
-            agree.append(int(np.argmax(logits)) == int(np.argmax(p8)))
-    assert np.mean(agree) >= 0.85
+            want = softmax(logits.astype(np.float64) / pred.temperature)[0]
+            got = web.run(["probs"], {WEB_INPUT: np.asarray(crop)[None]})[0][0]
+            worst = max(worst, float(np.abs(got - want).max()))
+    assert worst < 1e-4, worst
 
 
 def test_config_and_files_are_served(device_model_dir: Path) -> None:
@@ -206,15 +222,24 @@ def test_config_and_files_are_served(device_model_dir: Path) -> None:
 
 # --- real Chromium ---
 
-@pytest.fixture(scope="module")
-def device_server(device_model_dir: Path) -> Iterator[str]:
+def _serve_device(model_dir: Path) -> Iterator[str]:
     from kulit.web.app import create_app
     from kulit.web.settings import Settings
 
     if not ORT_WASM.is_file():
         pytest.skip("onnxruntime-web is not vendored (make setup runs scripts/vendor_ort_web.sh)")
-    with serve_on_loopback(create_app(Settings(model_dir=device_model_dir))) as url:
+    with serve_on_loopback(create_app(Settings(model_dir=model_dir))) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def device_server(device_model_dir: Path) -> Iterator[str]:
+    yield from _serve_device(device_model_dir)
+
+
+@pytest.fixture(scope="module")
+def fp32_server(fp32_model_dir: Path) -> Iterator[str]:
+    yield from _serve_device(fp32_model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -249,18 +274,18 @@ def sample_photos(n: int) -> list[Path]:
     return out
 
 
-@pytest.mark.e2e
-def test_browser_parity_with_server(device_server: str, chromium: Any, device_model_dir: Path,
-                                    ) -> None:
-    """The same uint8 crop in Chromium (onnxruntime-web) and on the server: probabilities within
-    1e-3, same status and advice. Photos of every source in ../shared/data."""
+def browser_vs_server(server: str, chromium: Any, model_dir: Path
+                      ) -> tuple[list[float], list[bool], list[str]]:
+    """The same uint8 crop in Chromium (onnxruntime-web) and on the server, for photos of every
+    source in ../shared/data: per photo, max |dP| over classes and gate scores, whether status
+    and advice agree, and the browser's status."""
     photos = sample_photos(PHOTOS_PER_SOURCE)
     if not photos:
         pytest.skip("../shared/data is not here")
-    pred = Predictor(device_model_dir)
-    gate = load_gate(device_model_dir)
-    ctx, page = open_device_page(chromium, device_server)
-    worst, statuses = 0.0, []
+    pred = Predictor(model_dir)
+    gate = load_gate(model_dir)
+    ctx, page = open_device_page(chromium, server)
+    diffs, same, statuses = [], [], []
     for photo in photos:
         crop = np.asarray(load_and_preprocess(photo, pred.card.preprocessing)[0], np.uint8)
         probs, scores, want = server_answer(pred, gate, crop, CUTOFFS)
@@ -271,15 +296,39 @@ def test_browser_parity_with_server(device_server: str, chromium: Any, device_mo
             return {probs: out.probs, gate: out.gate,
                     answer: window.kulitDevice.decide(cfg.rule, out.probs, out.gate, null)};
         }""", base64.b64encode(crop.tobytes()).decode())
-        worst = max(worst, float(np.abs(np.array(got["probs"]) - probs).max()))
-        assert scores is not None and abs(got["gate"]["not_skin"] - scores["not_skin"]) < 1e-3
+        assert scores is not None
+        diffs.append(max(float(np.abs(np.array(got["probs"]) - probs).max()),
+                         *(abs(got["gate"][k] - scores[k]) for k in SCORERS)))
         a = got["answer"]
-        assert {k: a[k] for k in want} == want, photo
+        same.append({k: a[k] for k in want} == want)
         statuses.append(a["status"])
     ctx.close()
-    print(f"parity: {len(photos)} photos, max |dP| {worst:.2g}, statuses "
+    print(f"parity ({pred.precision}): {len(photos)} photos, max |dP| {max(diffs):.2g}, median "
+          f"{np.median(diffs):.2g}, same answer {np.mean(same):.3f}, statuses "
           f"{ {s: statuses.count(s) for s in set(statuses)} }")
-    assert worst < 1e-3
+    return diffs, same, statuses
+
+
+@pytest.mark.e2e
+def test_browser_parity_with_server_float32(fp32_server: str, chromium: Any,
+                                            fp32_model_dir: Path) -> None:
+    """float32 graph: the browser's surgery, JS and rule are exact: probabilities and gate
+    scores within 1e-3 of the server's, the same status and advice on every photo."""
+    diffs, same, _ = browser_vs_server(fp32_server, chromium, fp32_model_dir)
+    assert max(diffs) < 1e-3 and all(same)
+
+
+@pytest.mark.e2e
+def test_browser_parity_with_server_as_shipped(device_server: str, chromium: Any,
+                                               device_model_dir: Path) -> None:
+    """As shipped (the server's static int8 graph in both): onnxruntime-web's int8 kernels
+    round a few requantisations differently from the x86 ones, so probabilities move a little;
+    the answer (status and advice) must still be the same on at least 95% of photos."""
+    diffs, same, _ = browser_vs_server(device_server, chromium, device_model_dir)
+    if Predictor(device_model_dir).precision == "fp32":  # no int8 file passed: exact again
+        assert max(diffs) < 1e-3 and all(same)
+        return
+    assert np.mean(same) >= 0.95 and np.median(diffs) < 0.01 and max(diffs) < 0.1
 
 
 @pytest.mark.e2e

@@ -115,6 +115,20 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def served_file(model_dir: Path, card: ModelCard, int8: bool = True) -> tuple[str, Path, float]:
+    """(precision, ONNX file, temperature) that serving runs: the int8 file only if asked,
+    present, passed its check, and made from the fp32 file beside it (a re-exported model.onnx
+    voids it); else model.onnx with the card's temperature. The server, the CLI and the
+    browser model all choose here."""
+    model_dir = Path(model_dir)
+    fp32 = model_dir / card.files.get("model", ONNX_FILE)
+    entry, name = card.int8, card.files.get("int8")
+    if int8 and name and entry.get("passed") and (model_dir / name).is_file():
+        if fp32.is_file() and entry.get("source_sha256") == file_sha256(fp32):
+            return "int8", model_dir / name, float(entry["temperature"])
+    return "fp32", fp32, card.temperature
+
+
 def load_card(model_dir: Path) -> ModelCard:
     """Read and validate a model directory's card, with one clear error if anything is off."""
     model_dir = Path(model_dir)

@@ -196,6 +196,15 @@ def export_cmd(
         _quantize(out, Path(load_card(out).train_config["split_csv"]))
 
 
+def _quantize_defaults() -> Any:
+    from kulit.quantize import QuantizeConfig
+
+    return QuantizeConfig()
+
+
+_QD = _quantize_defaults()  # `kulit quantize --help` shows QuantizeConfig's own defaults
+
+
 @app.command("quantize")
 @friendly
 def quantize_cmd(
@@ -204,22 +213,24 @@ def quantize_cmd(
         Path, typer.Option("--split-csv", help="split.csv from `kulit data`: train rows "
                            "calibrate, val rows check", metavar="FILE")
     ],
-    calib_images: Annotated[int, typer.Option(help="Training photos to calibrate on")] = 100,
-    min_agreement: Annotated[
-        float, typer.Option(help="Least top-1 agreement with fp32 on val, each source")
-    ] = 0.95,
-    max_drop: Annotated[
-        float, typer.Option(help="Largest balanced-accuracy drop on val, each source (0.01 = "
-                            "1 point)")
-    ] = 0.01,
-    seed: Annotated[int, typer.Option(help="Seed picking the calibration photos")] = 0,
+    calib_images: Annotated[int | None, typer.Option(
+        help=f"Training photos to calibrate on (default {_QD.calib_images})")] = None,
+    min_agreement: Annotated[float | None, typer.Option(
+        help=f"Least top-1 agreement with fp32 on val, each source (default {_QD.min_agreement})"
+    )] = None,
+    max_drop: Annotated[float | None, typer.Option(
+        help="Largest balanced-accuracy drop on val, each source (0.01 = 1 point) "
+             f"(default {_QD.max_bacc_drop})")] = None,
+    seed: Annotated[int | None, typer.Option(
+        help=f"Seed picking the calibration photos (default {_QD.seed})")] = None,
 ) -> None:
     """Add model-int8.onnx (static int8) if it agrees with fp32 on val; else write nothing."""
     from kulit.quantize import QuantizeConfig
 
-    _quantize(model, split_csv, QuantizeConfig(calib_images=calib_images,
-                                               min_agreement=min_agreement,
-                                               max_bacc_drop=max_drop, seed=seed))
+    given: dict[str, Any] = {"calib_images": calib_images, "min_agreement": min_agreement,
+                             "max_bacc_drop": max_drop, "seed": seed}
+    _quantize(model, split_csv, QuantizeConfig(**{k: v for k, v in given.items()
+                                                  if v is not None}))
 
 
 def _quantize(model: Path, split_csv: Path, cfg: Any = None) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 
 from kulit import calibration
 from kulit.answer import Answer, Cutoffs, decide
-from kulit.card import ONNX_FILE, file_sha256
+from kulit.card import file_sha256, load_card, served_file
 from kulit.errors import DataError
 from kulit.gate import Gate, GateScores
 
@@ -118,11 +118,12 @@ class Features:
 def extract_features(model_dir: Path, data_root: Path, rows: Sequence[Row],
                      cache: Path | None = None, batch_size: int = 32, threads: int = 1,
                      progress: Callable[[int, int], None] | None = None) -> Features:
-    """Run the ONNX model once per photo (plain view); reuse a cache keyed by the model's md5."""
+    """Run the served ONNX model (int8 if it passed its check, `kulit.card.served_file`) once per
+    photo; reuse a cache keyed by that file's sha256."""
     from kulit.errors import ImageError
     from kulit.predict import Predictor
 
-    model_sha = file_sha256(Path(model_dir) / ONNX_FILE)
+    model_sha = file_sha256(served_file(Path(model_dir), load_card(Path(model_dir)))[1])
     cached: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if cache is not None and cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
@@ -132,7 +133,7 @@ def extract_features(model_dir: Path, data_root: Path, rows: Sequence[Row],
     todo = [r.file for r in rows if r.file not in cached]
     bad: set[str] = set()
     if todo:
-        pred = Predictor(model_dir, threads=threads, int8=False)  # fitted with card.temperature
+        pred = Predictor(model_dir, threads=threads)  # what serving runs
         for i in range(0, len(todo), batch_size):
             chunk, xs = [], []
             for f in todo[i: i + batch_size]:
@@ -409,10 +410,11 @@ def run_gate(model_dir: Path, data_root: Path, split_csv: Path | None = None,
              cache: Path | None = None, params: GateParams = GateParams(),
              progress: Callable[[int, int], None] | None = None) -> list[str]:
     """Fit the gate on a model directory; write gate.npz and card.gate/threshold; summarise."""
-    from kulit.card import load_card, save_card
+    from kulit.card import save_card
     from kulit.gate import save_gate
 
     card = load_card(model_dir)
+    precision, _, temperature_before = served_file(model_dir, card)
     rows, how = collect_rows(data_root, split_csv)
     t0 = time.perf_counter()
     feats = extract_features(model_dir, data_root, rows, cache=cache, progress=progress)
@@ -422,11 +424,15 @@ def run_gate(model_dir: Path, data_root: Path, split_csv: Path | None = None,
     val = m["skin"] & (m["split"] == "val")
     y_val = np.array([list(card.classes).index(r.label) for r, v in zip(feats.rows, val,
                                                                         strict=True) if v])
-    temperature_before = card.temperature
-    card.temperature = calibration.fit_temperature(feats.logits[val], y_val)
-    gate, cfg, threshold = fit_gate(feats, card.classes, card.temperature, params)
-    figures = gate_figures(feats, card.classes, card.temperature, threshold, gate, cfg)
-    cfg["tuned_on"]["temperature"] = {"before": temperature_before, "after": card.temperature,
+    temperature = calibration.fit_temperature(feats.logits[val], y_val)
+    if precision == "int8":  # each file keeps its own temperature where served_file reads it
+        card.int8 = {**card.int8, "temperature": temperature}
+    else:
+        card.temperature = temperature
+    gate, cfg, threshold = fit_gate(feats, card.classes, temperature, params)
+    figures = gate_figures(feats, card.classes, temperature, threshold, gate, cfg)
+    cfg["tuned_on"]["temperature"] = {"before": temperature_before, "after": temperature,
+                                      "precision": precision,
                                       "fitted_on": "served val logits, all skin sources"}
     cfg["tuned_on"]["split"] = how
     cfg["tuned_on"]["threshold_before"] = card.gate.get("tuned_on", {}).get(

@@ -26,10 +26,9 @@ from kulit.card import (
     HEAD_FILE,
     INPUT,
     LOGITS,
-    ONNX_FILE,
     ModelCard,
-    file_sha256,
     load_card,
+    served_file,
 )
 from kulit.errors import ImageError, ModelError
 from kulit.gate import Gate, load_gate
@@ -129,9 +128,11 @@ class Predictor:
         self._local = threading.local()
         self.model_dir = Path(model_dir)
         self.card: ModelCard = load_card(self.model_dir)
-        self.precision, onnx_path, self.temperature = self._pick_file(int8)
+        self.precision, onnx_path, self.temperature = served_file(self.model_dir, self.card,
+                                                                   int8)
         if not onnx_path.is_file():
             raise ModelError(f"{self.model_dir} is not a kulit model: {onnx_path.name} is missing")
+        self.onnx_path = onnx_path
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or min(os.cpu_count() or 1, 4)
         opts.inter_op_num_threads = 1
@@ -165,16 +166,6 @@ class Predictor:
             raise ModelError(
                 f"model has {n_out} outputs but card.json lists {len(self.card.classes)} classes"
             )
-
-    def _pick_file(self, int8: bool) -> tuple[str, Path, float]:
-        """(precision, ONNX file, temperature): the int8 file only if asked, present, checked,
-        and made from the fp32 file beside it (a re-exported model.onnx voids it)."""
-        fp32 = self.model_dir / self.card.files.get("model", ONNX_FILE)
-        entry, name = self.card.int8, self.card.files.get("int8")
-        if int8 and name and entry.get("passed") and (self.model_dir / name).is_file():
-            if fp32.is_file() and entry.get("source_sha256") == file_sha256(fp32):
-                return "int8", self.model_dir / name, float(entry["temperature"])
-        return "fp32", fp32, self.card.temperature
 
     @property
     def classes(self) -> list[str]:

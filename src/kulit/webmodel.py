@@ -1,11 +1,14 @@
 """The browser model: model.onnx wrapped so the page needs no preprocessing or maths of its own.
 
 `build_web_model` prepends to the served graph what `kulit.preprocess.normalize` does (uint8 RGB
-NHWC -> [0,1] -> (x - mean) / std -> logo mask -> NCHW) and appends temperature + softmax, the
+NHWC -> pixel * scale + offset -> logo mask -> NCHW) and appends temperature + softmax, the
 trust gate's two logistic scorers on the pooled features (when the model dir has gate.npz) and
-the Grad-CAM maps of a linear head. The mirror TTA is already inside model.onnx. Conv weights are
-stored as int8 per output channel with a DequantizeLinear in front (weight-only: activations stay
-float32, unlike the dynamic / per-tensor int8 that lost 8-12 points). Needs `onnx` (train extra).
+the Grad-CAM maps of a linear head. The mirror TTA is already inside the served graph.
+
+The served graph is the one the server runs (`kulit.card.served_file`): the static int8 file
+when it passed `kulit quantize`'s check, so browser and server give the same answers. Without
+one, conv weights of model.onnx are stored as int8 per output channel with a DequantizeLinear in
+front (weight-only: activations stay float32), to keep the download small. Needs `onnx`.
 
 `device_config` is the JSON the page's answer rule runs on: the card's threshold and cut-offs,
 the quality limits, the urgent classes and every text in both languages, read from the same
@@ -21,10 +24,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from kulit.card import HEAD_FILE, ONNX_FILE, ModelCard, file_sha256, load_card
+from kulit.card import HEAD_FILE, ModelCard, file_sha256, load_card, served_file
 from kulit.errors import ModelError
 from kulit.gate import SCORERS, load_gate
-from kulit.preprocess import Preprocessing, normalize
+from kulit.preprocess import Preprocessing, normalize, normalize_affine
 
 WEB_ONNX_FILE = "model-web.onnx"
 WEB_INPUT = "image_u8"  # uint8 [N, S, S, 3], the centre crop the server also computes
@@ -91,9 +94,9 @@ def build_web_model(model_dir: Path, out: Path | None = None, weights: str = "in
         raise ModelError(f"weights must be one of {WEIGHTS}, not {weights!r}")
     model_dir = Path(model_dir)
     card = load_card(model_dir)
-    src = model_dir / ONNX_FILE
+    precision, src, temperature = served_file(model_dir, card, int8=weights == "int8")
     if not src.is_file():
-        raise ModelError(f"{model_dir} is not a kulit model: {ONNX_FILE} is missing")
+        raise ModelError(f"{model_dir} is not a kulit model: {src.name} is missing")
     m = onnx.load(str(src))
     g = m.graph
     p = card.preprocessing
@@ -101,16 +104,12 @@ def build_web_model(model_dir: Path, out: Path | None = None, weights: str = "in
     old_in = g.input[0].name
 
     # prepend: exactly normalize()'s float32 steps, in its order
-    pre_inits = [
-        _const("web_inv255", np.array(1.0 / 255.0, np.float32)),
-        _const("web_mean", np.asarray(p.mean, np.float32)),
-        _const("web_std", np.asarray(p.std, np.float32)),
-    ]
+    scale, offset = normalize_affine(p)
+    pre_inits = [_const("web_scale", scale), _const("web_offset", offset)]
     pre = [
         helper.make_node("Cast", [WEB_INPUT], ["web_f"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", ["web_f", "web_inv255"], ["web_01"]),
-        helper.make_node("Sub", ["web_01", "web_mean"], ["web_c"]),
-        helper.make_node("Div", ["web_c", "web_std"], ["web_n"]),
+        helper.make_node("Mul", ["web_f", "web_scale"], ["web_s"]),
+        helper.make_node("Add", ["web_s", "web_offset"], ["web_n"]),
     ]
     last = "web_n"
     if p.mask_box is not None:
@@ -120,7 +119,7 @@ def build_web_model(model_dir: Path, out: Path | None = None, weights: str = "in
     pre.append(helper.make_node("Transpose", [last], [old_in], perm=[0, 3, 1, 2]))
 
     # append: calibrated probabilities, gate scores, class activation maps
-    post_inits = [_const("web_temp", np.array(card.temperature, np.float32))]
+    post_inits = [_const("web_temp", np.array(temperature, np.float32))]
     post = [helper.make_node("Div", ["logits", "web_temp"], ["web_scaled"]),
             helper.make_node("Softmax", ["web_scaled"], ["probs"], axis=1)]
     n_cls = len(card.classes)
@@ -157,12 +156,15 @@ def build_web_model(model_dir: Path, out: Path | None = None, weights: str = "in
     del g.output[:]
     g.output.extend(outs)
     onnx.checker.check_model(m)
-    # the surgery is checked on the float weights; int8 is judged on photos (benchmarks/device.py)
-    check_web_model(model_dir, m.SerializeToString(), atol=1e-4)
-    if weights == "int8":
+    # the surgery is checked against the served graph (weight-only int8 is judged on photos by
+    # benchmarks/device.py)
+    check_web_model(model_dir, m.SerializeToString(), atol=1e-4, int8=precision == "int8")
+    kind = "static int8, the server's" if precision == "int8" else weights
+    if weights == "int8" and precision == "fp32":
         _quantise_weights(g)
         onnx.checker.check_model(m)
-    m.doc_string = f"kulit browser model ({weights} weights) from {card.name}"
+        kind = "weight-only int8"
+    m.doc_string = f"kulit browser model ({kind} graph) from {card.name}"
     out = Path(out) if out else model_dir / WEB_ONNX_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(m, str(out))
@@ -172,18 +174,19 @@ def build_web_model(model_dir: Path, out: Path | None = None, weights: str = "in
     return out
 
 
-def check_web_model(model_dir: Path, web_model: Path | bytes, atol: float) -> float:
+def check_web_model(model_dir: Path, web_model: Path | bytes, atol: float,
+                    int8: bool = False) -> float:
     """Run both models on a few synthetic crops; raise if the probabilities differ by > atol."""
     from kulit.predict import Predictor, softmax
 
-    pred = Predictor(model_dir, threads=1, int8=False)  # the browser model is built from fp32
+    pred = Predictor(model_dir, threads=1, int8=int8)  # the graph the browser model wraps
     web = web_session(web_model)
     rng = np.random.default_rng(0)
     s = pred.card.preprocessing.input_size
     crops = rng.integers(0, 256, (2, s, s, 3), dtype=np.uint8)
     batch = np.stack([normalize(Image.fromarray(c), pred.card.preprocessing) for c in crops])
     logits, _ = pred.run(batch)
-    want = softmax(logits.astype(np.float64) / pred.card.temperature)
+    want = softmax(logits.astype(np.float64) / pred.temperature)
     got = web.run(["probs"], {WEB_INPUT: crops})[0]
     diff = float(np.abs(got - want).max())
     if not diff <= atol:
