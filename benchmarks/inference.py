@@ -264,6 +264,67 @@ def bench_encode(model: Path, files: list[Path]) -> dict[str, Any]:
                                      for k, v in res.items()}}
 
 
+def bench_page(model: Path, files: list[Path], n: int = 60) -> dict[str, Any]:
+    """The result page with its heatmap (`POST /predict`, the served file) in-process: the time
+    from the request to the rendered HTML, the server's own work without a network."""
+    from fastapi.testclient import TestClient
+
+    from kulit.web.app import create_app
+    from kulit.web.settings import Settings
+
+    bodies = [(f.name, f.read_bytes()) for f in files[:n]]
+    with TestClient(create_app(Settings(model_dir=model))) as client:
+        for name, data in bodies[:5]:
+            client.post("/predict", files={"image": (name, data, "image/jpeg")})
+        lat, sizes = [], []
+        for name, data in bodies:
+            t = time.perf_counter()
+            r = client.post("/predict", files={"image": (name, data, "image/jpeg")})
+            lat.append(time.perf_counter() - t)
+            assert r.status_code == 200 and "heatmap" in r.text, r.status_code
+            sizes.append(len(r.content) / 1024)
+        precision = client.get("/api/v1/model").json().get("precision")
+    return {"pages": len(lat), "precision": precision, "p50_ms": pct(lat, 50),
+            "p99_ms": pct(lat, 99), "html_kb_median": float(np.median(sizes))}
+
+
+def bench_test_accuracy(model: Path, split_csv: Path) -> dict[str, Any] | None:
+    """fp32 against the served int8 file on every source's test split: balanced accuracy and
+    ECE, each with its own temperature (the card's), and top-1 agreement."""
+    from kulit.card import load_card
+    from kulit.data import load_split
+    from kulit.metrics import balanced_accuracy, expected_calibration_error
+    from kulit.predict import Predictor, softmax
+
+    if not split_csv.is_file():
+        return None
+    card = load_card(model)
+    rows = [r for r in load_split(split_csv) if r.split == "test"]
+    y = np.array([card.classes.index(r.label) for r in rows])
+    src = np.array([r.source for r in rows])
+    probs = {}
+    for name, int8 in (("fp32", False), ("int8", True)):
+        pred = Predictor(model, int8=int8)
+        if pred.precision != name:
+            return None
+        logits = np.concatenate([pred.run(np.stack([pred.prepare(r.path)[1]
+                                                    for r in rows[i: i + 32]]))[0]
+                                 for i in range(0, len(rows), 32)])
+        probs[name] = softmax(logits.astype(np.float64) / pred.temperature)
+    out: dict[str, Any] = {"split": str(split_csv), "n": len(rows)}
+    for group in ["all", *sorted(set(src))]:
+        m = np.ones(len(y), bool) if group == "all" else src == group
+        row: dict[str, Any] = {"n": int(m.sum())}
+        for name, p in probs.items():
+            row[f"balanced_accuracy_{name}"] = balanced_accuracy(y[m], p[m].argmax(1),
+                                                                 len(card.classes))
+            row[f"ece_{name}"] = expected_calibration_error(p[m].max(1), p[m].argmax(1) == y[m])
+        row["top1_agreement"] = float(np.mean(probs["fp32"][m].argmax(1)
+                                              == probs["int8"][m].argmax(1)))
+        out[group] = row
+    return out
+
+
 PAPER_SIZE = 64
 
 
@@ -418,6 +479,8 @@ def main() -> None:
                     help="skip the paper's DenseNet201-at-64-px row")
     ap.add_argument("--skip-api", action="store_true", help="skip the `kulit serve` row")
     ap.add_argument("--api-requests", type=int, default=200, help="per concurrency level")
+    ap.add_argument("--split-csv", type=Path, default=REPO / "runs" / "data" / "split.csv",
+                    help="split.csv whose test rows compare fp32 and int8 accuracy")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "inference.json")
     args = ap.parse_args()
     if not SKIN8.is_dir():
@@ -468,6 +531,10 @@ def main() -> None:
     print("kulit predict", res["kulit_predict_folder"], flush=True)
     res["web_encode"] = bench_encode(args.model, bench_files)
     print("web encode", res["web_encode"], flush=True)
+    res["result_page"] = bench_page(args.model, bench_files)
+    print("result page", res["result_page"], flush=True)
+    res["test_accuracy"] = bench_test_accuracy(args.model, args.split_csv) if int8_file else None
+    print("test accuracy", res["test_accuracy"], flush=True)
     if not args.skip_paper:
         with tempfile.TemporaryDirectory() as tmp:
             res["paper_densenet201_64"] = bench_paper(bench_files, Path(tmp))
@@ -477,7 +544,9 @@ def main() -> None:
         print("api peak RSS", res["api"]["server_peak_rss_mb"], flush=True)
     res["load_average_end"] = load()
     res["targets"] = {"speedup_p50_min": 3.0, "p50_ms_max": 10.0, "folder_images_per_s_min": 150,
-                      "folder_peak_rss_mb_max": 300}
+                      "folder_peak_rss_mb_max": 300, "result_page_p50_ms_max": 25.0,
+                      "api_c16_rps_min": 100, "test_balanced_accuracy_drop_max": 0.01,
+                      "test_ece_rise_max": 0.01}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -19,13 +19,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from kulit.preprocess import open_image
+from kulit.preprocess import Preprocessing, open_image, resize_crop
 from kulit.quality import QualityLimits, check_quality
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 SOURCES = ("skin8", "skin8-web")
 EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+PRE = Preprocessing()  # a 224 px model's crop: what the Predictor measures quality on
 DRAFT = 448  # as the Predictor decodes for a 224 px model (2 x input size)
 
 # name -> (expected issue, function of the clean photo)
@@ -77,12 +78,14 @@ def main() -> None:
     times = []
     for src, path in photos:
         img = open_image(path, draft=DRAFT)
+        crop = resize_crop(img, PRE)  # made anyway for the model
         t0 = time.perf_counter()
-        q = check_quality(img, limits)
+        q = check_quality(img, limits, square=crop)
         times.append(time.perf_counter() - t0)
         clean[src].append(q)
         for name, want, fn in degs:
-            d = check_quality(fn(img), limits)  # type: ignore[operator]
+            bad = fn(img)  # type: ignore[operator]
+            d = check_quality(bad, limits, square=resize_crop(bad, PRE))
             caught[name].append((d.issue is not None, d.issue == want))
     all_clean = [q for qs in clean.values() for q in qs]
 

@@ -90,3 +90,18 @@ def test_fast() -> None:
     for _ in range(20):
         check_quality(img)
     assert (time.perf_counter() - t0) / 20 < 0.005  # about 0.5 ms here; generous for CI
+
+
+def test_the_models_crop_is_measured_when_given() -> None:
+    """The Predictor passes its 224 px crop: measured instead of the photo (size still the
+    photo's); a crop smaller than the thumbnail is ignored, the photo is measured then."""
+    from kulit.preprocess import Preprocessing, resize_crop
+
+    photo = textured((640, 480))
+    crop = resize_crop(photo, Preprocessing())
+    q = check_quality(photo, square=crop)
+    assert q.issue is None and (q.width, q.height) == (640, 480)
+    soft = crop.filter(ImageFilter.GaussianBlur(6))
+    assert check_quality(photo, square=soft).issue == "too_blurred"  # the square was measured
+    tiny = soft.resize((32, 32))
+    assert check_quality(photo, square=tiny) == check_quality(photo)  # too small: the photo

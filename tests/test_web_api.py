@@ -282,6 +282,7 @@ def test_model_card_and_health(client: TestClient) -> None:
     card = client.get("/api/v1/model").json()
     assert card["name"] == "tiny-test" and card["classes"] == SKIN8_CLASSES
     assert card["preprocessing"]["input_size"] == 32 and card["temperature"] == 1.5
+    assert card["served"] == {"precision": "fp32", "file": "model.onnx", "temperature": 1.5}
     assert client.get("/healthz").json() == {"status": "ok", "model": "tiny-test"}
 
 

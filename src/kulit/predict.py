@@ -220,7 +220,8 @@ class Predictor:
         with self.decode_slots:
             img = open_for_model(source, self.pre)  # the one decode, as training does
             crop = resize_crop(img, self.pre)
-            return crop, normalize(crop, self.pre), check_quality(img, self.quality_limits)
+            return crop, normalize(crop, self.pre), check_quality(img, self.quality_limits,
+                                                                   square=crop)
 
     def predict(
         self, sources: Sequence[ImageSource], top_k: int = 3, heatmap: bool = False,

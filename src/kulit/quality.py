@@ -1,9 +1,10 @@
 """Photo quality: is the decoded photo big, sharp and well exposed enough to judge? Torch-free.
 
-Measured on the central square (what the model sees) shrunk to a 128 px grey thumbnail, so a
-check costs well under a millisecond. The limits below were measured by `benchmarks/quality.py`
-on every 5th photo of skin8 and skin8-web and degraded copies of them (see
-benchmarks/results/quality.json); a model card can override any of them in `card.quality`.
+Measured on the central square (what the model sees: the Predictor passes its 224 px crop)
+shrunk to a 128 px grey thumbnail, so a check costs about 0.1 ms. The limits below were
+measured by `benchmarks/quality.py` on every 5th photo of skin8 and skin8-web and degraded
+copies of them (see benchmarks/results/quality.json); a model card can override any of them in
+`card.quality`.
 """
 
 from __future__ import annotations
@@ -27,15 +28,16 @@ class QualityLimits:
     """Where a photo stops being usable; the one place the defaults live.
 
     Chosen with benchmarks/quality.py (results/quality.json) on 678 clean photos (every 5th
-    of skin8 and skin8-web): these flag 0.9% of them (6 soft web thumbnails, as blurred;
-    target <= 2%) and catch 100% of copies shrunk to 80 px or less, 85% / 99% of copies blurred
-    with a Gaussian radius of 1% / 1.5% of the shorter side, 76% / 100% of copies darkened to
-    30% / 20%, 86% / 93% of copies brightened 3x / 4x. Each limit sits just outside the
-    clean photos' range (sharpness p1 0.021, brightness 0.22-0.88, smallest side 135 px).
+    of skin8 and skin8-web), measured on the model's 224 px crop as the Predictor does: these
+    flag 0.9% of them (6 soft web thumbnails, as blurred; target <= 2%) and catch 100% of copies
+    shrunk to 80 px or less, 77% / 98% of copies blurred with a Gaussian radius of 1% / 1.5% of
+    the shorter side, 76% / 100% of copies darkened to 30% / 20%, 86% / 93% of copies
+    brightened 3x / 4x. Each limit sits just outside the clean photos' range (sharpness p1
+    0.0165, brightness 0.22-0.88, smallest side 135 px).
     """
 
     min_side: int = 96  # px, shorter side of the decoded photo (smallest training photo: 122)
-    min_sharpness: float = 0.02  # Laplacian energy relative to contrast, see `measure`
+    min_sharpness: float = 0.016  # Laplacian energy relative to contrast, see `measure`
     min_brightness: float = 0.2  # mean luminance in [0, 1]
     max_brightness: float = 0.9  # mean luminance in [0, 1]
     max_clipped: float = 0.6  # fraction of pixels at pure white (>= 250) or black (<= 5)
@@ -91,7 +93,8 @@ def grey_thumbnail(img: Image.Image, side: int = THUMB_SIDE) -> np.ndarray:
 
 
 def measure(img: Image.Image) -> tuple[float, float, float, float]:
-    """(sharpness, brightness, dark_clipped, bright_clipped) of a decoded RGB photo.
+    """(sharpness, brightness, dark_clipped, bright_clipped) of a decoded RGB photo (or of its
+    centre square).
 
     Sharpness is the mean squared Laplacian divided by the grey variance: fine detail relative
     to the photo's contrast, so a dim but sharp photo is not called blurred.
@@ -104,11 +107,18 @@ def measure(img: Image.Image) -> tuple[float, float, float, float]:
             float(np.mean(g >= 250 / 255)))
 
 
-def check_quality(img: Image.Image, limits: QualityLimits | None = None) -> Quality:
-    """Measure a decoded photo and name the first problem, in ISSUES order."""
+def check_quality(img: Image.Image, limits: QualityLimits | None = None,
+                  square: Image.Image | None = None) -> Quality:
+    """Measure a decoded photo and name the first problem, in ISSUES order.
+
+    `square`: the photo's centre square already resampled (the model's crop, as the Predictor
+    passes it): measured instead of resampling the whole photo again, which is what
+    benchmarks/quality.py chose the limits on. A square under THUMB_SIDE a side (a small
+    model's crop) has lost the detail sharpness needs: the photo is measured then."""
     lim = limits or QualityLimits()
     w, h = img.size
-    sharp, bright, dark_c, bright_c = measure(img)
+    use_square = square is not None and min(square.size) >= THUMB_SIDE
+    sharp, bright, dark_c, bright_c = measure(square if use_square and square else img)
     issue: str | None = None
     if min(w, h) < lim.min_side:
         issue = "too_small"

@@ -77,8 +77,11 @@ async def predict(
 def model_card(predictor: PredictorDep) -> JSONResponse:
     """The model card: classes, preprocessing, calibration, test metrics (overall and per data
     source), the trust gate's cut-offs and figures, data, limits."""
-    # card.json as written (extra keys too); ModelCardResponse documents it, tests check it
-    return JSONResponse(predictor.card.to_dict())
+    # card.json as written (extra keys too) and what is served; ModelCardResponse documents it
+    return JSONResponse({**predictor.card.to_dict(),
+                         "served": {"precision": predictor.precision,
+                                    "file": predictor.onnx_path.name,
+                                    "temperature": predictor.temperature}})
 
 
 @router.get("/healthz", response_model=HealthResponse, tags=["api"])

@@ -128,6 +128,14 @@ class GateCardResponse(BaseModel):
                           "or one rate per group ('all', a source, a category)")
 
 
+class ServedResponse(BaseModel):
+    """Which file this server runs (`kulit.card.served_file`) and its temperature."""
+
+    precision: str = Field(description="int8 (model-int8.onnx passed its check) or fp32")
+    file: str
+    temperature: float = Field(description="the temperature the served probabilities use")
+
+
 class ModelCardResponse(BaseModel):
     """The model card (card.json): what serving knows about the model, and how it measured."""
 
@@ -144,6 +152,7 @@ class ModelCardResponse(BaseModel):
     gate: GateCardResponse | None = Field(
         None, description="the trust gate, or null/{} when the model has none")
     schema_version: int
+    served: ServedResponse
 
 
 class HealthResponse(BaseModel):
