@@ -88,14 +88,17 @@ def score_set(labels: list[str], probs: np.ndarray, classes: list[str], threshol
 
 
 def predict_probs(model: Path, paths: list[Path], cache: Path) -> np.ndarray:
-    """Calibrated probabilities from the exported model (ONNX Runtime), cached per model."""
+    """Calibrated probabilities from the served file (ONNX Runtime), cached per served file's
+    content and temperature (delete the cache after changing preprocessing code)."""
+    from kulit.card import file_sha256, load_card, served_file
     from kulit.predict import Predictor
 
     key = [str(p) for p in paths]
-    stamp = (model / "model.onnx").stat().st_mtime_ns
+    _, onnx_file, temperature = served_file(model, load_card(model))
+    stamp = f"{file_sha256(onnx_file)}:{temperature!r}"
     if cache.is_file():
         z = np.load(cache, allow_pickle=False)
-        if list(z["files"]) == key and int(z["stamp"]) == stamp:
+        if list(z["files"]) == key and str(z["stamp"]) == stamp:
             return z["probs"]
     res = Predictor(model).predict_many(paths, top_k=3, batch_size=32)
     bad = [str(p) for p, r in zip(paths, res, strict=True) if not hasattr(r, "probs")]

@@ -1,7 +1,8 @@
 """On-device check: is the small browser model as good, how many bytes, how fast on a phone screen.
 
-1. accuracy: the served model (model.onnx, float32) against model-web.onnx (int8 weights) on the
-   test split, both fed the server's own crop; balanced accuracy and max |dP|.
+1. accuracy: model-web.onnx against the served model (model-int8.onnx when it passed its check,
+   the same graph) and against float32 model.onnx on the test split, all fed the server's own
+   crop; balanced accuracy, top-1 agreement and max |dP|.
 2. browser: headless Chromium at a 360 px viewport against `kulit serve` on a free port: bytes
    sent on the first visit (gzip / brotli as the browser asks), time from page load to a shown
    answer on the first and a later (offline) visit.
@@ -35,27 +36,35 @@ ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-
 
 
 def accuracy(model_dir: Path, data_root: Path, split_csv: Path, split: str) -> dict:
-    pred = Predictor(model_dir, threads=2)
+    served = Predictor(model_dir, threads=2)
+    fp32 = Predictor(model_dir, threads=2, int8=False)
     web = web_session(model_dir / WEB_ONNX_FILE, threads=2)
     rows = [r for r in csv.DictReader(split_csv.open()) if r["split"] == split]
-    classes = pred.classes
-    y, p32, p8 = [], [], []
+    classes = served.classes
+    y, p32, ps, p8 = [], [], [], []
     for r in rows:
-        crop, x = load_and_preprocess(data_root / r["file"], pred.card.preprocessing)
-        logits, _ = pred.run(x[None])
-        p32.append(softmax(logits.astype(np.float64) / pred.card.temperature)[0])
+        crop, x = load_and_preprocess(data_root / r["file"], served.card.preprocessing)
+        for pred, out in ((fp32, p32), (served, ps)):
+            logits, _ = pred.run(x[None])
+            out.append(softmax(logits.astype(np.float64) / pred.temperature)[0])
         p8.append(web.run(["probs"], {WEB_INPUT: np.asarray(crop, np.uint8)[None]})[0][0])
         y.append(classes.index(r["class"]))
-    p32, p8 = np.array(p32), np.array(p8)
+    p32, ps, p8 = np.array(p32), np.array(ps), np.array(p8)
     ba32 = balanced_accuracy_score(y, p32.argmax(1))
+    bas = balanced_accuracy_score(y, ps.argmax(1))
     ba8 = balanced_accuracy_score(y, p8.argmax(1))
     return {
-        "split": split, "n": len(rows),
-        "balanced_accuracy_fp32": round(ba32, 4), "balanced_accuracy_web": round(ba8, 4),
+        "split": split, "n": len(rows), "served_precision": served.precision,
+        "balanced_accuracy_fp32": round(ba32, 4), "balanced_accuracy_served": round(bas, 4),
+        "balanced_accuracy_web": round(ba8, 4),
         "drop_points": round(100 * (ba32 - ba8), 2),
         "top1_agreement": round(float((p32.argmax(1) == p8.argmax(1)).mean()), 4),
         "max_abs_prob_diff": round(float(np.abs(p32 - p8).max()), 4),
         "mean_abs_prob_diff": round(float(np.abs(p32 - p8).mean()), 5),
+        "web_vs_served": {
+            "top1_agreement": round(float((ps.argmax(1) == p8.argmax(1)).mean()), 4),
+            "max_abs_prob_diff": float(np.abs(ps - p8).max()),
+            "note": "both in ONNX Runtime on this CPU; in Chromium see tests/test_device.py"},
         "model_web_bytes": (model_dir / WEB_ONNX_FILE).stat().st_size,
         "model_fp32_bytes": (model_dir / "model.onnx").stat().st_size,
     }

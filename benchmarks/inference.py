@@ -2,17 +2,20 @@
 
     python benchmarks/inference.py [--model models/kulit-skin8] [--run runs/kulit] [--n 200]
                                    [--folder 500] [--skip-paper] [--skip-api] [--api-requests 200]
+                                   [--split-csv runs/data/split.csv]
 
 Writes benchmarks/results/inference.json. Latency at batch 1 includes decode and preprocess
 (the same code path for every engine), with 2 intra-op threads (a lone process) and with 1
-(the server's setting); throughput at batch 32; `kulit predict` on a folder of --folder photos
+(the server's setting), fp32 and int8 interleaved over 3 rounds (median reported); throughput
+at batch 32; `kulit predict` on a folder of --folder photos
 (photos/s and peak memory; serial batches of 32 vs parallel single-thread workers, fp32 and
 int8); cold start and peak memory of the predictor in a fresh process; the physical floor of
 the network (its FLOPs over the GEMM rate ONNX Runtime reaches here, fp32 and int8); the
 result page's image encoding; the paper's architecture (DenseNet201 at 64 px + its head, random
 weights, exported like kulit exports) in ONNX Runtime; `kulit serve` at concurrency 1/4/16 with
-real photo uploads (benchmarks/serve.py's harness) and its peak memory. int8 rows need
-`kulit quantize` to have passed on --model.
+real photo uploads (benchmarks/serve.py's harness) and its peak memory; the result page with its
+heatmap in-process; fp32 against int8 on every source's test split (balanced accuracy, ECE).
+int8 rows need `kulit quantize` to have passed on --model.
 The machine's load average is recorded at the start and the end: 2 cores are easily disturbed.
 """
 
@@ -45,34 +48,54 @@ def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs) * 1000, q))
 
 
-def bench_onnx(model: Path, files: list[Path], int8: bool = False, threads: int | None = None,
-               allow_spinning: bool = True) -> dict[str, Any]:
+def bench_onnx(model: Path, files: list[Path], variants: list[tuple[str, bool, int | None]],
+               rounds: int = 3) -> dict[str, dict[str, Any]]:
+    """Each (key, int8, threads) variant's Predictor, measured in `rounds` interleaved rounds
+    (so drift on a shared 2-core VM hits every variant alike): latency at batch 1 including
+    decode and preprocess, the network alone, throughput at batch 32. Reported: the median
+    over rounds, and each round's p50."""
     from kulit.predict import Predictor
 
-    pred = Predictor(model, threads=threads, int8=int8, allow_spinning=allow_spinning)
-    for f in files[:5]:
-        pred.predict_one(f)
-    lat = []
-    for f in files:
-        t = time.perf_counter()
-        pred.predict_one(f)
-        lat.append(time.perf_counter() - t)
+    preds = {key: Predictor(model, threads=threads, int8=int8, allow_spinning=threads is None)
+             for key, int8, threads in variants}
+    x = np.stack([next(iter(preds.values())).prepare(f)[1] for f in files[:32]])
+    for pred in preds.values():
+        for f in files[:5]:
+            pred.predict_one(f)
+        pred.run(x[:1])
+    per: dict[str, dict[str, list[float]]] = {k: {"p50": [], "p99": [], "model_p50": [],
+                                                  "batch32": []} for k in preds}
     batches = [files[i: i + 32] for i in range(0, len(files) - 31, 32)]
-    t = time.perf_counter()
-    for b in batches:
-        pred.predict(b)
-    thr = 32 * len(batches) / (time.perf_counter() - t)
-    # model only (preprocessed input), to separate decode cost from inference cost
-    x = np.stack([pred.prepare(f)[1] for f in files[:32]])
-    pred.run(x[:1])
-    t1 = []
-    for i in range(len(files)):
-        t = time.perf_counter()
-        pred.run(x[i % 32: i % 32 + 1])
-        t1.append(time.perf_counter() - t)
-    return {"precision": pred.precision, "threads": pred.session.get_session_options()
-            .intra_op_num_threads, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
-            "batch32_images_per_s": thr, "model_only_p50_ms": pct(t1, 50)}
+    for _ in range(rounds):
+        for key, pred in preds.items():
+            lat = []
+            for f in files:
+                t = time.perf_counter()
+                pred.predict_one(f)
+                lat.append(time.perf_counter() - t)
+            t1 = []
+            for i in range(len(files)):
+                t = time.perf_counter()
+                pred.run(x[i % 32: i % 32 + 1])
+                t1.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            for b in batches:
+                pred.predict(b)
+            r = per[key]
+            r["batch32"].append(32 * len(batches) / (time.perf_counter() - t))
+            r["p50"].append(pct(lat, 50))
+            r["p99"].append(pct(lat, 99))
+            r["model_p50"].append(pct(t1, 50))
+    out = {}
+    for key, pred in preds.items():
+        r = per[key]
+        out[key] = {"precision": pred.precision,
+                    "threads": pred.session.get_session_options().intra_op_num_threads,
+                    "rounds": rounds, "p50_ms": float(np.median(r["p50"])),
+                    "p50_ms_rounds": r["p50"], "p99_ms": float(np.median(r["p99"])),
+                    "batch32_images_per_s": float(np.median(r["batch32"])),
+                    "model_only_p50_ms": float(np.median(r["model_p50"]))}
+    return out
 
 
 def torch_model(run: Path, model: Path) -> tuple[Any, str]:
@@ -276,16 +299,20 @@ def bench_page(model: Path, files: list[Path], n: int = 60) -> dict[str, Any]:
     with TestClient(create_app(Settings(model_dir=model))) as client:
         for name, data in bodies[:5]:
             client.post("/predict", files={"image": (name, data, "image/jpeg")})
-        lat, sizes = [], []
+        lat, sizes, heat = [], [], []
         for name, data in bodies:
             t = time.perf_counter()
             r = client.post("/predict", files={"image": (name, data, "image/jpeg")})
             lat.append(time.perf_counter() - t)
-            assert r.status_code == 200 and "heatmap" in r.text, r.status_code
+            assert r.status_code == 200, r.status_code
             sizes.append(len(r.content) / 1024)
-        precision = client.get("/api/v1/model").json().get("precision")
-    return {"pages": len(lat), "precision": precision, "p50_ms": pct(lat, 50),
-            "p99_ms": pct(lat, 99), "html_kb_median": float(np.median(sizes))}
+            heat.append('class="overlay"' in r.text)  # not-skin / retake pages show none
+        precision = client.get("/api/v1/model").json()["served"]["precision"]
+    lat_heat = [t for t, h in zip(lat, heat, strict=True) if h]
+    return {"pages": len(lat), "with_heatmap": len(lat_heat), "precision": precision,
+            "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
+            "p50_ms_with_heatmap": pct(lat_heat, 50) if lat_heat else None,
+            "html_kb_median": float(np.median(sizes))}
 
 
 def bench_test_accuracy(model: Path, split_csv: Path) -> dict[str, Any] | None:
@@ -312,7 +339,7 @@ def bench_test_accuracy(model: Path, split_csv: Path) -> dict[str, Any] | None:
                                  for i in range(0, len(rows), 32)])
         probs[name] = softmax(logits.astype(np.float64) / pred.temperature)
     out: dict[str, Any] = {"split": str(split_csv), "n": len(rows)}
-    for group in ["all", *sorted(set(src))]:
+    for group in ["all", *sorted(str(v) for v in set(src))]:
         m = np.ones(len(y), bool) if group == "all" else src == group
         row: dict[str, Any] = {"n": int(m.sum())}
         for name, p in probs.items():
@@ -507,9 +534,8 @@ def main() -> None:
     variants = [("fp32", False, None), ("fp32_1thread", False, 1)]
     if int8_file:
         variants += [("int8", True, None), ("int8_1thread", True, 1)]
-    for key, int8, threads in variants:
-        res[key] = bench_onnx(args.model, bench_files, int8=int8, threads=threads,
-                              allow_spinning=threads is None)
+    res.update(bench_onnx(args.model, bench_files, variants))
+    for key, _, _ in variants:
         print(key, res[key], flush=True)
     res["onnxruntime"] = res["fp32"]  # the key earlier results used
     res["torch_eager"] = bench_torch(args.run, args.model, bench_files)

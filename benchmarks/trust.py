@@ -74,7 +74,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "trust.json")
     args = ap.parse_args()
 
-    from kulit.card import load_card
+    from kulit.card import load_card, served_file
     from kulit.gate import load_gate
     from kulit.gate_fit import collect_rows, extract_features, gate_figures, summary_lines
 
@@ -85,10 +85,11 @@ def main() -> None:
     rows, how = collect_rows(args.data, args.split_csv)
     feats = extract_features(args.model, args.data, rows, cache=args.cache)
     before = card.gate.get("tuned_on", {}).get("threshold_before", card.threshold)
-    gated = gate_figures(feats, card.classes, card.temperature, card.threshold, gate, card.gate)
-    baseline = gate_figures(feats, card.classes, card.temperature, before, None, None)
+    t = served_file(args.model, card)[2]  # the served file's temperature (int8 has its own)
+    gated = gate_figures(feats, card.classes, t, card.threshold, gate, card.gate)
+    baseline = gate_figures(feats, card.classes, t, before, None, None)
     # the gate alone, at the old threshold: separates what the gate does from the new threshold
-    gate_only = gate_figures(feats, card.classes, card.temperature, before, gate, card.gate)
+    gate_only = gate_figures(feats, card.classes, t, before, gate, card.gate)
     skin_test = [r.file for r, ok in zip(feats.rows, feats.ok, strict=True)
                  if ok and r.split == "test" and r.source.startswith("skin8")]
     latency = gate_latency(args.model, args.data, skin_test)
