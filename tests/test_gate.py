@@ -173,3 +173,36 @@ def test_wilson_interval() -> None:
     lo, hi = wilson(19, 20) or (0, 0)
     assert lo < 0.95 < hi and hi <= 1.0 and 0.7 < lo < 0.8
     assert wilson(0, 0) is None
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_run_gate_fits_the_served_files_temperature(tmp_path: Path, monkeypatch, int8) -> None:
+    """`kulit gate` works on what is served: with a passed int8 file its temperature goes to
+    card.int8 (where serving reads it) and the fp32 one is left alone; else card.temperature."""
+    import shutil
+
+    from kulit import gate_fit
+    from kulit.card import file_sha256, load_card, save_card, served_file
+    from tests.conftest import write_onnx_model_dir
+
+    model = tmp_path / "model"
+    write_onnx_model_dir(model, CLASSES, input_size=32, channels=6)
+    card = load_card(model)
+    if int8:
+        shutil.copy(model / "model.onnx", model / "model-int8.onnx")
+        card.files = {**card.files, "int8": "model-int8.onnx"}
+        card.int8 = {"file": "model-int8.onnx", "passed": True, "temperature": 9.0,
+                     "source_sha256": file_sha256(model / "model.onnx")}
+        save_card(card, model)
+    fp32_t = card.temperature
+    feats = synthetic_features(np.random.default_rng(5))
+    monkeypatch.setattr(gate_fit, "collect_rows", lambda root, split: (feats.rows, "synthetic"))
+    monkeypatch.setattr(gate_fit, "extract_features", lambda *a, **k: feats)
+    gate_fit.run_gate(model, tmp_path, params=GateParams(c_not_skin=1.0, c_other=1.0))
+    after = load_card(model)
+    precision, _, served_t = served_file(model, after)
+    assert precision == ("int8" if int8 else "fp32")
+    assert served_t != 9.0 and 0.05 < served_t < 20
+    assert after.gate["tuned_on"]["temperature"]["precision"] == precision
+    assert after.temperature == (fp32_t if int8 else served_t)
+    assert (model / "gate.npz").is_file()

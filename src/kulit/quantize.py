@@ -88,9 +88,18 @@ class _Batches:
         return next(self._it, None)
 
 
-def quantize_onnx(src: Path, dst: Path, calib: np.ndarray) -> None:
-    """Static QDQ int8 (uint8 activations, int8 per-channel weights) calibrated on `calib`."""
+def conv_kernels(onnx_path: Path) -> list[tuple[str, str]]:
+    """(node name, weight name) of every Conv, in graph order (TTA views share weights)."""
     import onnx
+
+    return [(n.name, n.input[1]) for n in onnx.load(str(onnx_path)).graph.node
+            if n.op_type == "Conv"]
+
+
+def quantize_onnx(src: Path, dst: Path, calib: np.ndarray,
+                  fp32_kernels: set[str] | None = None) -> None:
+    """Static QDQ int8 (uint8 activations, int8 per-channel weights) calibrated on `calib`.
+    The convs whose weights are in `fp32_kernels` stay fp32 (default: `fp32_convs`)."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -102,12 +111,13 @@ def quantize_onnx(src: Path, dst: Path, calib: np.ndarray) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         prepped = Path(tmp) / "prepped.onnx"
         quant_pre_process(str(src), str(prepped), skip_symbolic_shape=True)
-        convs = [(n.name, n.input[1]) for n in onnx.load(str(prepped)).graph.node
-                 if n.op_type == "Conv"]
+        convs = conv_kernels(prepped)
+        exclude = (fp32_convs(convs) if fp32_kernels is None
+                   else [name for name, weight in convs if weight in fp32_kernels])
         quantize_static(
             str(prepped), str(dst), _Batches(calib), quant_format=QuantFormat.QDQ,
             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=fp32_convs(convs),
+            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
             extra_options={"CalibMaxIntermediateOutputs": 16},
         )
 
@@ -120,12 +130,13 @@ def fp32_convs(convs: list[tuple[str, str]]) -> list[str]:
     (in EfficientNet-Lite the stem and the first block's depthwise conv, both at half the input
     resolution), in every view (TTA runs the same weights twice).
 
-    Chosen by a sensitivity scan on the shipped model's validation photos (keep one group of
-    three convs fp32 at a time, measure the logits' squared error against fp32): quantising
-    everything but the stem gave an error of 0.035 and 93.7% top-1 agreement; only the first
-    group mattered (0.016; every other group 0.031-0.042), and within it the depthwise conv
-    alone (0.020, agreement 96%). The stem quantised costs 20 points of agreement. Keeping the
-    last conv fp32 as well changed nothing measurable and adds 1.2 MB."""
+    Chosen by a sensitivity scan on the shipped model's validation photos (benchmarks/
+    quant_scan.py, results/quant-scan.json; logits' squared error against fp32, top-1
+    agreement): everything int8 0.039, 93.2%; the stem fp32 0.036, 94.4%; the stem plus any
+    one later group of three convs 0.033-0.042; the stem plus the first group 0.015, 96.9% but
+    a 1.8-point balanced-accuracy drop on skin8 val; the stem plus the first depthwise conv
+    (this rule) 0.022, 96.2%, no drop. Keeping the last conv fp32 too changes nothing and adds
+    1.2 MB."""
     kernels = list(dict.fromkeys(weight for _, weight in convs))
     if len(kernels) <= FP32_LEADING_CONVS:
         return []
