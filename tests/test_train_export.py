@@ -137,6 +137,20 @@ def test_export_and_serve_parity(tiny_run: Path, tmp_path: Path, tiny_dataset: P
     assert p.label == "Beta"
 
 
+def test_a_new_export_removes_files_made_from_the_old_model(tiny_run: Path, tmp_path: Path):
+    """int8, gate and browser model are made from model.onnx: a re-export voids them."""
+    from kulit.export import DERIVED_FILES
+
+    model_dir = export(tiny_run, tmp_path / "model")
+    for name in DERIVED_FILES:
+        (model_dir / name).write_bytes(b"from the previous model")
+    (model_dir / "notes.txt").write_text("mine")
+    export(tiny_run, model_dir)
+    assert not any((model_dir / name).exists() for name in DERIVED_FILES)
+    assert (model_dir / "notes.txt").read_text() == "mine"  # nothing else is touched
+    assert Predictor(model_dir).precision == "fp32"
+
+
 def test_export_refuses_a_missing_run(tmp_path):
     r = runner.invoke(app, ["export", str(tmp_path / "nope"), "--out", str(tmp_path / "m")])
     assert r.exit_code == 2 and "checkpoint" in r.output

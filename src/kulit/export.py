@@ -24,6 +24,7 @@ from kulit.card import (
     FEATURES,
     HEAD_FILE,
     INPUT,
+    INT8_FILE,
     LOGITS,
     ONNX_FILE,
     OUTPUTS,
@@ -32,8 +33,13 @@ from kulit.card import (
 )
 from kulit.config import TrainConfig
 from kulit.errors import ModelError
+from kulit.gate import GATE_FILE
 from kulit.preprocess import Preprocessing, open_for_model, preprocess_image
 from kulit.train import build_head
+from kulit.webmodel import WEB_ONNX_FILE
+
+# files other commands make from model.onnx (quantize, gate, export-web); a new export voids them
+DERIVED_FILES = (INT8_FILE, GATE_FILE, WEB_ONNX_FILE, WEB_ONNX_FILE + ".gz")
 
 OPSET = 17
 ATOL = 1e-3  # logits, absolute
@@ -185,8 +191,12 @@ def export(run_dir: Path, out: Path, name: str | None = None,
         out.mkdir(parents=True, exist_ok=True)
         for f in (ONNX_FILE, HEAD_FILE, "card.json"):
             shutil.move(str(tmpd / f), out / f)
+    stale = [f for f in DERIVED_FILES if (out / f).is_file()]
+    for f in stale:  # made from the model.onnx just replaced: wrong for the new one
+        (out / f).unlink()
     size_mb = (out / ONNX_FILE).stat().st_size / 1e6
-    print(f"exported {out} ({size_mb:.1f} MB, ONNX vs torch max logit diff {diff:.1e})")
+    print(f"exported {out} ({size_mb:.1f} MB, ONNX vs torch max logit diff {diff:.1e})"
+          + (f"; removed {', '.join(stale)} (made from the previous model)" if stale else ""))
     return out
 
 
