@@ -141,3 +141,10 @@ def test_server_thread_settings_reach_the_session(onnx_model_dir, monkeypatch):
     opts = p.session.get_session_options()
     assert opts.intra_op_num_threads == 1
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_a_missing_split_is_one_clear_error(model_dir, tmp_path):
+    from kulit.errors import DataError
+
+    with pytest.raises(DataError, match="split file not found"):
+        q.quantize_model(model_dir, tmp_path / "nowhere" / "split.csv")

@@ -208,6 +208,8 @@ def load_split(
     folders itself; without it, the `root` recorded in the data report beside split.csv.
     """
     split_csv = Path(split_csv)
+    if not split_csv.is_file():
+        raise DataError(f"split file not found: {split_csv} (run `kulit data` first)")
     if root is None:
         root = split_csv.parent / read_report(split_csv.parent).get("root", ".")
     root = Path(root)
