@@ -117,8 +117,8 @@ def check_quality(img: Image.Image, limits: QualityLimits | None = None,
     model's crop) has lost the detail sharpness needs: the photo is measured then."""
     lim = limits or QualityLimits()
     w, h = img.size
-    use_square = square is not None and min(square.size) >= THUMB_SIDE
-    sharp, bright, dark_c, bright_c = measure(square if use_square and square else img)
+    measured = square if square is not None and min(square.size) >= THUMB_SIDE else img
+    sharp, bright, dark_c, bright_c = measure(measured)
     issue: str | None = None
     if min(w, h) < lim.min_side:
         issue = "too_small"
