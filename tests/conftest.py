@@ -139,3 +139,22 @@ def serve_on_loopback(app: Any) -> Iterator[str]:
     finally:
         srv.should_exit = True
         thread.join(timeout=10)
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
+                 "--disable-gpu"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium under Playwright, headless, one per test module (skips without it).
+    Not session-wide: Playwright's sync API holds an event loop on the main thread while it
+    runs, and later tests call asyncio.run."""
+    if not CHROMIUM.exists():
+        pytest.skip("/usr/bin/chromium not found (CI installs it: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

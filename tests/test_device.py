@@ -25,8 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "models" / "kulit-skin8"
 DATA = ROOT.parent / "shared" / "data"
 SOURCES = ("skin8", "skin8-web", "other-conditions", "not-skin")  # every photo source here
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update"]
 ORT_WASM = ROOT / "src/kulit/web/static/ort/ort-wasm-simd-threaded.wasm"
 CUTOFFS = {"not_skin_threshold": 0.6, "other_threshold": 0.6, "melanoma_cutoff": 0.2}
 PHOTOS_PER_SOURCE = 50  # the issue asks for 50 test photos of every source
@@ -242,19 +240,8 @@ def fp32_server(fp32_model_dir: Path) -> Iterator[str]:
     yield from _serve_device(fp32_model_dir)
 
 
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip("/usr/bin/chromium not found (CI installs it: apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-def open_device_page(chromium: Any, base: str, lang: str = "en") -> tuple[Any, Any]:
-    ctx = chromium.new_context(viewport={"width": 360, "height": 740})
+def open_device_page(browser: Any, base: str, lang: str = "en") -> tuple[Any, Any]:
+    ctx = browser.new_context(viewport={"width": 360, "height": 740})
     page = ctx.new_page()
     page.goto(f"{base}/?lang={lang}")
     page.wait_for_selector("html[data-device]", state="attached", timeout=120_000)
@@ -274,7 +261,7 @@ def sample_photos(n: int) -> list[Path]:
     return out
 
 
-def browser_vs_server(server: str, chromium: Any, model_dir: Path
+def browser_vs_server(server: str, browser: Any, model_dir: Path
                       ) -> tuple[list[float], list[bool], list[str]]:
     """The same uint8 crop in Chromium (onnxruntime-web) and on the server, for photos of every
     source in ../shared/data: per photo, max |dP| over classes and gate scores, whether status
@@ -284,7 +271,7 @@ def browser_vs_server(server: str, chromium: Any, model_dir: Path
         pytest.skip("../shared/data is not here")
     pred = Predictor(model_dir)
     gate = load_gate(model_dir)
-    ctx, page = open_device_page(chromium, server)
+    ctx, page = open_device_page(browser, server)
     diffs, same, statuses = [], [], []
     for photo in photos:
         crop = np.asarray(load_and_preprocess(photo, pred.card.preprocessing)[0], np.uint8)
@@ -310,21 +297,21 @@ def browser_vs_server(server: str, chromium: Any, model_dir: Path
 
 
 @pytest.mark.e2e
-def test_browser_parity_with_server_float32(fp32_server: str, chromium: Any,
+def test_browser_parity_with_server_float32(fp32_server: str, browser: Any,
                                             fp32_model_dir: Path) -> None:
     """float32 graph: the browser's surgery, JS and rule are exact: probabilities and gate
     scores within 1e-3 of the server's, the same status and advice on every photo."""
-    diffs, same, _ = browser_vs_server(fp32_server, chromium, fp32_model_dir)
+    diffs, same, _ = browser_vs_server(fp32_server, browser, fp32_model_dir)
     assert max(diffs) < 1e-3 and all(same)
 
 
 @pytest.mark.e2e
-def test_browser_parity_with_server_as_shipped(device_server: str, chromium: Any,
+def test_browser_parity_with_server_as_shipped(device_server: str, browser: Any,
                                                device_model_dir: Path) -> None:
     """As shipped (the server's static int8 graph in both): onnxruntime-web's int8 kernels
     round a few requantisations differently from the x86 ones, so probabilities move a little;
     the answer (status and advice) must still be the same on at least 95% of photos."""
-    diffs, same, _ = browser_vs_server(device_server, chromium, device_model_dir)
+    diffs, same, _ = browser_vs_server(device_server, browser, device_model_dir)
     if Predictor(device_model_dir).precision == "fp32":  # no int8 file passed: exact again
         assert max(diffs) < 1e-3 and all(same)
         return
@@ -332,14 +319,14 @@ def test_browser_parity_with_server_as_shipped(device_server: str, chromium: Any
 
 
 @pytest.mark.e2e
-def test_browser_canvas_resize_agreement(device_server: str, chromium: Any,
+def test_browser_canvas_resize_agreement(device_server: str, browser: Any,
                                          device_model_dir: Path) -> None:
     """Reported, not held: the browser's own canvas resize of the original photo vs Pillow's."""
     photos = sample_photos(4)
     if not photos:
         pytest.skip("../shared/data is not here")
     pred = Predictor(device_model_dir)
-    ctx, page = open_device_page(chromium, device_server)
+    ctx, page = open_device_page(browser, device_server)
     diffs, same = [], []
     for photo in photos:
         want = pred.predict_one(photo).probs
@@ -377,10 +364,10 @@ RULE_CASES = [  # (probs over the 8 classes, gate scores or None, quality issue 
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("cutoffs", [CUTOFFS, {k: None for k in CUTOFFS}])
-def test_js_rule_equals_python_rule(device_server: str, chromium: Any, device_model_dir: Path,
+def test_js_rule_equals_python_rule(device_server: str, browser: Any, device_model_dir: Path,
                                     cutoffs: dict[str, Any]) -> None:
     """device.js's decide and the server's rule, on one table of cases: identical answers."""
-    ctx, page = open_device_page(chromium, device_server)
+    ctx, page = open_device_page(browser, device_server)
     rule = page.evaluate("window.kulitDevice.ready.then((c) => c.rule)")
     rule = {**rule, **cutoffs}
     got = page.evaluate("""([rule, cases]) => cases.map(([p, g, q]) =>
@@ -393,13 +380,13 @@ def test_js_rule_equals_python_rule(device_server: str, chromium: Any, device_mo
 
 
 @pytest.mark.e2e
-def test_offline_after_one_visit(device_server: str, chromium: Any, tmp_path: Path) -> None:
+def test_offline_after_one_visit(device_server: str, browser: Any, tmp_path: Path) -> None:
     """Visit once, go offline (airplane mode), reload: the check still answers, nothing sent."""
     photo = next(iter(sample_photos(1)), None)
     if photo is None:
         photo = tmp_path / "p.jpg"
         Image.new("RGB", (300, 240), (200, 150, 120)).save(photo)
-    ctx, page = open_device_page(chromium, device_server, lang="id")
+    ctx, page = open_device_page(browser, device_server, lang="id")
     for _ in range(300):  # the page's CSP forbids wait_for_function's eval
         if page.evaluate("navigator.serviceWorker.controller !== null"):
             break

@@ -12,9 +12,6 @@ from tests.conftest import SHIPPED_MODEL, SKIN8, image_bytes, make_image, serve_
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
-                 "--disable-gpu"]
 
 
 def pick_model(fallback: Path) -> Path:
@@ -50,17 +47,6 @@ def server(onnx_model_dir: Path) -> Iterator[str]:
     app = create_app(Settings(model_dir=pick_model(onnx_model_dir), device=False))
     with serve_on_loopback(app) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip("/usr/bin/chromium not found (CI installs it: apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def test_upload_result_language_and_errors(server: str, browser, tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """Issue 12 in a real browser: the Indonesian flow on a 360 px phone, printed, switched, checked.
 
-Debian's Chromium driven by Playwright against uvicorn (the `server` and `browser` fixtures of
+Debian's Chromium driven by Playwright against uvicorn (the `server` fixture of
 test_web_e2e). axe-core is vendored at build time (scripts/vendor_web_ui.sh), never a CDN.
 """
 
@@ -14,7 +14,7 @@ import pytest
 
 from kulit.i18n import STRINGS
 from tests.conftest import image_bytes
-from tests.test_web_e2e import a_photo, browser, server  # noqa: F401 - fixtures
+from tests.test_web_e2e import a_photo, server  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.e2e
 

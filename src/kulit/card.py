@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,7 +109,15 @@ def save_card(card: ModelCard, model_dir: Path) -> Path:
 
 def file_sha256(path: Path) -> str:
     """A model file's content hash (read in 1 MB blocks): ties derived files (int8, caches,
-    the browser model's URL) to the model.onnx they were made from."""
+    the browser model's URL) to the model.onnx they were made from. Remembered per (file, size,
+    mtime), so the gate, the browser-model build and the Predictor they start hash a 14 MB
+    model once, and a rewritten file is hashed again."""
+    st = os.stat(path)
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -197,7 +197,7 @@ def export_cmd(
 
 
 def _quantize_defaults() -> Any:
-    from kulit.quantize import QuantizeConfig
+    from kulit.config import QuantizeConfig  # already imported for `kulit train`'s options
 
     return QuantizeConfig()
 
@@ -225,7 +225,7 @@ def quantize_cmd(
         help=f"Seed picking the calibration photos (default {_QD.seed})")] = None,
 ) -> None:
     """Add model-int8.onnx (static int8) if it agrees with fp32 on val; else write nothing."""
-    from kulit.quantize import QuantizeConfig
+    from kulit.config import QuantizeConfig
 
     given: dict[str, Any] = {"calib_images": calib_images, "min_agreement": min_agreement,
                              "max_bacc_drop": max_drop, "seed": seed}

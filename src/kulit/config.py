@@ -2,7 +2,9 @@
 
 Torch-free, so the CLI can build `kulit train`'s options from the fields without loading torch.
 A new hyperparameter is one field here: the CLI option (named after the field, help from its
-trailing comment) and the run directory's config.json follow.
+trailing comment) and the run directory's config.json follow. QuantizeConfig (what `kulit
+quantize` does) lives here too, so `kulit --help` shows its defaults without loading the
+quantiser.
 """
 
 from __future__ import annotations
@@ -128,3 +130,13 @@ def field_help() -> dict[str, str]:
         return {}
     pattern = re.compile(r"^\s+(\w+): [^=]+=.*?#\s*(.+)$")
     return {m[1]: m[2].strip() for m in map(pattern.match, source.splitlines()) if m}
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """What `kulit quantize` (and `kulit export --int8`) does; recorded in the card."""
+
+    calib_images: int = 300  # training photos the activation ranges are calibrated on
+    min_agreement: float = 0.95  # top-1 agreement with fp32 on validation, each source
+    max_bacc_drop: float = 0.01  # balanced accuracy may fall at most this much, each source
+    seed: int = 0  # which training photos calibrate

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,21 +29,12 @@ from kulit.card import (
     load_card,
     save_card,
 )
+from kulit.config import QuantizeConfig
 from kulit.errors import KulitError
 from kulit.metrics import balanced_accuracy, expected_calibration_error
 from kulit.preprocess import Preprocessing, load_and_preprocess
 
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class QuantizeConfig:
-    """What `kulit quantize` (and `kulit export --int8`) does; recorded in the card."""
-
-    calib_images: int = 300  # training photos the activation ranges are calibrated on
-    min_agreement: float = 0.95  # top-1 agreement with fp32 on validation, each source
-    max_bacc_drop: float = 0.01  # balanced accuracy may fall at most this much, each source
-    seed: int = 0  # which training photos calibrate
 
 
 class QuantizeError(KulitError):
