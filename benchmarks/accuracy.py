@@ -59,8 +59,8 @@ HEADLINE = ("balanced_accuracy", "accuracy", "macro_f1", "top3_accuracy", "ece",
 
 def headline(labels: list[str], probs: np.ndarray, classes: list[str], threshold: float
              ) -> dict[str, Any]:
-    """The benchmark's numbers for one test set, from kulit.evaluate's metric functions."""
-    from kulit.evaluate import compute_metrics, selective_at
+    """The benchmark's numbers for one test set, from kulit.build.evaluate's metric functions."""
+    from kulit.build.evaluate import compute_metrics, selective_at
 
     m = compute_metrics(labels, probs, classes, n_boot=0)
     at = selective_at(probs, labels, classes, threshold)
@@ -90,8 +90,8 @@ def score_set(labels: list[str], probs: np.ndarray, classes: list[str], threshol
 def predict_probs(model: Path, paths: list[Path], cache: Path) -> np.ndarray:
     """Calibrated probabilities from the served file (ONNX Runtime), cached per served file's
     content and temperature (delete the cache after changing preprocessing code)."""
-    from kulit.card import file_sha256, load_card, served_file
-    from kulit.predict import Predictor
+    from kulit.serving.card import file_sha256, load_card, served_file
+    from kulit.serving.predict import Predictor
 
     key = [str(p) for p in paths]
     _, onnx_file, temperature = served_file(model, load_card(model))
@@ -112,7 +112,7 @@ def predict_probs(model: Path, paths: list[Path], cache: Path) -> np.ndarray:
 def score_model(model: Path, test_rows: list, work: Path, *, n_boot: int, seed: int,
                 skip: set[str]) -> dict[str, Any]:
     """Every test set (each source, both) for one exported model."""
-    from kulit.card import load_card
+    from kulit.serving.card import load_card
 
     card = load_card(model)
     probs = predict_probs(model, [r.path for r in test_rows],
@@ -160,8 +160,8 @@ def train_run(name: str, split: Path, root: Path, work: Path, recipe: str,
               over: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
     """Train the recipe on one source's rows (or all) of the split, export; model dir, timing."""
     from kulit.config import make_config
-    from kulit.export import export
-    from kulit.train import train
+    from kulit.training.export import export
+    from kulit.training.train import train
 
     run_split = split if name == "both" else filter_split(split, name, work / f"data-{name}")
     out = work / f"run-{name}"
@@ -182,7 +182,7 @@ def as_model(name: str, path: Path, work: Path) -> Path:
     if (path / "model.onnx").is_file():
         return path
     if (path / "summary.json").is_file():
-        from kulit.export import export
+        from kulit.training.export import export
 
         return export(path, work / f"model-{name}")
     raise SystemExit(f"error: {path} is neither a model dir (model.onnx) nor a run dir")
@@ -213,7 +213,7 @@ def targets(runs: dict[str, Any]) -> dict[str, Any]:
 
 
 def cross_source(args: argparse.Namespace) -> dict[str, Any]:
-    from kulit.data import load_split, read_report, run_data
+    from kulit.dataprep.split import load_split, read_report, run_data
 
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -278,7 +278,7 @@ def cross_source(args: argparse.Namespace) -> dict[str, Any]:
 def run_recipe(recipe: str, split: Path, work: Path, cache: Path, *, cached: bool = True,
                **over: object) -> tuple[Path, dict[str, object]]:
     from kulit.config import make_config
-    from kulit.train import train
+    from kulit.training.train import train
 
     out = work / f"{recipe}{'' if cached else '-recompute'}"
     cfg = make_config(str(SKIN8), str(split), recipe, out=str(out), cache=cached,
@@ -293,8 +293,8 @@ def run_recipe(recipe: str, split: Path, work: Path, cache: Path, *, cached: boo
 
 
 def score(run: Path, work: Path, split: Path) -> dict[str, object]:
-    from kulit.evaluate import evaluate_model
-    from kulit.export import export
+    from kulit.build.evaluate import evaluate_model
+    from kulit.training.export import export
 
     model = export(run, work / f"model-{run.name}")
     m = evaluate_model(model, SKIN8, split="test", split_csv=split, out=work / f"eval-{run.name}")
@@ -302,7 +302,7 @@ def score(run: Path, work: Path, split: Path) -> dict[str, object]:
 
 
 def paper_vs_kulit(args: argparse.Namespace) -> dict[str, Any]:
-    from kulit.data import run_data
+    from kulit.dataprep.split import run_data
 
     work = args.work
     cache = work / "cache"
@@ -375,7 +375,7 @@ def main() -> None:
     else:
         args.work = args.work or REPO / "runs" / "bench-xsource"
         res = cross_source(args)
-    from kulit.metrics import clean_json
+    from kulit.build.metrics import clean_json
 
     results = REPO / "benchmarks" / "results"
     if args.out is None:

@@ -1,7 +1,7 @@
 """Shared pieces of the benchmarks: one source's rows of a split, photos a model already saw,
 bootstrap intervals over test photos, and predicted-vs-true class shares.
 
-Metric formulas stay in `kulit.evaluate`; this module only resamples and slices.
+Metric formulas stay in `kulit.build.evaluate`; this module only resamples and slices.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def filter_split(split_csv: Path, source: str, out_dir: Path) -> Path:
     The report's `root` is rewritten relative to `out_dir`, so `load_split` still finds the
     photos; `filtered_to` records the source. Every split must keep some rows of it.
     """
-    from kulit.data import REPORT_JSON, SPLITS, read_report
+    from kulit.dataprep.split import REPORT_JSON, SPLITS, read_report
 
     split_csv = Path(split_csv)
     text = split_csv.read_text(encoding="utf-8")
@@ -61,7 +61,7 @@ def seen_files(rows: Sequence, trained_split_csv: Path) -> set[str]:
     that split's train/val, so a near copy under another name is caught too. Files written
     without the `<folder>/` prefix by older `kulit data` are matched on `<class>/<name>`.
     """
-    from kulit.data import load_split
+    from kulit.dataprep.split import load_split
 
     trained = load_split(Path(trained_split_csv), check_files=False)
     used = {r.file for r in trained if r.split in ("train", "val")}
@@ -98,9 +98,9 @@ def bootstrap_ci(stat: Callable[[np.ndarray], dict[str, float | None]], n: int,
 
 def predicted_shares(y_true: Sequence[str], probs: np.ndarray, classes: Sequence[str]
                      ) -> dict[str, dict[str, float | None]]:
-    """Per class {"predicted": share, "true": share}: kulit.metrics' own function when present."""
+    """Per class {"predicted": share, "true": share}: metrics' own function when present."""
     try:
-        from kulit.metrics import prediction_share
+        from kulit.build.metrics import prediction_share
     except ImportError:  # before evaluate.py was split into metrics/report; same result
         index = {c: i for i, c in enumerate(classes)}
         y = np.array([index[t] for t in y_true], np.int64)

@@ -49,7 +49,7 @@ FRAME_GREY = (225, 225, 225)  # plain light-grey backdrop
 
 def held_out(split_csv: Path) -> list:
     """skin8's val and test rows (studies 1-3)."""
-    from kulit.data import load_split
+    from kulit.dataprep.split import load_split
 
     rows = load_split(split_csv, SKIN8)
     return [r for r in rows if r.split in ("val", "test") and r.source in ("", "skin8")]
@@ -57,7 +57,7 @@ def held_out(split_csv: Path) -> list:
 
 def dermnet_test(split_csv: Path) -> list:
     """Rows of the DermNet NZ test photos (skin8's non-Chickenpox ones in an older split)."""
-    from kulit.data import load_split
+    from kulit.dataprep.split import load_split
 
     rows = load_split(split_csv, SKIN8)
     return [r for r in rows if r.split == "test" and r.source in ("", "skin8")
@@ -90,8 +90,8 @@ PROBES = {"thumbnail_250_roundtrip": thumbnail_roundtrip, "plain_frame_60": plai
 
 def style_probe(model: Path, rows: list) -> dict:
     """Does the answer survive a web-photo look? Agreement with the original top-1 per probe."""
-    from kulit.gate_fit import wilson
-    from kulit.predict import Predictor
+    from kulit.build.gate_fit import wilson
+    from kulit.serving.predict import Predictor
 
     pred = Predictor(model)
     cls = pred.classes
@@ -147,7 +147,7 @@ def dermnet_frame(img: Image.Image) -> Image.Image:
 
 
 def study(model: Path, photos: list[tuple[Path, str]], logo_src: Image.Image) -> dict:
-    from kulit.predict import Predictor
+    from kulit.serving.predict import Predictor
 
     pred = Predictor(model)
     cls = pred.classes

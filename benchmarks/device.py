@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score
 
-from kulit.predict import Predictor, softmax
-from kulit.preprocess import load_and_preprocess
-from kulit.webmodel import WEB_INPUT, WEB_ONNX_FILE, web_session
+from kulit.build.webmodel import WEB_INPUT, WEB_ONNX_FILE, web_session
+from kulit.serving.predict import Predictor, softmax
+from kulit.serving.preprocess import load_and_preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"

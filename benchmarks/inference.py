@@ -54,7 +54,7 @@ def bench_onnx(model: Path, files: list[Path], variants: list[tuple[str, bool, i
     (so drift on a shared 2-core VM hits every variant alike): latency at batch 1 including
     decode and preprocess, the network alone, throughput at batch 32. Reported: the median
     over rounds, and each round's p50."""
-    from kulit.predict import Predictor
+    from kulit.serving.predict import Predictor
 
     preds = {key: Predictor(model, threads=threads, int8=int8, allow_spinning=threads is None)
              for key, int8, threads in variants}
@@ -103,13 +103,13 @@ def torch_model(run: Path, model: Path) -> tuple[Any, str]:
     head.npz (fine-tuned backbone weights not loaded: the same cost, so the same speed)."""
     import torch
 
-    from kulit.export import ServingModel, load_run
+    from kulit.training.export import ServingModel, load_run
 
     if (run / "checkpoint.pt").is_file():
         return load_run(run)[2], f"{run}/checkpoint.pt"
-    from kulit.backbones import build_backbone
-    from kulit.card import load_card
-    from kulit.train import TrainConfig, build_head
+    from kulit.serving.card import load_card
+    from kulit.training.backbones import build_backbone
+    from kulit.training.train import TrainConfig, build_head
 
     card = load_card(model)
     cfg = TrainConfig(**card.train_config)
@@ -126,7 +126,7 @@ def torch_model(run: Path, model: Path) -> tuple[Any, str]:
 def bench_torch(run: Path, model: Path, files: list[Path]) -> dict[str, Any]:
     import torch
 
-    from kulit.predict import Predictor
+    from kulit.serving.predict import Predictor
 
     torch.set_num_threads(os.cpu_count() or 2)
     net, source = torch_model(run, model)
@@ -260,7 +260,7 @@ def bench_encode(model: Path, files: list[Path]) -> dict[str, Any]:
     """The result page's images: heatmap overlay + crop as PNG, default level vs the helper."""
     import io
 
-    from kulit.predict import Predictor, heatmap_overlay
+    from kulit.serving.predict import Predictor, heatmap_overlay
     from kulit.web.inference import encode_image
 
     pred = Predictor(model, int8=False)
@@ -318,10 +318,10 @@ def bench_page(model: Path, files: list[Path], n: int = 60) -> dict[str, Any]:
 def bench_test_accuracy(model: Path, split_csv: Path) -> dict[str, Any] | None:
     """fp32 against the served int8 file on every source's test split: balanced accuracy and
     ECE, each with its own temperature (the card's), and top-1 agreement."""
-    from kulit.card import load_card
-    from kulit.data import load_split
-    from kulit.metrics import balanced_accuracy, expected_calibration_error
-    from kulit.predict import Predictor, softmax
+    from kulit.build.metrics import balanced_accuracy, expected_calibration_error
+    from kulit.dataprep.split import load_split
+    from kulit.serving.card import load_card
+    from kulit.serving.predict import Predictor, softmax
 
     if not split_csv.is_file():
         return None
@@ -364,11 +364,11 @@ def bench_paper(files: list[Path], tmp: Path) -> dict[str, Any]:
     import torch
     from torch import nn
 
-    from kulit.backbones import build_backbone, get_spec
-    from kulit.card import INPUT, LOGITS
-    from kulit.export import OPSET
-    from kulit.heads import PaperHead
-    from kulit.preprocess import load_and_preprocess
+    from kulit.serving.card import INPUT, LOGITS
+    from kulit.serving.preprocess import load_and_preprocess
+    from kulit.training.backbones import build_backbone, get_spec
+    from kulit.training.export import OPSET
+    from kulit.training.heads import PaperHead
 
     torch.manual_seed(0)
     spec = get_spec("densenet201")
@@ -414,7 +414,7 @@ def bench_paper(files: list[Path], tmp: Path) -> dict[str, Any]:
     thr_model = 5 * 32 / (time.perf_counter() - t)
     return {
         "architecture": f"densenet201 at {PAPER_SIZE} px + PaperHead (BN -> GAP -> Dense 128 "
-                        "ReLU -> Dropout -> Dense 8), kulit.backbones + kulit.heads",
+                        "ReLU -> Dropout -> Dense 8), training.backbones + heads",
         "weights": "random (seed 0): timing only, the outputs mean nothing",
         "inputs": f"the same real photos, decoded and preprocessed at {PAPER_SIZE} px",
         "onnx": {"opset": OPSET, "input": INPUT, "dynamic_batch": True,
@@ -476,7 +476,7 @@ def load() -> list[float]:
 COLD = """
 import sys, time
 t0 = float(sys.argv[3])
-from kulit.predict import Predictor
+from kulit.serving.predict import Predictor
 p = Predictor(sys.argv[1])
 p.predict_one(sys.argv[2])
 t1 = time.time()
@@ -512,7 +512,7 @@ def main() -> None:
     args = ap.parse_args()
     if not SKIN8.is_dir():
         sys.exit(f"error: {SKIN8} not found (the benchmark uses real skin8 photos)")
-    from kulit.card import load_card
+    from kulit.serving.card import load_card
 
     card = load_card(args.model)
     int8_file = args.model / card.files["int8"] if card.int8.get("passed") else None

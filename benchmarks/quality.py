@@ -1,4 +1,4 @@
-"""Photo-quality checks (kulit.quality) on real skin photos and degraded copies of them.
+"""Photo-quality checks (kulit.serving.quality) on real skin photos and degraded copies of them.
 
 Takes every 5th photo of ../shared/data/skin8 and ../shared/data/skin8-web, makes degraded
 copies (shrunk to a tiny size, Gaussian-blurred, darkened, brightened) and reports:
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from kulit.preprocess import Preprocessing, open_image, resize_crop
-from kulit.quality import QualityLimits, check_quality
+from kulit.serving.preprocess import Preprocessing, open_image, resize_crop
+from kulit.serving.quality import QualityLimits, check_quality
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -102,7 +102,7 @@ def main() -> None:
         return {f"p{q:g}": round(float(np.percentile(values, q)), 5) for q in qs}
 
     result = {
-        "what": "kulit.quality on every Nth skin photo (clean) and degraded copies",
+        "what": "kulit.serving.quality on every Nth skin photo (clean) and degraded copies",
         "every": args.every,
         "limits": limits.__dict__,
         "clean": {"all": flagged(all_clean), **{s: flagged(qs) for s, qs in clean.items()}},

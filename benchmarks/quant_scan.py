@@ -1,5 +1,5 @@
 """Which convolutions must stay fp32 for int8 to agree with fp32? The scan behind
-`kulit.quantize.fp32_convs`.
+`kulit.build.quantize.fp32_convs`.
 
     python benchmarks/quant_scan.py [--model models/kulit-skin8] [--split-csv runs/data/split.csv]
 
@@ -52,10 +52,8 @@ def main() -> None:
 
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from kulit.card import ONNX_FILE, load_card
-    from kulit.data import load_split
-    from kulit.metrics import balanced_accuracy
-    from kulit.quantize import (
+    from kulit.build.metrics import balanced_accuracy
+    from kulit.build.quantize import (
         FP32_LEADING_CONVS,
         QuantizeConfig,
         conv_kernels,
@@ -64,6 +62,8 @@ def main() -> None:
         quantize_onnx,
         run_logits,
     )
+    from kulit.dataprep.split import load_split
+    from kulit.serving.card import ONNX_FILE, load_card
 
     card = load_card(args.model)
     cfg = QuantizeConfig()

@@ -26,8 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 def gate_latency(model: Path, data: Path, files: list[str], reps: int = 60) -> dict[str, float]:
     """What the gate adds per photo at batch 1: asking ONNX for the feature map as well as the
     logits, pooling it, and the two dot products."""
-    from kulit.gate import load_gate
-    from kulit.predict import Predictor
+    from kulit.serving.gate import load_gate
+    from kulit.serving.predict import Predictor
 
     pred = Predictor(model)
     gate = load_gate(model)
@@ -74,9 +74,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "trust.json")
     args = ap.parse_args()
 
-    from kulit.card import load_card, served_file
-    from kulit.gate import load_gate
-    from kulit.gate_fit import collect_rows, extract_features, gate_figures, summary_lines
+    from kulit.build.gate_fit import collect_rows, extract_features, gate_figures, summary_lines
+    from kulit.serving.card import load_card, served_file
+    from kulit.serving.gate import load_gate
 
     card = load_card(args.model)
     gate = load_gate(args.model)

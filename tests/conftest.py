@@ -61,8 +61,8 @@ def write_onnx_model_dir(out: Path, classes: list[str], input_size: int = 32,
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from kulit.card import ModelCard, save_card
-    from kulit.preprocess import Preprocessing
+    from kulit.serving.card import ModelCard, save_card
+    from kulit.serving.preprocess import Preprocessing
 
     rng = np.random.default_rng(seed)
     k = len(classes)
@@ -100,7 +100,7 @@ def write_onnx_model_dir(out: Path, classes: list[str], input_size: int = 32,
         name="tiny-test", classes=list(classes), backbone="tiny",
         preprocessing=Preprocessing(input_size=input_size), temperature=1.5, threshold=0.5,
         head="linear", metrics={"accuracy": 0.5}, data={"source": "generated", "licence": "none"},
-        # the generated test photos are 80-120 px: below the real default (kulit.quality)
+        # the generated test photos are 80-120 px: below the real default (kulit.serving.quality)
         quality={"min_side": 32},
     )
     save_card(card, out)

@@ -1,11 +1,11 @@
-"""kulit.answer.decide: the one rule from a prediction to what a person is told, case by case."""
+"""answer.decide: the one rule from a prediction to what a person is told, case by case."""
 
 from __future__ import annotations
 
 import pytest
 
-from kulit.answer import STATUSES, URGENT_CLASSES, Cutoffs, decide
-from kulit.i18n import STRINGS
+from kulit.serving.answer import STATUSES, URGENT_CLASSES, Cutoffs, decide
+from kulit.serving.i18n import STRINGS
 
 CLASSES = ["Herpes", "Melanoma", "Warts"]
 CUT = Cutoffs(not_skin=0.5, other=0.5, melanoma=0.1)
@@ -86,7 +86,7 @@ def test_top_k_and_json() -> None:
 
 
 def test_every_status_and_issue_has_texts_in_both_languages() -> None:
-    from kulit.quality import ISSUES
+    from kulit.serving.quality import ISSUES
 
     keys = {"default", "melanoma", "melanoma_possible", "uncertain", "none_of_these",
             "not_skin"} | {f"retake_{i}" for i in ISSUES}

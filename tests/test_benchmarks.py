@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kulit.data import load_split, read_report, run_data
+from kulit.dataprep.split import load_split, read_report, run_data
 from tests.conftest import make_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kulit.calibration import THRESHOLD_GRID, choose_threshold, fit_temperature, softmax
-from kulit.metrics import balanced_accuracy
+from kulit.build.metrics import balanced_accuracy
+from kulit.serving.calibration import THRESHOLD_GRID, choose_threshold, fit_temperature, softmax
 
 
 def sample_labels(logits: np.ndarray, seed: int) -> np.ndarray:

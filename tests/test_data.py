@@ -1,4 +1,4 @@
-"""kulit.data on generated folders: validation, duplicates, label conflicts, split, outputs, CLI."""
+"""split on generated folders: validation, duplicates, label conflicts, split, outputs, CLI."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from kulit import dedupe
 from kulit.cli import app
-from kulit.data import (
+from kulit.dataprep import dedupe
+from kulit.dataprep.dedupe import near_pairs, phash_distances
+from kulit.dataprep.split import (
     PHASH_THRESHOLD,
     REPORT_JSON,
     REPORT_MD,
@@ -32,7 +33,6 @@ from kulit.data import (
     run_data,
     scan_folder,
 )
-from kulit.dedupe import near_pairs, phash_distances
 from kulit.errors import DataError
 
 SKIN8 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "skin8"

@@ -9,15 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from kulit.densenet import (
+from kulit.errors import ModelError
+from kulit.training.densenet import (
     DENSENET201_OUT_CHANNELS,
     DenseNet,
     build_densenet201,
+    keras_param_count,
     load_torchvision_state_dict,
 )
-from kulit.errors import ModelError
-from kulit.heads import LinearHead, PaperHead
-from kulit.params import keras_param_count
+from kulit.training.heads import LinearHead, PaperHead
 
 # Published numbers, not derived from our code.
 KERAS_DENSENET201_NO_TOP = 18_321_984  # keras.applications.DenseNet201(include_top=False)

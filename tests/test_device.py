@@ -14,11 +14,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kulit.card import load_card, save_card
-from kulit.gate import SCORERS, Gate, load_gate, save_gate
-from kulit.predict import Predictor, softmax
-from kulit.preprocess import load_and_preprocess, normalize
-from kulit.webmodel import WEB_INPUT, WEB_ONNX_FILE, build_web_model, device_config, web_session
+from kulit.build.webmodel import (
+    WEB_INPUT,
+    WEB_ONNX_FILE,
+    build_web_model,
+    device_config,
+    web_session,
+)
+from kulit.serving.card import load_card, save_card
+from kulit.serving.gate import SCORERS, Gate, load_gate, save_gate
+from kulit.serving.predict import Predictor, softmax
+from kulit.serving.preprocess import load_and_preprocess, normalize
 from tests.conftest import serve_on_loopback
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,9 +42,9 @@ needs_shipped = pytest.mark.skipif(not (SHIPPED / "model.onnx").is_file(),
 def python_rule(probs: np.ndarray, classes: list[str], card_threshold: float,
                 gate: dict[str, float] | None, cutoffs: dict[str, Any],
                 issue: str | None) -> dict[str, Any]:
-    """The server's answer rule (kulit.answer once it lands) as the fields both sides show."""
+    """The server's answer rule (answer once it lands) as the fields both sides show."""
     try:
-        from kulit.answer import Cutoffs, decide  # type: ignore[import-not-found]
+        from kulit.serving.answer import Cutoffs, decide  # type: ignore[import-not-found]
     except ImportError:
         decide = None
     if decide is not None:
@@ -46,9 +52,9 @@ def python_rule(probs: np.ndarray, classes: list[str], card_threshold: float,
                    cutoffs=Cutoffs.from_card(cutoffs), quality_issue=issue)
         return {"status": a.status, "label": a.label, "see_doctor": a.see_doctor,
                 "melanoma_alert": a.melanoma_alert, "advice": a.advice}
-    # until kulit.answer is merged: the order issue 11 fixed (retake, not_skin, none_of_these,
+    # until answer is merged: the order issue 11 fixed (retake, not_skin, none_of_these,
     # answered / uncertain; melanoma alert on statuses 3-4)
-    from kulit.predict import URGENT_CLASSES
+    from kulit.serving.predict import URGENT_CLASSES
 
     p = np.asarray(probs, np.float64)
     best = classes[int(np.argmax(p))]
@@ -157,7 +163,7 @@ def test_browser_graph_equals_server_path(device_model_dir: Path) -> None:
 
 def test_mask_box_comes_from_normalize() -> None:
     """The mask in the graph is read off normalize(): a crop's logo corner is zero in both."""
-    from kulit.webmodel import mask_from_normalize
+    from kulit.build.webmodel import mask_from_normalize
 
     card = load_card(SHIPPED) if (SHIPPED / "card.json").is_file() else None
     if card is None or card.preprocessing.mask_box is None:

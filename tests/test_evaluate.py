@@ -14,11 +14,11 @@ from click.testing import Result
 from PIL import Image
 from typer.testing import CliRunner
 
-from kulit.calibration import fit_temperature, softmax
+from kulit.build.evaluate import PREDICTIONS_CSV, evaluate_model
+from kulit.build.metrics import compute_metrics, expected_calibration_error
+from kulit.build.report import METRICS_JSON, PLOTS, REPORT_MD, write_report
 from kulit.cli import app
-from kulit.evaluate import PREDICTIONS_CSV, evaluate_model
-from kulit.metrics import compute_metrics, expected_calibration_error
-from kulit.report import METRICS_JSON, PLOTS, REPORT_MD, write_report
+from kulit.serving.calibration import fit_temperature, softmax
 from tests.conftest import make_image
 
 REQUIRED_KEYS = {
@@ -210,7 +210,7 @@ def test_write_report_files(tmp_path: Path) -> None:
 
 
 def test_import_is_light() -> None:
-    code = ("import sys, kulit.evaluate; "
+    code = ("import sys, kulit.build.evaluate; "
             "print(sorted(m for m in ('matplotlib', 'sklearn', 'scipy', 'torch') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -325,8 +325,8 @@ def test_cli_bad_inputs_exit_2(what: str, onnx_model_dir: Path, labelled: Path,
 def test_evaluating_into_the_model_dir_records_metrics_in_the_card(onnx_model_dir, tmp_path):
     import shutil
 
-    from kulit.card import load_card
-    from kulit.evaluate import evaluate_model
+    from kulit.build.evaluate import evaluate_model
+    from kulit.serving.card import load_card
     from tests.conftest import make_image
 
     model = tmp_path / "model"
@@ -344,7 +344,7 @@ def test_evaluating_into_the_model_dir_records_metrics_in_the_card(onnx_model_di
 
 
 def test_metrics_per_source_and_prediction_share() -> None:
-    from kulit.metrics import metrics_by_group
+    from kulit.build.metrics import metrics_by_group
 
     probs = np.array(P)
     sources = ["web"] * 4 + ["clinic"] * 6
@@ -366,16 +366,16 @@ def test_evaluate_reports_every_source(onnx_model_dir: Path, labelled: Path, tmp
     numbers in metrics.json and report.md; the overall numbers do not change."""
     import dataclasses
 
-    import kulit.data
-    from kulit.data import SplitRow
+    import kulit.dataprep.split
+    from kulit.dataprep.split import SplitRow
 
     rows = [SplitRow(f, f.relative_to(labelled).as_posix(), f.parent.name, "test", f.stem,
                      source="skin8" if f.parent.name == "Melanoma" else "skin8-web")
             for f in sorted(labelled.glob("[MH]*/*_*.jpg"))]
-    monkeypatch.setattr(kulit.data, "load_split", lambda *a, **k: rows)
+    monkeypatch.setattr(kulit.dataprep.split, "load_split", lambda *a, **k: rows)
     with_sources = evaluate_model(onnx_model_dir, labelled, split="test",
                                   split_csv=tmp_path / "split.csv", out=tmp_path / "a", n_boot=50)
-    monkeypatch.setattr(kulit.data, "load_split", lambda *a, **k: [
+    monkeypatch.setattr(kulit.dataprep.split, "load_split", lambda *a, **k: [
         dataclasses.replace(r, source="") for r in rows])
     without = evaluate_model(onnx_model_dir, labelled, split="test",
                              split_csv=tmp_path / "split.csv", out=tmp_path / "b", n_boot=50)
@@ -403,16 +403,16 @@ def test_evaluating_per_source_into_the_model_dir_records_it_in_the_card(
     ratio; report.md and metrics.json carry the per-source at_threshold too."""
     import shutil
 
-    import kulit.data
-    from kulit.card import load_card
-    from kulit.data import SplitRow
+    import kulit.dataprep.split
+    from kulit.dataprep.split import SplitRow
+    from kulit.serving.card import load_card
 
     model = tmp_path / "model"
     shutil.copytree(onnx_model_dir, model)
     rows = [SplitRow(f, f.relative_to(labelled).as_posix(), f.parent.name, "test", f.stem,
                      source="skin8" if f.name.endswith("_0.jpg") else "skin8-web")
             for f in sorted(labelled.glob("[MH]*/*_*.jpg"))]
-    monkeypatch.setattr(kulit.data, "load_split", lambda *a, **k: rows)
+    monkeypatch.setattr(kulit.dataprep.split, "load_split", lambda *a, **k: rows)
     m = evaluate_model(model, labelled, split="test", split_csv=tmp_path / "split.csv",
                        out=model, n_boot=50)
     card = load_card(model)

@@ -11,10 +11,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from kulit.calibration import softmax
 from kulit.cli import app
 from kulit.errors import ImageError, KulitError, ModelError
-from kulit.explain import (
+from kulit.explain.steps import (
     PAPER_INPUTS,
     PAPER_PRINTED,
     conv2d_valid,
@@ -27,8 +26,9 @@ from kulit.explain import (
     softmax_steps,
     to_json,
 )
-from kulit.explain_text import format_explanation
-from kulit.predict import Predictor
+from kulit.explain.text import format_explanation
+from kulit.serving.calibration import softmax
+from kulit.serving.predict import Predictor
 from tests.conftest import image_bytes, make_image
 
 runner = CliRunner()
@@ -115,7 +115,7 @@ def test_a_wrong_channel_figure_would_be_flagged(monkeypatch: pytest.MonkeyPatch
     # The comparison is real: change a printed channel figure and it is flagged, cell by cell.
     printed = json.loads(json.dumps(PAPER_PRINTED))
     printed["conv"]["red"][1][0] = -2
-    monkeypatch.setattr("kulit.explain.PAPER_PRINTED", printed)
+    monkeypatch.setattr("kulit.explain.steps.PAPER_PRINTED", printed)
     red = [d for d in paper_walkthrough()["discrepancies"] if d["step"] == "conv.red"]
     assert red == [{"step": "conv.red", "position": [1, 0], "paper": -2, "correct": -3}]
 
@@ -320,7 +320,7 @@ def test_explain_never_imports_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, kulit.explain as e; e.paper_walkthrough(); "
+    code = ("import sys, kulit.explain.steps as e; e.paper_walkthrough(); "
             "assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -367,7 +367,7 @@ def test_preview_is_block_average_of_big_maps(predictor: Predictor, skin_photo: 
         return pred
 
     monkeypatch.setattr(predictor, "predict_one", with_big_maps)
-    from kulit.explain import explain_model
+    from kulit.explain.steps import explain_model
 
     fl = explain_model(predictor, skin_photo).summary["first_layer"]
     prev = np.asarray(fl["preview"]["maps"])

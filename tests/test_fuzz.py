@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from kulit.errors import ImageError
-from kulit.preprocess import Preprocessing, load_and_preprocess
+from kulit.serving.preprocess import Preprocessing, load_and_preprocess
 from tests.conftest import image_bytes, make_image
 from tests.hostile_files import bad_ihdr, png, ztxt_bomb
 

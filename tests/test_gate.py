@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kulit.gate import Gate, load_gate, save_gate
-from kulit.gate_fit import (
+from kulit.build.gate_fit import (
     NOT_SKIN_TUNED,
     OTHER_TUNED,
     Features,
@@ -23,6 +22,7 @@ from kulit.gate_fit import (
     rejection_threshold,
     wilson,
 )
+from kulit.serving.gate import Gate, load_gate, save_gate
 
 CLASSES = ["Chickenpox", "Herpes", "Impetigo", "Melanoma", "Psoriasis", "Ringworm", "Vitiligo",
            "Warts"]
@@ -181,8 +181,8 @@ def test_run_gate_fits_the_served_files_temperature(tmp_path: Path, monkeypatch,
     card.int8 (where serving reads it) and the fp32 one is left alone; else card.temperature."""
     import shutil
 
-    from kulit import gate_fit
-    from kulit.card import file_sha256, load_card, save_card, served_file
+    from kulit.build import gate_fit
+    from kulit.serving.card import file_sha256, load_card, save_card, served_file
     from tests.conftest import write_onnx_model_dir
 
     model = tmp_path / "model"

@@ -22,8 +22,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from kulit.cli import app as cli
-from kulit.predict import DecodeSlots, Predictor
-from kulit.preprocess import (
+from kulit.serving.predict import DecodeSlots, Predictor
+from kulit.serving.preprocess import (
     _RESAMPLE,
     MAX_ASPECT,
     Preprocessing,
@@ -72,7 +72,7 @@ def test_thin_strips_are_refused_before_decoding(client: TestClient, size) -> No
 
 PEAK_SCRIPT = """
 import resource, sys, time
-from kulit.preprocess import Preprocessing, load_and_preprocess
+from kulit.serving.preprocess import Preprocessing, load_and_preprocess
 from kulit.errors import ImageError
 from tests.hostile_files import png
 w, h = int(sys.argv[1]), int(sys.argv[2])
@@ -531,9 +531,9 @@ def test_double_ctrl_c_keeps_the_run_and_says_interrupted(tiny_dataset, tmp_path
     # as in a terminal: a run started in the background (nohup, CI) inherits SIGINT ignored
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
-    import kulit.train as kt
+    import kulit.training.train as kt
     from kulit.config import make_config
-    from kulit.data import run_data
+    from kulit.dataprep.split import run_data
 
     assert run_data(tiny_dataset, tmp_path / "d", seed=0, val_frac=0.25, test_frac=0.15) == 0
     real_eval, real_plot, calls = kt.eval_logits, kt.plot_curves, [0]

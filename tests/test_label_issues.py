@@ -8,9 +8,9 @@ from PIL import Image
 
 pytest.importorskip("cleanlab")
 
-from kulit.augment import augment  # noqa: E402
-from kulit.label_issues import find_issues  # noqa: E402
-from kulit.train import _sampling_probs  # noqa: E402
+from kulit.training.augment import augment  # noqa: E402
+from kulit.training.label_issues import find_issues  # noqa: E402
+from kulit.training.train import _sampling_probs  # noqa: E402
 
 
 def blobs(n_per: int, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kulit.calibration import softmax
 from kulit.errors import ImageError, ModelError
-from kulit.predict import Predictor, heatmap_overlay
+from kulit.serving.calibration import softmax
+from kulit.serving.predict import Predictor, heatmap_overlay
 from tests.conftest import image_bytes, make_image
 
 
@@ -149,7 +149,8 @@ def test_missing_model_dir(tmp_path):
 
 
 def test_serving_never_imports_torch():
-    code = "import kulit.predict, kulit.preprocess, kulit.card, sys; print('torch' in sys.modules)"
+    code = ("import kulit.serving.predict, kulit.serving.preprocess, kulit.serving.card, sys; "
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -8,7 +8,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from kulit.cli import app
-from kulit.predict import Predictor
+from kulit.serving.predict import Predictor
 from tests.conftest import make_image
 
 runner = CliRunner()

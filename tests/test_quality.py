@@ -1,4 +1,4 @@
-"""kulit.quality on generated photos: sharp noise passes; blurred, dark, bright, tiny do not."""
+"""quality on generated photos: sharp noise passes; blurred, dark, bright, tiny do not."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from kulit.errors import ModelError
-from kulit.quality import ISSUES, QualityLimits, check_quality
+from kulit.serving.quality import ISSUES, QualityLimits, check_quality
 
 
 def textured(size: tuple[int, int] = (400, 300), seed: int = 0, level: float = 140.0,
@@ -95,7 +95,7 @@ def test_fast() -> None:
 def test_the_models_crop_is_measured_when_given() -> None:
     """The Predictor passes its 224 px crop: measured instead of the photo (size still the
     photo's); a crop smaller than the thumbnail is ignored, the photo is measured then."""
-    from kulit.preprocess import Preprocessing, resize_crop
+    from kulit.serving.preprocess import Preprocessing, resize_crop
 
     photo = textured((640, 480))
     crop = resize_crop(photo, Preprocessing())

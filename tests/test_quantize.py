@@ -13,10 +13,10 @@ pytest.importorskip("onnxruntime.quantization")
 import onnx  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 
-from kulit import quantize as q  # noqa: E402
-from kulit.card import INT8_FILE, load_card  # noqa: E402
-from kulit.data import load_split, run_data  # noqa: E402
-from kulit.predict import Predictor  # noqa: E402
+from kulit.build import quantize as q  # noqa: E402
+from kulit.dataprep.split import load_split, run_data  # noqa: E402
+from kulit.serving.card import INT8_FILE, load_card  # noqa: E402
+from kulit.serving.predict import Predictor  # noqa: E402
 from tests.conftest import TINY_CLASSES, make_image, write_onnx_model_dir  # noqa: E402
 
 
@@ -86,7 +86,7 @@ def test_quantize_writes_an_int8_file_the_predictor_uses(model_dir, split_csv):
     assert np.mean(np.array(b) == np.array(truth)) >= 0.9  # the colour model works in int8 too
     # the int8 run still gives Grad-CAM its feature map, and explain its softmax and first layer
     assert int8.predict_one(files[0], heatmap=True).heatmap is not None
-    from kulit.explain import explain_model
+    from kulit.explain.steps import explain_model
 
     explain_model(int8, files[0])  # raises if its softmax disagrees with the Predictor's
 

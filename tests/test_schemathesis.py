@@ -16,7 +16,7 @@ schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
-from kulit.predict import Predictor  # noqa: E402
+from kulit.serving.predict import Predictor  # noqa: E402
 from kulit.web.app import create_app  # noqa: E402
 from kulit.web.settings import Settings  # noqa: E402
 from tests.conftest import write_onnx_model_dir  # noqa: E402

@@ -11,16 +11,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from kulit.backbones import REGISTRY, build_backbone
-from kulit.calibration import choose_threshold, fit_temperature
 from kulit.cli import app
 from kulit.config import make_config
-from kulit.data import run_data
+from kulit.dataprep.split import run_data
 from kulit.errors import ModelError
-from kulit.export import export, load_run
-from kulit.predict import Predictor
-from kulit.preprocess import open_image, preprocess_image
-from kulit.train import train
+from kulit.serving.calibration import choose_threshold, fit_temperature
+from kulit.serving.predict import Predictor
+from kulit.serving.preprocess import open_image, preprocess_image
+from kulit.training.backbones import REGISTRY, build_backbone
+from kulit.training.export import export, load_run
+from kulit.training.train import train
 from tests.conftest import SKIN8, TINY_CLASSES
 
 runner = CliRunner()
@@ -139,7 +139,7 @@ def test_export_and_serve_parity(tiny_run: Path, tmp_path: Path, tiny_dataset: P
 
 def test_a_new_export_removes_files_made_from_the_old_model(tiny_run: Path, tmp_path: Path):
     """int8, gate and browser model are made from model.onnx: a re-export voids them."""
-    from kulit.export import DERIVED_FILES
+    from kulit.training.export import DERIVED_FILES
 
     model_dir = export(tiny_run, tmp_path / "model")
     for name in DERIVED_FILES:
@@ -179,7 +179,7 @@ def test_paper_recipe_on_skin8_a_few_epochs(tmp_path):
 @pytest.mark.slow
 def test_densenet201_with_a_users_weights_file(tiny_dataset, tiny_split, tmp_path):
     """The paper's backbone: a torchvision-style weights file loads, trains, exports."""
-    from kulit.densenet import DenseNet
+    from kulit.training.densenet import DenseNet
 
     torch.manual_seed(0)
     full = DenseNet(num_classes=1000)  # what torchvision.models.densenet201() would save
@@ -199,7 +199,7 @@ def test_densenet201_with_a_users_weights_file(tiny_dataset, tiny_split, tmp_pat
 
 
 def test_ctrl_c_keeps_the_best_epoch_so_far(tiny_dataset, tiny_split, tmp_path, monkeypatch):
-    import kulit.train as kt
+    import kulit.training.train as kt
 
     real, calls = kt.eval_logits, [0]
 

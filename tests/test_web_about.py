@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from kulit.card import load_card, save_card
-from kulit.gate_fit import rate
-from kulit.i18n import STRINGS
+from kulit.build.gate_fit import rate
+from kulit.serving.card import load_card, save_card
+from kulit.serving.i18n import STRINGS
 from kulit.web.app import create_app
 from kulit.web.schemas import ModelCardResponse
 from kulit.web.settings import Settings

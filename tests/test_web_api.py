@@ -23,13 +23,13 @@ import pytest
 from PIL import Image
 
 from kulit import DISCLAIMER_EN, DISCLAIMER_ID
-from kulit.predict import Prediction, Predictor
+from kulit.serving.predict import Prediction, Predictor
 from tests.conftest import SKIN8, image_bytes, make_image, write_onnx_model_dir
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from kulit.i18n import STRINGS, load_conditions  # noqa: E402
+from kulit.serving.i18n import STRINGS, load_conditions  # noqa: E402
 from kulit.web.app import create_app  # noqa: E402
 from kulit.web.deps import get_predictor  # noqa: E402
 from kulit.web.settings import Settings  # noqa: E402

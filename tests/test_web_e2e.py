@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 def pick_model(fallback: Path) -> Path:
     """The shipped model when it exists and loads, else the small test model."""
     from kulit.errors import ModelError
-    from kulit.predict import Predictor
+    from kulit.serving.predict import Predictor
 
     if (SHIPPED_MODEL / "card.json").is_file():
         try:
@@ -52,7 +52,7 @@ def server(onnx_model_dir: Path) -> Iterator[str]:
 def test_upload_result_language_and_errors(server: str, browser, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
-    from kulit.i18n import STRINGS
+    from kulit.serving.i18n import STRINGS
 
     context = browser.new_context(viewport={"width": 360, "height": 740})
     page = context.new_page()
@@ -145,7 +145,7 @@ def test_without_javascript_the_server_reports_the_error(server: str, browser,
                                                          tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
-    from kulit.i18n import STRINGS
+    from kulit.serving.i18n import STRINGS
 
     context = browser.new_context(java_script_enabled=False,
                                   viewport={"width": 360, "height": 740})
@@ -172,7 +172,7 @@ def test_without_javascript_the_server_reports_the_error(server: str, browser,
 def test_how_it_works_view(server: str, browser, tmp_path: Path, javascript: bool) -> None:
     from playwright.sync_api import expect
 
-    from kulit.i18n import STRINGS
+    from kulit.serving.i18n import STRINGS
 
     context = browser.new_context(java_script_enabled=javascript,
                                   viewport={"width": 360, "height": 740})

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kulit.explain import explain_image
-from kulit.predict import Predictor
+from kulit.explain.steps import explain_image
+from kulit.serving.predict import Predictor
 from tests.conftest import image_bytes, make_image
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from kulit.i18n import STRINGS  # noqa: E402
+from kulit.serving.i18n import STRINGS  # noqa: E402
 from kulit.web.app import create_app  # noqa: E402
 from kulit.web.routes_explain import run_explain  # noqa: E402
 from kulit.web.settings import Settings  # noqa: E402

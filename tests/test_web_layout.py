@@ -32,7 +32,7 @@ def test_routers_import_only_shared_modules() -> None:
 
 
 def test_no_class_names_or_advice_in_web_code() -> None:
-    """Class names come from the card, the urgent list from kulit.answer, words from texts.json."""
+    """Class names come from the card, the urgent list from answer, words from texts.json."""
     for path in [*WEB.glob("*.py"), *(WEB / "templates").glob("*.html")]:
         if path.name == "schemas.py":  # the OpenAPI descriptions, for programmers
             continue

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from kulit.i18n import STRINGS
+from kulit.serving.i18n import STRINGS
 from tests.conftest import image_bytes
 from tests.test_web_e2e import a_photo, server  # noqa: F401 - fixtures
 

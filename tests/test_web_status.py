@@ -1,6 +1,6 @@
 """Every answer status through the API, the pages and `kulit predict --json`, with a gate.
 
-The model dirs here carry a hand-made gate.npz (kulit.gate.save_gate) whose constant scores
+The model dirs here carry a hand-made gate.npz (kulit.serving.gate.save_gate) whose constant scores
 force `not_skin` or `none_of_these`, and card.gate cut-offs; photo problems force `retake`.
 """
 
@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from kulit import DISCLAIMER_EN, DISCLAIMER_ID
-from kulit.gate import Gate, load_gate, save_gate
-from kulit.i18n import STRINGS, both
-from kulit.predict import Predictor
+from kulit.serving.gate import Gate, load_gate, save_gate
+from kulit.serving.i18n import STRINGS, both
+from kulit.serving.predict import Predictor
 from tests.conftest import image_bytes, make_image, write_onnx_model_dir
 
 pytest.importorskip("fastapi")

@@ -14,9 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from kulit.answer import Cutoffs, decide
-from kulit.card import card_text, load_card
-from kulit.i18n import STRINGS
+from kulit.serving.answer import Cutoffs, decide
+from kulit.serving.card import card_text, load_card
+from kulit.serving.i18n import STRINGS
 from kulit.web.app import create_app
 from kulit.web.inference import Analysis
 from kulit.web.rendering import result_context

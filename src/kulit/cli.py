@@ -73,7 +73,7 @@ def data(
     ] = None,
 ) -> None:
     """Scan, validate and de-duplicate image folders; split stratified by class and source."""
-    from kulit.data import run_data
+    from kulit.dataprep.split import run_data
 
     code = run_data(paths, out, seed=seed, val_frac=val, test_frac=test, exclude=exclude)
     raise typer.Exit(code)
@@ -99,14 +99,14 @@ def explain(
     as_json: Annotated[bool, typer.Option("--json", help="Print the steps as JSON")] = False,
 ) -> None:
     """Show the CNN's steps (patch, conv, sum, ReLU, flatten, dense, softmax) with the numbers."""
-    from kulit.explain import (
+    from kulit.explain.steps import (
         explain_image,
         paper_walkthrough,
         parse_at,
         resolve_model_dir,
         to_json,
     )
-    from kulit.explain_text import format_explanation
+    from kulit.explain.text import format_explanation
 
     if image is None:
         if model is not None or at is not None:
@@ -154,7 +154,7 @@ def _train_parameters() -> list[inspect.Parameter]:
 def train_cmd(**options: Any) -> None:
     """Train a head on a frozen ImageNet backbone: the paper's recipe or kulit's."""
     from kulit.config import TrainConfig, make_config
-    from kulit.train import train
+    from kulit.training.train import train
 
     defaults = TrainConfig()
     recipe = options.pop("recipe") or defaults.recipe
@@ -187,11 +187,11 @@ def export_cmd(
     ] = False,
 ) -> None:
     """Export a run to model.onnx + card.json + head.npz, checked against torch."""
-    from kulit.export import export, load_extra
+    from kulit.training.export import export, load_extra
 
     export(run_dir, out, name=name, extra=load_extra(card_extra))
     if int8:
-        from kulit.card import load_card
+        from kulit.serving.card import load_card
 
         _quantize(out, Path(load_card(out).train_config["split_csv"]))
 
@@ -235,7 +235,7 @@ def quantize_cmd(
 
 def _quantize(model: Path, split_csv: Path, cfg: Any = None) -> None:
     """Quantise and print the check figures, also when the check refuses the int8 file."""
-    from kulit.quantize import QuantizeError, quantize_model, summary_lines
+    from kulit.build.quantize import QuantizeError, quantize_model, summary_lines
 
     try:
         entry = quantize_model(model, split_csv, cfg=cfg)
@@ -255,7 +255,7 @@ def export_web_cmd(
     weights: Annotated[str, typer.Option(help="int8 (per-channel, weight-only) or fp32")] = "int8",
 ) -> None:
     """Build model-web.onnx (uint8 photo in, probabilities + gate out) for the on-device check."""
-    from kulit.webmodel import build_web_model
+    from kulit.build.webmodel import build_web_model
 
     typer.echo(f"wrote {build_web_model(model, weights=weights)}")
 
@@ -281,8 +281,8 @@ def evaluate(
     ] = None,
 ) -> None:
     """Measure a model on labelled photos: metrics with 95% CIs, calibration, report.md."""
-    from kulit.evaluate import evaluate_model
-    from kulit.report import summary_lines
+    from kulit.build.evaluate import evaluate_model
+    from kulit.build.report import summary_lines
 
     def show(i: int, n: int) -> None:
         print(f"\rpredicting {i}/{n}", end="\n" if i == n else "", file=sys.stderr, flush=True)
@@ -316,7 +316,7 @@ def gate_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the logistic fits")] = 0,
 ) -> None:
     """Fit the trust gate (not skin / none of these) and the card's cut-offs on a model."""
-    from kulit.gate_fit import GateParams, run_gate
+    from kulit.build.gate_fit import GateParams, run_gate
 
     def show(i: int, n: int) -> None:
         print(f"\rfeatures {i}/{n}", end="\n" if i == n else "", file=sys.stderr, flush=True)
@@ -366,7 +366,7 @@ def serve(
     try:
         import uvicorn
 
-        from kulit.predict import Predictor
+        from kulit.serving.predict import Predictor
         from kulit.web.app import create_app
         from kulit.web.settings import Settings
     except ImportError as e:

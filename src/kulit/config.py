@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kulit.errors import DataError
-from kulit.preprocess import Preprocessing
+from kulit.serving.preprocess import Preprocessing
 
 # Where the DermNet logo sits in a centre crop of a 640x480 photo (see README, source confound).
 LOGO_BOX = (0.0, 0.64, 0.42, 0.95)
@@ -32,7 +32,7 @@ class TrainConfig:
     split_csv: str = "runs/data/split.csv"  # split.csv written by `kulit data`
     out: str = "runs/kulit"  # run directory
     recipe: str = "kulit"  # "kulit" or "paper": a named set of the defaults below
-    backbone: str = "efficientnet-lite0"  # registry name (kulit.backbones)
+    backbone: str = "efficientnet-lite0"  # registry name (kulit.training.backbones)
     weights: str | None = None  # user weights file for the backbone (densenet201 needs one)
     pretrained: bool = True  # use the bundled ImageNet weights when available
     input_size: int = 224  # square input side in pixels
@@ -92,7 +92,7 @@ class TrainConfig:
 
     def preprocessing(self) -> Preprocessing:
         """The card's preprocessing for this run: the backbone's normalisation, then ours."""
-        from kulit.backbones import get_spec  # torch: only when a run is actually built
+        from kulit.training.backbones import get_spec  # torch: only when a run is actually built
 
         p = get_spec(self.backbone).preprocessing(self.input_size)
         return dataclasses.replace(p, mask_box=LOGO_BOX if self.mask_logo else None,

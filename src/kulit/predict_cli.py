@@ -13,10 +13,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from kulit import DISCLAIMER_EN, DISCLAIMER_ID
-from kulit.answer import Answer, answer_for
 from kulit.errors import ImageError, KulitError, ensure_writable_dir
-from kulit.i18n import both
-from kulit.predict import Prediction, Predictor, heatmap_overlay
+from kulit.serving.answer import Answer, answer_for
+from kulit.serving.i18n import both
+from kulit.serving.predict import Prediction, Predictor, heatmap_overlay
 
 
 def expand(paths: list[Path]) -> Iterator[Path]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, TypeGuard
 
-from kulit.i18n import METRICS, PERCENT_METRICS, STRINGS, fmt_num, t
+from kulit.serving.i18n import METRICS, PERCENT_METRICS, STRINGS, fmt_num, t
 
 ALL = "all"  # the column / group of every test photo together
 

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import kulit
-from kulit.predict import DecodeSlots, Predictor
+from kulit.serving.predict import DecodeSlots, Predictor
 from kulit.web import routes_api, routes_device, routes_explain, routes_pages
 from kulit.web.errors import error_response
 from kulit.web.rendering import render, resolve_lang

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from kulit.predict import Predictor
+from kulit.serving.predict import Predictor
 from kulit.web.settings import Settings
 
 

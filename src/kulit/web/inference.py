@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from kulit.answer import Answer, answer_for
 from kulit.errors import ImageError, ModelError
-from kulit.predict import Prediction, Predictor, heatmap_overlay
+from kulit.serving.answer import Answer, answer_for
+from kulit.serving.predict import Prediction, Predictor, heatmap_overlay
 
 
 @dataclass

@@ -13,9 +13,9 @@ from fastapi.responses import Response
 from fastapi.templating import Jinja2Templates
 
 import kulit
-from kulit.answer import Answer
 from kulit.errors import ImageError
-from kulit.i18n import (
+from kulit.serving.answer import Answer
+from kulit.serving.i18n import (
     LANG_COOKIE,
     LANGS,
     STRINGS,
@@ -25,8 +25,8 @@ from kulit.i18n import (
     normalize_lang,
     t,
 )
-from kulit.predict import Predictor
-from kulit.preprocess import MAX_PIXELS
+from kulit.serving.predict import Predictor
+from kulit.serving.preprocess import MAX_PIXELS
 from kulit.web.deps import SettingsDep
 from kulit.web.errors import status_of
 from kulit.web.inference import Analysis, data_uri, page_image_uri
@@ -129,7 +129,7 @@ def verdict(ans: Answer, lang: str, top: dict[str, Any], n_classes: int) -> str:
 def result_context(result: Analysis, lang: str) -> dict[str, Any]:
     """What result.html shows: the verdict, advice, rows with bars and texts, photo, heatmap.
 
-    Everything said comes from `result.answer` (kulit.answer): classes are listed only when
+    Everything said comes from `result.answer` (kulit.serving.answer): classes are listed only when
     the answer may name them, the badge only on the classes behind a melanoma alert.
     """
     pred, ans = result.prediction, result.answer

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from kulit import DISCLAIMER_EN, DISCLAIMER_ID
 from kulit.errors import ImageError
-from kulit.i18n import both
+from kulit.serving.i18n import both
 from kulit.web.deps import PredictorDep, SettingsDep
 from kulit.web.errors import error_response
 from kulit.web.inference import analyse
@@ -59,7 +59,7 @@ async def predict(
         uncertain=ans.status == "uncertain",
         see_doctor=ans.see_doctor,
         melanoma_alert=ans.melanoma_alert,
-        quality=ans.quality,  # type: ignore[arg-type]  # one of kulit.quality.ISSUES
+        quality=ans.quality,  # type: ignore[arg-type]  # one of kulit.serving.quality.ISSUES
         gate=None if ans.gate is None else GateScoresResponse(**ans.gate),
         advice=both(f"advice_{ans.advice}"),
         disclaimer={"en": DISCLAIMER_EN, "id": DISCLAIMER_ID},

@@ -1,7 +1,7 @@
 """On-device check: the files the page needs to run the model in the browser, offline.
 
 The service worker and manifest at the root (a worker controls only paths under its own), the
-answer rule's data from the card (`kulit.webmodel.device_config`), the browser model from the
+answer rule's data from the card (`kulit.build.webmodel.device_config`), the browser model from the
 model directory and onnxruntime-web's vendored WASM. Nothing here receives a photo.
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
+from kulit.build.webmodel import WEB_ONNX_FILE, device_config
 from kulit.web.deps import PredictorDep, SettingsDep
-from kulit.webmodel import WEB_ONNX_FILE, device_config
 
 router = APIRouter(tags=["device"])
 
@@ -55,7 +55,7 @@ def manifest(request: Request) -> Response:
 
 @lru_cache(maxsize=4)
 def _config(model_dir: Path, stamp: float) -> dict[str, Any]:
-    from kulit.card import load_card
+    from kulit.serving.card import load_card
     return device_config(load_card(model_dir), model_dir)
 
 

@@ -9,9 +9,9 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from kulit.card import card_text
 from kulit.errors import ImageError
-from kulit.i18n import fmt_pct
+from kulit.serving.card import card_text
+from kulit.serving.i18n import fmt_pct
 from kulit.web.about import confident_rows, metric_table, trust_rows
 from kulit.web.deps import PredictorDep, SettingsDep
 from kulit.web.inference import OVERLAY_FORMAT, analyse

@@ -1,5 +1,5 @@
 // kulit on the device: the photo is checked in this browser with onnxruntime-web, never uploaded.
-// The model graph does the mask, normalisation, mirror TTA, softmax and gate (kulit.webmodel);
+// The model graph does the mask, normalisation, mirror TTA, softmax and gate (kulit.build.webmodel);
 // the answer rule below follows kulit/answer.py and runs on /device/config.json (the card's
 // thresholds and the app's texts), so no threshold or text is typed here. Without WebAssembly,
 // or if anything fails to load, the form posts to the server as before.
@@ -93,7 +93,7 @@ export async function runCrop(rgb) {
   return { probs, gate, cam: out.cam || null };
 }
 
-// The photo -> its centre square at S px (kulit.preprocess.resize_crop's geometry, canvas resampling).
+// The photo -> its centre square at S px (kulit.serving.preprocess.resize_crop's geometry, canvas resampling).
 export async function cropPhoto(blob) {
   const bmp = await createImageBitmap(blob, { imageOrientation: "from-image" });
   const s = config.model.input_size, w = bmp.width, h = bmp.height;

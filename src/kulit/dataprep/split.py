@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from kulit.data_io import (
+from kulit.dataprep.dedupe import PHASH_THRESHOLD, dihedral_phashes, group_duplicates, image_phashes
+from kulit.dataprep.files import (
     REPORT_JSON,
     REPORT_MD,
     REPORT_VERSION,
@@ -41,12 +42,11 @@ from kulit.data_io import (
     summary_lines,
     write_outputs,
 )
-from kulit.dedupe import PHASH_THRESHOLD, dihedral_phashes, group_duplicates, image_phashes
 from kulit.errors import DataError, ImageError
-from kulit.preprocess import decode_image
+from kulit.serving.preprocess import decode_image
 
-# kulit.data is the pipeline's front door: the split format (kulit.data_io) and duplicate
-# grouping (kulit.dedupe) are reachable from here too
+# split is the pipeline's front door: the split format (kulit.dataprep.files) and duplicate
+# grouping (kulit.dataprep.dedupe) are reachable from here too
 __all__ = [
     "PHASH_THRESHOLD", "REPORT_JSON", "REPORT_MD", "SPLIT_CSV", "SPLITS", "DataResult",
     "FileCheck", "SplitRow", "build_split", "dihedral_phashes", "image_phashes",
@@ -54,7 +54,7 @@ __all__ = [
     "run_data", "scan_folder",
 ]
 
-MIN_SIDE = 32  # smaller images carry too little detail to train on (decoder: kulit.preprocess)
+MIN_SIDE = 32  # smaller images carry too little detail to train on (decoder: preprocess)
 MAX_FILE_BYTES = 256 * 2**20  # never read a video or disk image into memory
 MANIFEST = "manifest.csv"  # optional per folder: columns file (relative to it) and source
 _PARALLEL_MIN_FILES = 2000  # decoding is ~2 ms a file: below this, one process is fast enough

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from kulit.calibration import softmax
 from kulit.errors import ImageError, KulitError
+from kulit.serving.calibration import softmax
 
 PAPER_TITLE = (
     "Penerapan Artificial Intelligence Untuk Klasifikasi Penyakit Kulit "
@@ -221,7 +221,7 @@ def _load_rgb_patch(image: Any, at: tuple[int, int] | None
     """Decode (EXIF-upright, RGB) and cut the 4x4 patch; return patch, (x, y), (w, h), name."""
     from PIL import Image
 
-    from kulit.preprocess import decode_image, upright
+    from kulit.serving.preprocess import decode_image, upright
 
     name = str(image) if isinstance(image, (str, Path)) else None
     img = image if isinstance(image, Image.Image) else decode_image(image)
@@ -265,7 +265,7 @@ def explain_photo(image: str | Path | bytes | Any, model_dir: str | Path | None 
     not from the photo, so every picture on a page refers to the same image.
     """
     if predictor is None and model_dir is not None:
-        from kulit.predict import Predictor
+        from kulit.serving.predict import Predictor
 
         predictor = Predictor(model_dir)
     explained: ModelExplanation | None = None
@@ -316,8 +316,8 @@ class ModelExplanation:
 
     summary: dict[str, Any]
     maps: np.ndarray  # first conv layer after its norm and activation, [F, h, w]
-    prediction: Any  # kulit.predict.Prediction with .heatmap and .image (the crop)
-    answer: Any = None  # kulit.answer.Answer: what a person is told (status, see a doctor)
+    prediction: Any  # kulit.serving.predict.Prediction with .heatmap and .image (the crop)
+    answer: Any = None  # kulit.serving.answer.Answer: what a person is told (status, see a doctor)
 
 
 def resolve_model_dir(model: str | Path | None) -> tuple[Path | None, str | None]:
@@ -372,8 +372,8 @@ def explain_model(predictor: Any, image: str | Path | bytes | Any) -> ModelExpla
     The probabilities are recomputed here from the logits and checked against what
     `Predictor.predict_one` (and so `kulit predict`) returns for the same photo.
     """
-    from kulit.answer import answer_for
-    from kulit.i18n import both
+    from kulit.serving.answer import answer_for
+    from kulit.serving.i18n import both
 
     card = predictor.card
     # One network pass gives the answer, the heatmap's feature map and the first layer.

@@ -2,7 +2,7 @@
 
 Two logistic scorers share one standardisation of the ONNX `features` output pooled over
 space (GAP): `not_skin` (is this a close-up of skin at all?) and `other` (skin, but a condition
-outside the model's classes?). Fitting lives in `kulit.gate_fit` (scikit-learn, training
+outside the model's classes?). Fitting lives in `kulit.build.gate_fit` (scikit-learn, training
 extras); the cut-offs applied to these scores live in the card (`ModelCard.gate`).
 """
 

@@ -1,5 +1,5 @@
 """`kulit explain` as plain text: the paper's worked example and a photo's walkthrough as
-tables side by side, the paper's wrong figures marked. Computing lives in kulit.explain."""
+tables side by side, the paper's wrong figures marked. Computing lives in kulit.explain.steps."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from kulit.explain import CHANNELS
+from kulit.explain.steps import CHANNELS
 
 MARK = "✗"
 

@@ -1,6 +1,6 @@
 """Fit the trust gate (`kulit gate`): the not-skin and none-of-these scorers, and the card cut-offs.
 
-Training side only (scikit-learn); serving reads the result through `kulit.gate` and the card.
+Training side only (scikit-learn); serving reads the result through `serving.gate` and the card.
 Everything is fitted on part of the data and reported on the rest: the not-skin scorer on
 NOT_SKIN_TUNED categories (held-out categories reported), the "other" scorer on OTHER_TUNED
 conditions (leave-condition-out), thresholds and cut-offs on each skin source's validation
@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from kulit import calibration
-from kulit.answer import Answer, Cutoffs, decide
-from kulit.card import file_sha256, load_card, served_file
 from kulit.errors import DataError
-from kulit.gate import Gate, GateScores
+from kulit.serving import calibration
+from kulit.serving.answer import Answer, Cutoffs, decide
+from kulit.serving.card import file_sha256, load_card, served_file
+from kulit.serving.gate import Gate, GateScores
 
 SKIN_FOLDERS = ("skin8", "skin8-web")
 NOT_SKIN_FOLDER = "not-skin"
@@ -118,10 +118,10 @@ class Features:
 def extract_features(model_dir: Path, data_root: Path, rows: Sequence[Row],
                      cache: Path | None = None, batch_size: int = 32, threads: int = 1,
                      progress: Callable[[int, int], None] | None = None) -> Features:
-    """Run the served ONNX model (int8 if it passed its check, `kulit.card.served_file`) once per
+    """Run the served ONNX model (int8 if it passed its check, `card.served_file`) once per
     photo; reuse a cache keyed by that file's sha256."""
     from kulit.errors import ImageError
-    from kulit.predict import Predictor
+    from kulit.serving.predict import Predictor
 
     model_sha = file_sha256(served_file(Path(model_dir), load_card(Path(model_dir)))[1])
     cached: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -248,7 +248,7 @@ def softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
 
 def answers(scores: GateScores | None, probs: np.ndarray, classes: Sequence[str],
             threshold: float, gate_cfg: dict[str, Any] | None) -> list[Answer]:
-    """What the server answers each photo (the one rule, kulit.answer; no photo-quality check
+    """What the server answers each photo (the one rule, answer; no photo-quality check
     here: these figures are about the gate). No gate -> answered / uncertain only."""
     cut = Cutoffs.from_card(gate_cfg if scores is not None else None)
     return [
@@ -410,8 +410,8 @@ def run_gate(model_dir: Path, data_root: Path, split_csv: Path | None = None,
              cache: Path | None = None, params: GateParams = GateParams(),
              progress: Callable[[int, int], None] | None = None) -> list[str]:
     """Fit the gate on a model directory; write gate.npz and card.gate/threshold; summarise."""
-    from kulit.card import save_card
-    from kulit.gate import save_gate
+    from kulit.serving.card import save_card
+    from kulit.serving.gate import save_gate
 
     card = load_card(model_dir)
     precision, _, temperature_before = served_file(model_dir, card)

@@ -18,9 +18,11 @@ import torch
 from torch import nn
 
 from kulit import __version__
-from kulit.backbones import Backbone, build_backbone, get_spec
-from kulit.calibration import softmax
-from kulit.card import (
+from kulit.build.webmodel import WEB_ONNX_FILE
+from kulit.config import TrainConfig
+from kulit.errors import ModelError
+from kulit.serving.calibration import softmax
+from kulit.serving.card import (
     FEATURES,
     HEAD_FILE,
     INPUT,
@@ -31,12 +33,10 @@ from kulit.card import (
     ModelCard,
     save_card,
 )
-from kulit.config import TrainConfig
-from kulit.errors import ModelError
-from kulit.gate import GATE_FILE
-from kulit.preprocess import Preprocessing, open_for_model, preprocess_image
-from kulit.train import build_head
-from kulit.webmodel import WEB_ONNX_FILE
+from kulit.serving.gate import GATE_FILE
+from kulit.serving.preprocess import Preprocessing, open_for_model, preprocess_image
+from kulit.training.backbones import Backbone, build_backbone, get_spec
+from kulit.training.train import build_head
 
 # files other commands make from model.onnx (quantize, gate, export-web); a new export voids them
 DERIVED_FILES = (INT8_FILE, GATE_FILE, WEB_ONNX_FILE, WEB_ONNX_FILE + ".gz")
@@ -96,7 +96,7 @@ def load_run(run_dir: Path) -> tuple[dict[str, Any], TrainConfig, ServingModel]:
 
 
 def head_arrays(head: nn.Module, kind: str) -> dict[str, np.ndarray]:
-    """The head's weights as numpy, for the torch-free Grad-CAM in kulit.predict."""
+    """The head's weights as numpy, for the torch-free Grad-CAM in kulit.serving.predict."""
     sd = {k: v.detach().double().numpy() for k, v in head.state_dict().items()}
     if kind == "linear":
         return {"fc_w": sd["fc.weight"], "fc_b": sd["fc.bias"]}
@@ -111,7 +111,7 @@ def head_arrays(head: nn.Module, kind: str) -> dict[str, np.ndarray]:
 
 def check_images(cfg: TrainConfig, n: int = 8) -> list[Path]:
     """Real images for the parity check: the first validation images of the run's split."""
-    from kulit.data import load_split
+    from kulit.dataprep.split import load_split
 
     try:
         rows = load_split(Path(cfg.split_csv), Path(cfg.data))

@@ -30,15 +30,15 @@ import torch
 from torch import nn
 
 from kulit import __version__
-from kulit.augment import augment
-from kulit.backbones import build_backbone, get_spec
-from kulit.calibration import choose_threshold, fit_temperature
+from kulit.build.metrics import balanced_accuracy, source_balanced_accuracy
 from kulit.config import TrainConfig
-from kulit.data import load_split
+from kulit.dataprep.split import load_split
 from kulit.errors import DataError, ImageError, ensure_writable_dir
-from kulit.heads import LinearHead, PaperHead
-from kulit.metrics import balanced_accuracy, source_balanced_accuracy
-from kulit.preprocess import Preprocessing, open_for_model, preprocess_image
+from kulit.serving.calibration import choose_threshold, fit_temperature
+from kulit.serving.preprocess import Preprocessing, open_for_model, preprocess_image
+from kulit.training.augment import augment
+from kulit.training.backbones import build_backbone, get_spec
+from kulit.training.heads import LinearHead, PaperHead
 
 
 def seed_everything(seed: int) -> None:
@@ -252,7 +252,7 @@ def _clean_labels(cfg: TrainConfig, samples: list[Sample], feats: np.ndarray, y:
                   top: nn.Module | None, classes: list[str], out: Path
                   ) -> tuple[np.ndarray, dict[str, dict[str, int]]]:
     """Keep-mask over training photos: cleanlab on out-of-fold probabilities (see module)."""
-    from kulit.label_issues import find_issues, write_issues
+    from kulit.training.label_issues import find_issues, write_issues
 
     train = [s for s in samples if s.split == "train"]
     checked = np.isin([s.source for s in train], cfg.clean_sources.split(","))

@@ -1,11 +1,11 @@
 """The browser model: model.onnx wrapped so the page needs no preprocessing or maths of its own.
 
-`build_web_model` prepends to the served graph what `kulit.preprocess.normalize` does (uint8 RGB
+`build_web_model` prepends to the served graph what `preprocess.normalize` does (uint8 RGB
 NHWC -> pixel * scale + offset -> logo mask -> NCHW) and appends temperature + softmax, the
 trust gate's two logistic scorers on the pooled features (when the model dir has gate.npz) and
 the Grad-CAM maps of a linear head. The mirror TTA is already inside the served graph.
 
-The served graph is the one the server runs (`kulit.card.served_file`): the static int8 file
+The served graph is the one the server runs (`kulit.serving.card.served_file`): the static int8 file
 when it passed `kulit quantize`'s check, so browser and server give the same answers. Without
 one, conv weights of model.onnx are stored as int8 per output channel with a DequantizeLinear in
 front (weight-only: activations stay float32), to keep the download small. Needs `onnx`.
@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from kulit.card import HEAD_FILE, ModelCard, file_sha256, load_card, served_file
 from kulit.errors import ModelError
-from kulit.gate import SCORERS, load_gate
-from kulit.preprocess import Preprocessing, normalize, normalize_affine
+from kulit.serving.card import HEAD_FILE, ModelCard, file_sha256, load_card, served_file
+from kulit.serving.gate import SCORERS, load_gate
+from kulit.serving.preprocess import Preprocessing, normalize, normalize_affine
 
 WEB_ONNX_FILE = "model-web.onnx"
 WEB_INPUT = "image_u8"  # uint8 [N, S, S, 3], the centre crop the server also computes
@@ -177,7 +177,7 @@ def build_web_model(model_dir: Path, out: Path | None = None, weights: str = "in
 def check_web_model(model_dir: Path, web_model: Path | bytes, atol: float,
                     int8: bool = False) -> float:
     """Run both models on a few synthetic crops; raise if the probabilities differ by > atol."""
-    from kulit.predict import Predictor, softmax
+    from kulit.serving.predict import Predictor, softmax
 
     pred = Predictor(model_dir, threads=1, int8=int8)  # the graph the browser model wraps
     web = web_session(web_model)
@@ -205,22 +205,22 @@ def web_session(model: Path | bytes, threads: int = 1) -> Any:
 
 def _texts() -> dict[str, dict[str, str]]:
     """Both languages' UI strings, from the one text store."""
-    from kulit import i18n
+    from kulit.serving import i18n
 
     return {lang: dict(i18n.STRINGS[lang]) for lang in i18n.LANGS}
 
 
 def min_side(card: ModelCard) -> int:
-    """The shortest usable photo side: kulit.quality's limit (card override on top)."""
-    from kulit.quality import QualityLimits
+    """The shortest usable photo side: kulit.serving.quality's limit (card override on top)."""
+    from kulit.serving.quality import QualityLimits
 
     return int(QualityLimits.from_card(card.quality).min_side)
 
 
 def device_config(card: ModelCard, model_dir: Path) -> dict[str, Any]:
     """What the page needs to answer on the device; the answer rule's parameters from the card."""
-    from kulit import i18n
-    from kulit.answer import URGENT_CLASSES
+    from kulit.serving import i18n
+    from kulit.serving.answer import URGENT_CLASSES
 
     web_path = Path(model_dir) / WEB_ONNX_FILE
     has_gate = load_gate(Path(model_dir)) is not None

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kulit.errors import ModelError
-from kulit.preprocess import Preprocessing
+from kulit.serving.preprocess import Preprocessing
 
 SCHEMA_VERSION = 1
 CARD_FILE = "card.json"
@@ -65,9 +65,9 @@ class ModelCard:
     kulit_version: str = ""
     # known limits, in plain words: {"en": ..., "id": ...} per limit (a plain str = English)
     limits: list[CardText] = field(default_factory=list)
-    # trust gate cut-offs (kulit.gate scores, melanoma cut-off, per-source figures); {} = none
+    # trust gate cut-offs (gate scores, melanoma cut-off, per-source figures); {} = none
     gate: dict[str, Any] = field(default_factory=dict)
-    # photo-quality limits (kulit.quality): min side, blur, exposure; {} = defaults
+    # photo-quality limits (kulit.serving.quality): min side, blur, exposure; {} = defaults
     quality: dict[str, Any] = field(default_factory=dict)
     # the model files by role: "model" (fp32, always) and "int8" when `kulit quantize` passed
     files: dict[str, str] = field(default_factory=lambda: {"model": ONNX_FILE})

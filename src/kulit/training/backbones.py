@@ -1,7 +1,7 @@
 """Backbone registry: name -> builder of a feature extractor (+ its weights and preprocessing).
 
 Every backbone maps an image batch [N,3,S,S] to its last convolutional feature map [N,K,h,w];
-the heads in `kulit.heads` sit on top. Like timm's registry, with a `tiny` net for tests.
+the heads in `kulit.training.heads` sit on top. Like timm's registry, with a `tiny` net for tests.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from kulit.errors import ModelError
-from kulit.preprocess import Preprocessing
+from kulit.serving.preprocess import Preprocessing
 
 # EfficientNet-Lite was trained on inputs scaled to [-1, 1]: (x*255 - 127) / 128.
 _LITE_MEAN = (127.0 / 255, 127.0 / 255, 127.0 / 255)
@@ -216,7 +216,7 @@ def _tiny(input_size: int, weights: Path | None, pretrained: bool) -> Backbone:
 
 
 def _densenet201(input_size: int, weights: Path | None, pretrained: bool) -> Backbone:
-    from kulit.densenet import build_densenet201
+    from kulit.training.densenet import build_densenet201
 
     if pretrained and weights is None:
         # No DenseNet201 weights can be downloaded here; the user brings their own file.

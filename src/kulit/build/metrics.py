@@ -2,7 +2,7 @@
 per-class table, bootstrap intervals, risk-coverage, and the same set per group of rows.
 
 Torch-free: numpy, with scikit-learn imported only inside `compute_metrics`. The result is
-JSON-clean (None where a number is undefined); `kulit.report` renders it.
+JSON-clean (None where a number is undefined); `kulit.build.report` renders it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Evaluate a model directory on labelled images: metrics.json, report.md and three plots.
 
 The command module only: predictions come from the ONNX `Predictor` (torch-free), numbers from
-`kulit.metrics`, rendering from `kulit.report`. With a split whose rows name their data
+`kulit.build.metrics`, rendering from `kulit.build.report`. With a split whose rows name their data
 `source`, every metric is also reported per source.
 """
 
@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from kulit.build.metrics import compute_metrics, max_share_ratio, metrics_by_group, selective_at
+from kulit.build.report import write_report
 from kulit.errors import DataError, ImageError
-from kulit.metrics import compute_metrics, max_share_ratio, metrics_by_group, selective_at
-from kulit.report import write_report
 
 EVAL_SPLITS = ("test", "val", "train", "all")
 PREDICTIONS_CSV = "predictions.csv"
@@ -71,7 +71,7 @@ def _select(data: Path, split: str, split_csv: Path | None
             f"--split {split} needs --split-csv FILE (the split.csv written by `kulit data`); "
             "or use --split all to evaluate every image in the class folders"
         )
-    from kulit.data import load_split
+    from kulit.dataprep.split import load_split
 
     rows = [r for r in load_split(Path(split_csv), data) if r.split == split]
     if not rows:
@@ -102,7 +102,7 @@ def evaluate_model(
     `split` "all" reads every image in `data`'s class folders (folder name = true label);
     "test"/"val"/"train" read that split's rows of `split_csv`.
     """
-    from kulit.predict import Prediction, Predictor
+    from kulit.serving.predict import Prediction, Predictor
 
     model_dir, data, out = Path(model_dir), Path(data), Path(out)
     predictor = Predictor(model_dir)
@@ -166,7 +166,7 @@ def record_in_card(card: Any, metrics: dict[str, Any], model_dir: Path) -> None:
     """Evaluating into the model's own folder stores the headline numbers in its card,
     overall and, when the split names its sources, per source (with the class predicted
     most above its true share there)."""
-    from kulit.card import save_card
+    from kulit.serving.card import save_card
 
     card.metrics = {
         "split": metrics["run"]["split"],

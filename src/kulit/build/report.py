@@ -1,4 +1,4 @@
-"""report.md, metrics.json and the three plots from computed metrics (see `kulit.metrics`).
+"""report.md, metrics.json and the three plots from computed metrics (see `kulit.build.metrics`).
 
 Rendering only: nothing here computes a metric. matplotlib is imported only when plotting.
 """
@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from kulit.card import card_text
+from kulit.build.metrics import N_BINS, clean_json, round_floats
 from kulit.errors import DataError
-from kulit.metrics import N_BINS, clean_json, round_floats
+from kulit.serving.card import card_text
 
 REPORT_THRESHOLDS = (0.0, 0.3, 0.5, 0.7, 0.9)  # rows of the risk-coverage table in report.md
 METRICS_JSON = "metrics.json"

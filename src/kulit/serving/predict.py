@@ -1,6 +1,6 @@
 """Predictor: a model directory (model.onnx + card.json + head.npz) on ONNX Runtime. No torch.
 
-Decoding and preprocessing come from `kulit.preprocess` (the same code training uses); the
+Decoding and preprocessing come from `kulit.serving.preprocess` (the same code training uses); the
 heatmap is Grad-CAM on the exported last convolutional feature map, with the head's gradient
 computed in numpy from the head weights in head.npz.
 """
@@ -19,8 +19,9 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
-from kulit.calibration import softmax
-from kulit.card import (
+from kulit.errors import ImageError, ModelError
+from kulit.serving.calibration import softmax
+from kulit.serving.card import (
     FEATURES,
     FIRST_LAYER,
     HEAD_FILE,
@@ -30,10 +31,9 @@ from kulit.card import (
     load_card,
     served_file,
 )
-from kulit.errors import ImageError, ModelError
-from kulit.gate import Gate, load_gate
-from kulit.preprocess import normalize, open_for_model, resize_crop
-from kulit.quality import Quality, QualityLimits, check_quality
+from kulit.serving.gate import Gate, load_gate
+from kulit.serving.preprocess import normalize, open_for_model, resize_crop
+from kulit.serving.quality import Quality, QualityLimits, check_quality
 
 ImageSource = str | Path | bytes | BinaryIO | Image.Image
 
@@ -43,7 +43,7 @@ class Prediction:
     """One image's model output: calibrated probabilities, the top-k, gate scores, quality.
 
     What a person is told about it (status, label or not, see a doctor) is decided by
-    `kulit.answer.answer_for`, not here.
+    `kulit.serving.answer.answer_for`, not here.
     """
 
     classes: list[str]
@@ -56,7 +56,7 @@ class Prediction:
     first_layer: np.ndarray | None = None  # [F, h, w] first conv maps, when asked for
     source: str = ""
     timing_ms: dict[str, float] = field(default_factory=dict)
-    gate: dict[str, float] | None = None  # kulit.gate scores ("not_skin", "other"), if gated
+    gate: dict[str, float] | None = None  # gate scores ("not_skin", "other"), if gated
     quality: Quality | None = None  # photo-quality measures and issue of the decoded photo
 
     @property

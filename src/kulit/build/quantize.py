@@ -18,8 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from kulit.calibration import fit_temperature, softmax
-from kulit.card import (
+from kulit.build.metrics import balanced_accuracy, expected_calibration_error
+from kulit.config import QuantizeConfig
+from kulit.errors import KulitError
+from kulit.serving.calibration import fit_temperature, softmax
+from kulit.serving.card import (
     FEATURES,
     INPUT,
     INT8_FILE,
@@ -29,10 +32,7 @@ from kulit.card import (
     load_card,
     save_card,
 )
-from kulit.config import QuantizeConfig
-from kulit.errors import KulitError
-from kulit.metrics import balanced_accuracy, expected_calibration_error
-from kulit.preprocess import Preprocessing, load_and_preprocess
+from kulit.serving.preprocess import Preprocessing, load_and_preprocess
 
 Progress = Callable[[int, int], None]
 
@@ -153,10 +153,10 @@ def answer_agreement(model_dir: Path, card: Any, runs: dict[str, tuple[np.ndarra
                                                                         float]],
                      sources: np.ndarray) -> dict[str, float]:
     """Share of photos, per source, told the same (status, label, melanoma alert) by fp32 and
-    int8 through `kulit.answer.decide` with the card's gate and cut-offs. Reported, not a gate:
+    int8 through `answer.decide` with the card's gate and cut-offs. Reported, not a gate:
     the refitted temperature moves photos across the threshold on purpose."""
-    from kulit.answer import Cutoffs, decide
-    from kulit.gate import load_gate
+    from kulit.serving.answer import Cutoffs, decide
+    from kulit.serving.gate import load_gate
 
     gate = load_gate(model_dir)
     cut = Cutoffs.from_card(card.gate)
@@ -205,7 +205,7 @@ def quantize_model(model_dir: Path, split_csv: Path, data_root: Path | None = No
     """Write model-int8.onnx and its card entry into `model_dir` if it passes; else raise.
 
     Returns the card's `int8` entry (check figures, refitted temperature, settings)."""
-    from kulit.data import load_split
+    from kulit.dataprep.split import load_split
     cfg = cfg or QuantizeConfig()
     model_dir = Path(model_dir)
     card = load_card(model_dir)

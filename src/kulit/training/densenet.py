@@ -128,7 +128,7 @@ class DenseNet(nn.Module):
             return out
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
 
-    # kulit.backbones.Backbone: the first layer is conv0, norm0, relu0; no partial fine-tuning
+    # backbones.Backbone: the first layer is conv0, norm0, relu0; no partial fine-tuning
     def first_layer_split(self) -> tuple[Callable[[torch.Tensor], torch.Tensor],
                                          Callable[[torch.Tensor], torch.Tensor]]:
         feats = self.features
@@ -235,3 +235,24 @@ def _show(items: list[str]) -> str:
     shown = ", ".join(items[:_MAX_KEYS_SHOWN])
     rest = len(items) - _MAX_KEYS_SHOWN
     return shown + (f", ... (+{rest} more)" if rest > 0 else "")
+
+
+# Keras keeps BatchNorm moving statistics as (non-trainable) weights; torch keeps them as buffers.
+_KERAS_WEIGHT_BUFFERS = ("running_mean", "running_var")
+
+
+def keras_param_count(module: nn.Module) -> tuple[int, int]:
+    """Return ``(total, trainable)`` the way Keras counts them.
+
+    total = every parameter + BatchNorm ``running_mean``/``running_var`` (not
+    ``num_batches_tracked``); trainable = parameters with ``requires_grad``.
+    Non-trainable is ``total - trainable``.
+    """
+    params = list(module.parameters())  # shared parameters are counted once, as in Keras
+    total = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    for sub in module.modules():
+        for name, buf in sub.named_buffers(recurse=False):
+            if name in _KERAS_WEIGHT_BUFFERS and buf is not None:
+                total += buf.numel()
+    return total, trainable

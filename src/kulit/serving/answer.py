@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import numpy as np
 
 if TYPE_CHECKING:
-    from kulit.card import ModelCard
-    from kulit.predict import Prediction
+    from kulit.serving.card import ModelCard
+    from kulit.serving.predict import Prediction
 
 Status = Literal["answered", "uncertain", "none_of_these", "not_skin", "retake"]
 STATUSES: tuple[str, ...] = get_args(Status)
