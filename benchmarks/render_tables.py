@@ -1,8 +1,8 @@
-"""Print README markdown tables from benchmarks/results/{accuracy,trust,confound}.json.
+"""Print docs/results.md markdown tables from benchmarks/results/{accuracy,trust,confound}.json.
 
     python benchmarks/render_tables.py [--results benchmarks/results] [--only accuracy]
 
-Paste the output into README.md's Results section after a full benchmark run, so the README
+Paste the output into docs/results.md after a full benchmark run, so the results page
 shows the numbers the JSON files hold, with their 95% intervals.
 """
 
