@@ -361,6 +361,11 @@ def serve(
     ] = Path("models/kulit-skin8"),
     host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port", min=1, max=65535)] = 8000,
+    ssl_certfile: Annotated[Path | None, typer.Option(
+        help="TLS certificate (PEM): serve HTTPS, which phones need for the on-device check "
+             "and offline use on any host but localhost", exists=True, dir_okay=False)] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(
+        help="TLS private key (PEM) of --ssl-certfile", exists=True, dir_okay=False)] = None,
 ) -> None:
     """Serve the web app and JSON API (torch-free). Not a diagnosis."""
     try:
@@ -377,9 +382,14 @@ def serve(
     settings = Settings(model_dir=model)  # KULIT_THREADS, KULIT_INT8, ... from the environment
     # a bad model dir fails here, before the server starts
     predictor = Predictor(model, **settings.predictor_options())
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise KulitError("--ssl-certfile and --ssl-keyfile go together")
+    scheme = "https" if ssl_certfile else "http"
     typer.echo(f"kulit: serving {predictor.model_id} ({predictor.precision}) on "
-               f"http://{host}:{port}  (Ctrl+C stops)", err=True)
-    uvicorn.run(create_app(settings, predictor=predictor), host=host, port=port)
+               f"{scheme}://{host}:{port}  (Ctrl+C stops)", err=True)
+    uvicorn.run(create_app(settings, predictor=predictor), host=host, port=port,
+                ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+                ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None)
 
 
 def tune_allocator() -> None:
