@@ -90,7 +90,8 @@ def score_set(labels: list[str], probs: np.ndarray, classes: list[str], threshol
 def predict_probs(model: Path, paths: list[Path], cache: Path) -> np.ndarray:
     """Calibrated probabilities from the served file (ONNX Runtime), cached per served file's
     content and temperature (delete the cache after changing preprocessing code)."""
-    from kulit.serving.card import file_sha256, load_card, served_file
+    from kulit.serving.card import load_card
+    from kulit.serving.model_dir import file_sha256, served_file
     from kulit.serving.predict import Predictor
 
     key = [str(p) for p in paths]

@@ -63,7 +63,8 @@ def main() -> None:
         run_logits,
     )
     from kulit.dataprep.split import load_split
-    from kulit.serving.card import ONNX_FILE, load_card
+    from kulit.serving.card import load_card
+    from kulit.serving.model_dir import ONNX_FILE
 
     card = load_card(args.model)
     cfg = QuantizeConfig()

@@ -75,8 +75,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from kulit.build.gate_fit import collect_rows, extract_features, gate_figures, summary_lines
-    from kulit.serving.card import load_card, served_file
+    from kulit.serving.card import load_card
     from kulit.serving.gate import load_gate
+    from kulit.serving.model_dir import served_file
 
     card = load_card(args.model)
     gate = load_gate(args.model)

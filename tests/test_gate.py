@@ -182,7 +182,8 @@ def test_run_gate_fits_the_served_files_temperature(tmp_path: Path, monkeypatch,
     import shutil
 
     from kulit.build import gate_fit
-    from kulit.serving.card import file_sha256, load_card, save_card, served_file
+    from kulit.serving.card import load_card, save_card
+    from kulit.serving.model_dir import file_sha256, served_file
     from tests.conftest import write_onnx_model_dir
 
     model = tmp_path / "model"

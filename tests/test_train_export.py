@@ -138,9 +138,10 @@ def test_export_and_serve_parity(tiny_run: Path, tmp_path: Path, tiny_dataset: P
 
 
 def test_a_new_export_removes_files_made_from_the_old_model(tiny_run: Path, tmp_path: Path):
-    """int8, gate and browser model are made from model.onnx: a re-export voids them."""
-    from kulit.training.export import DERIVED_FILES
+    """int8, gate, metrics and browser model are made from model.onnx: a re-export voids them."""
+    from kulit.serving.model_dir import FILES, MODEL, derived_from
 
+    DERIVED_FILES = [f for a in derived_from(MODEL) for f in FILES[a]]
     model_dir = export(tiny_run, tmp_path / "model")
     for name in DERIVED_FILES:
         (model_dir / name).write_bytes(b"from the previous model")

@@ -18,9 +18,9 @@ import numpy as np
 from kulit.build.metrics import compute_metrics, max_share_ratio, metrics_by_group, selective_at
 from kulit.build.report import write_report
 from kulit.errors import DataError, ImageError
+from kulit.serving.model_dir import METRICS, PREDICTIONS_CSV, ModelDir
 
 EVAL_SPLITS = ("test", "val", "train", "all")
-PREDICTIONS_CSV = "predictions.csv"
 
 # (image path, file relative to the data folder, true label, data source or "")
 Entry = tuple[Path, str, str, str]
@@ -166,9 +166,7 @@ def record_in_card(card: Any, metrics: dict[str, Any], model_dir: Path) -> None:
     """Evaluating into the model's own folder stores the headline numbers in its card,
     overall and, when the split names its sources, per source (with the class predicted
     most above its true share there)."""
-    from kulit.serving.card import save_card
-
-    card.metrics = {
+    section = {
         "split": metrics["run"]["split"],
         **{k: metrics.get(k) for k in HEADLINE},
         "per_class": [{k: c.get(k) for k in ("class", "correct", "total", "percent")}
@@ -176,10 +174,10 @@ def record_in_card(card: Any, metrics: dict[str, Any], model_dir: Path) -> None:
     }
     shares = metrics.get("prediction_share") or {}
     if metrics.get("per_source"):
-        card.metrics["per_source"] = {
+        section["per_source"] = {
             name: {**{k: m.get(k) for k in HEADLINE},
                    "max_share_ratio": max_share_ratio(shares.get(name) or {})}
             for name, m in metrics["per_source"].items()
         }
-    save_card(card, Path(model_dir))
+    ModelDir(model_dir).write_section(METRICS, section, card)
 

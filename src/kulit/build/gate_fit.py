@@ -22,8 +22,9 @@ import numpy as np
 from kulit.errors import DataError
 from kulit.serving import calibration
 from kulit.serving.answer import Answer, Cutoffs, decide
-from kulit.serving.card import file_sha256, load_card, served_file
-from kulit.serving.gate import Gate, GateScores
+from kulit.serving.card import load_card
+from kulit.serving.gate import Gate, GateScores, write_gate_file
+from kulit.serving.model_dir import ModelDir, file_sha256, served_file
 
 SKIN_FOLDERS = ("skin8", "skin8-web")
 NOT_SKIN_FOLDER = "not-skin"
@@ -118,7 +119,7 @@ class Features:
 def extract_features(model_dir: Path, data_root: Path, rows: Sequence[Row],
                      cache: Path | None = None, batch_size: int = 32, threads: int = 1,
                      progress: Callable[[int, int], None] | None = None) -> Features:
-    """Run the served ONNX model (int8 if it passed its check, `card.served_file`) once per
+    """Run the served ONNX model (int8 if it passed its check, `model_dir.served_file`) once per
     photo; reuse a cache keyed by that file's sha256."""
     from kulit.errors import ImageError
     from kulit.serving.predict import Predictor
@@ -409,10 +410,8 @@ def _round(obj: Any) -> Any:
 def run_gate(model_dir: Path, data_root: Path, split_csv: Path | None = None,
              cache: Path | None = None, params: GateParams = GateParams(),
              progress: Callable[[int, int], None] | None = None) -> list[str]:
-    """Fit the gate on a model directory; write gate.npz and card.gate/threshold; summarise."""
-    from kulit.serving.card import save_card
-    from kulit.serving.gate import save_gate
-
+    """Fit the gate on a model directory; write gate.npz, card.gate and the served file's
+    temperature and threshold (their one owner, `ModelDir.write_gate`); summarise."""
     card = load_card(model_dir)
     precision, _, temperature_before = served_file(model_dir, card)
     rows, how = collect_rows(data_root, split_csv)
@@ -425,10 +424,6 @@ def run_gate(model_dir: Path, data_root: Path, split_csv: Path | None = None,
     y_val = np.array([list(card.classes).index(r.label) for r, v in zip(feats.rows, val,
                                                                         strict=True) if v])
     temperature = calibration.fit_temperature(feats.logits[val], y_val)
-    if precision == "int8":  # each file keeps its own temperature where served_file reads it
-        card.int8 = {**card.int8, "temperature": temperature}
-    else:
-        card.temperature = temperature
     gate, cfg, threshold = fit_gate(feats, card.classes, temperature, params)
     figures = gate_figures(feats, card.classes, temperature, threshold, gate, cfg)
     cfg["tuned_on"]["temperature"] = {"before": temperature_before, "after": temperature,
@@ -438,10 +433,8 @@ def run_gate(model_dir: Path, data_root: Path, split_csv: Path | None = None,
     cfg["tuned_on"]["threshold_before"] = card.gate.get("tuned_on", {}).get(
         "threshold_before", card.threshold)
     cfg["figures"] = figures
-    card.threshold = threshold
-    card.gate = _round(cfg)
-    save_gate(gate, model_dir)
-    save_card(card, model_dir)
+    ModelDir(model_dir).write_gate(lambda path: write_gate_file(gate, path), _round(cfg),
+                                   temperature, threshold, card)
     return summary_lines(cfg, threshold) + [
         f"features {t1 - t0:.0f} s, fit {time.perf_counter() - t1:.1f} s; wrote "
         f"{model_dir / 'gate.npz'} and card.json (gate, threshold)"]

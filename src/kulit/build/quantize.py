@@ -1,15 +1,15 @@
 """Model dir -> model-int8.onnx beside model.onnx: static int8, checked against fp32 first.
 
 Static QDQ quantisation with per-channel weights (ONNX Runtime's `quantize_static`), activation
-ranges calibrated on training photos only. The int8 model's temperature is refitted on its own
-validation logits, and it must agree with fp32 on the validation photos of every source (top-1
+ranges calibrated on training photos only. The int8 model's temperature is fitted on its own
+validation logits for the check figures (the served temperature is the gate step's, see
+`kulit.serving.model_dir`). It must agree with fp32 on the validation photos of every source (top-1
 agreement, balanced accuracy) or nothing is written. Dynamic and per-tensor int8 lost 8-12
 points of balanced accuracy on skin8: this module offers neither. Torch-free.
 """
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
@@ -22,16 +22,8 @@ from kulit.build.metrics import balanced_accuracy, expected_calibration_error
 from kulit.config import QuantizeConfig
 from kulit.errors import KulitError
 from kulit.serving.calibration import fit_temperature, softmax
-from kulit.serving.card import (
-    FEATURES,
-    INPUT,
-    INT8_FILE,
-    LOGITS,
-    ONNX_FILE,
-    file_sha256,
-    load_card,
-    save_card,
-)
+from kulit.serving.card import FEATURES, INPUT, LOGITS, load_card
+from kulit.serving.model_dir import INT8_FILE, ONNX_FILE, ModelDir, file_sha256
 from kulit.serving.preprocess import Preprocessing, load_and_preprocess
 
 Progress = Callable[[int, int], None]
@@ -204,7 +196,7 @@ def quantize_model(model_dir: Path, split_csv: Path, data_root: Path | None = No
                    cfg: QuantizeConfig | None = None) -> dict[str, Any]:
     """Write model-int8.onnx and its card entry into `model_dir` if it passes; else raise.
 
-    Returns the card's `int8` entry (check figures, refitted temperature, settings)."""
+    Returns the card's `int8` entry (check figures with its temperature fit, settings)."""
     from kulit.dataprep.split import load_split
     cfg = cfg or QuantizeConfig()
     model_dir = Path(model_dir)
@@ -240,9 +232,8 @@ def quantize_model(model_dir: Path, split_csv: Path, data_root: Path | None = No
 
         entry: dict[str, Any] = {
             "file": INT8_FILE,
-            "temperature": temperature,
             "source_sha256": file_sha256(fp32_path),
-            "check": {"split": "val", "sources": figures,
+            "check": {"split": "val", "sources": figures, "temperature": temperature,
                       "ece_fp32": ece(fp32_logits, card.temperature),
                       "ece_int8_fp32_temperature": ece(int8_logits, card.temperature),
                       "ece_int8": ece(int8_logits, temperature),
@@ -264,10 +255,9 @@ def quantize_model(model_dir: Path, split_csv: Path, data_root: Path | None = No
         }
         if failures:
             raise QuantizeError("int8 model not written: " + "; ".join(failures), entry)
-        shutil.move(str(tmp_int8), model_dir / INT8_FILE)
-    card.files = {**card.files, "model": fp32_path.name, "int8": INT8_FILE}
-    card.int8 = entry
-    save_card(card, model_dir)
+        # a new served file: the gate, shortlist, metrics and browser model made from the
+        # previous one are void
+        ModelDir(model_dir).write_int8(tmp_int8, entry, card)
     return entry
 
 
@@ -276,8 +266,9 @@ def summary_lines(entry: dict[str, Any], model_dir: Path) -> list[str]:
     if not entry:
         return []
     path = Path(model_dir) / entry["file"]
-    lines = [f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB), temperature "
-             f"{entry['temperature']:.3f}" if entry["passed"] else "int8 check figures:"]
+    lines = [f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB), temperature on val "
+             f"{entry['check']['temperature']:.3f} (`kulit gate` fits the served one)"
+             if entry["passed"] else "int8 check figures:"]
     for name, f in entry["check"]["sources"].items():
         lines.append(f"  {name:<12} n={f['n']:<4} agreement {f['top1_agreement']:.3f}  "
                      f"balanced accuracy fp32 {f['balanced_accuracy_fp32']:.3f} "

@@ -14,11 +14,9 @@ import numpy as np
 from kulit.build.metrics import N_BINS, clean_json, round_floats
 from kulit.errors import DataError
 from kulit.serving.card import card_text
+from kulit.serving.model_dir import METRICS_JSON, PLOTS, REPORT_MD
 
 REPORT_THRESHOLDS = (0.0, 0.3, 0.5, 0.7, 0.9)  # rows of the risk-coverage table in report.md
-METRICS_JSON = "metrics.json"
-REPORT_MD = "report.md"
-PLOTS = ("confusion_matrix.png", "reliability.png", "risk_coverage.png")
 
 
 def _pct(x: float | None, digits: int = 1) -> str:

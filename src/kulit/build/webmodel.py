@@ -5,10 +5,11 @@ NHWC -> pixel * scale + offset -> logo mask -> NCHW) and appends temperature + s
 trust gate's two logistic scorers on the pooled features (when the model dir has gate.npz) and
 the Grad-CAM maps of a linear head. The mirror TTA is already inside the served graph.
 
-The served graph is the one the server runs (`kulit.serving.card.served_file`): the static int8 file
-when it passed `kulit quantize`'s check, so browser and server give the same answers. Without
-one, conv weights of model.onnx are stored as int8 per output channel with a DequantizeLinear in
-front (weight-only: activations stay float32), to keep the download small. Needs `onnx`.
+The served graph is the one the server runs (`kulit.serving.model_dir.served_file`): the static
+int8 file when it passed `kulit quantize`'s check, so browser and server give the same
+answers. Without one, conv weights of model.onnx are stored as int8 per output channel with a
+DequantizeLinear in front (weight-only: activations stay float32), to keep the download small.
+Needs `onnx`.
 
 `device_config` is the JSON the page's answer rule runs on: the card's threshold and cut-offs,
 the quality limits, the urgent classes and every text in both languages, read from the same
@@ -25,11 +26,11 @@ import numpy as np
 from PIL import Image
 
 from kulit.errors import ModelError
-from kulit.serving.card import HEAD_FILE, ModelCard, file_sha256, load_card, served_file
+from kulit.serving.card import ModelCard, load_card
 from kulit.serving.gate import SCORERS, load_gate
+from kulit.serving.model_dir import HEAD_FILE, WEB_ONNX_FILE, file_sha256, served_file
 from kulit.serving.preprocess import Preprocessing, normalize, normalize_affine
 
-WEB_ONNX_FILE = "model-web.onnx"
 WEB_INPUT = "image_u8"  # uint8 [N, S, S, 3], the centre crop the server also computes
 WEB_OUTPUTS = ("probs", "gate", "cam")  # gate only with gate.npz, cam only with a linear head
 WEIGHTS = ("int8", "fp32")

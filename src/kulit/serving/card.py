@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,10 +11,7 @@ from kulit.errors import ModelError
 from kulit.serving.preprocess import Preprocessing
 
 SCHEMA_VERSION = 1
-CARD_FILE = "card.json"
-ONNX_FILE = "model.onnx"
-INT8_FILE = "model-int8.onnx"  # written by `kulit quantize` only if it passes its check
-HEAD_FILE = "head.npz"  # head weights for the torch-free Grad-CAM
+CARD_FILE = "card.json"  # the other file names of a model folder: kulit.serving.model_dir
 # model.onnx's tensor names: the one input, then the outputs in graph order
 INPUT = "image"  # float32 [N,3,H,W], preprocessed as card.preprocessing says
 LOGITS = "logits"  # float32 [N,C], before the temperature
@@ -69,16 +63,40 @@ class ModelCard:
     gate: dict[str, Any] = field(default_factory=dict)
     # photo-quality limits (kulit.serving.quality): min side, blur, exposure; {} = defaults
     quality: dict[str, Any] = field(default_factory=dict)
-    # the model files by role: "model" (fp32, always) and "int8" when `kulit quantize` passed
-    files: dict[str, str] = field(default_factory=lambda: {"model": ONNX_FILE})
+    # the model files by role: "model" (fp32; model.onnx when absent) and "int8" when
+    # `kulit quantize` passed
+    files: dict[str, str] = field(default_factory=dict)
     # the int8 file's temperature, check figures (fp32 vs int8 per source) and settings; {} = none
     int8: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    # sections this class has no field for (e.g. "shortlist"), kept as written
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["preprocessing"] = self.preprocessing.to_dict()
-        return d
+        extra = d.pop("extra")
+        return {**d, **{k: v for k, v in extra.items() if k not in d}}
+
+    def section(self, name: str) -> dict[str, Any]:
+        """A card section by name: a field (gate, int8, metrics, ...) or an extra one."""
+        if name in self.__dataclass_fields__ and name != "extra":
+            value = getattr(self, name)
+            if not isinstance(value, dict):
+                raise ValueError(f"card field {name!r} is not a section")
+            return value
+        return dict(self.extra.get(name) or {})
+
+    def set_section(self, name: str, data: dict[str, Any]) -> None:
+        """Replace a card section ({} clears it). Build steps go through ModelDir."""
+        if name in self.__dataclass_fields__ and name != "extra":
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"card field {name!r} is not a section")
+            setattr(self, name, dict(data))
+        elif data:
+            self.extra[name] = dict(data)
+        else:
+            self.extra.pop(name, None)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelCard:
@@ -89,8 +107,9 @@ class ModelCard:
         try:
             d = dict(d)
             d["preprocessing"] = Preprocessing.from_dict(d["preprocessing"])
-            known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-            card = cls(**known)
+            fields = set(cls.__dataclass_fields__) - {"extra"}
+            known = {k: v for k, v in d.items() if k in fields}
+            card = cls(**known, extra={k: v for k, v in d.items() if k not in fields})
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"card.json is malformed: {e}") from None
         if not card.classes or len(set(card.classes)) != len(card.classes):
@@ -105,38 +124,6 @@ def save_card(card: ModelCard, model_dir: Path) -> Path:
     path = model_dir / CARD_FILE
     path.write_text(json.dumps(card.to_dict(), indent=2, sort_keys=False) + "\n")
     return path
-
-
-def file_sha256(path: Path) -> str:
-    """A model file's content hash (read in 1 MB blocks): ties derived files (int8, caches,
-    the browser model's URL) to the model.onnx they were made from. Remembered per (file, size,
-    mtime), so the gate, the browser-model build and the Predictor they start hash a 14 MB
-    model once, and a rewritten file is hashed again."""
-    st = os.stat(path)
-    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=16)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def served_file(model_dir: Path, card: ModelCard, int8: bool = True) -> tuple[str, Path, float]:
-    """(precision, ONNX file, temperature) that serving runs: the int8 file only if asked,
-    present, passed its check, and made from the fp32 file beside it (a re-exported model.onnx
-    voids it); else model.onnx with the card's temperature. The server, the CLI and the
-    browser model all choose here."""
-    model_dir = Path(model_dir)
-    fp32 = model_dir / card.files.get("model", ONNX_FILE)
-    entry, name = card.int8, card.files.get("int8")
-    if int8 and name and entry.get("passed") and (model_dir / name).is_file():
-        if fp32.is_file() and entry.get("source_sha256") == file_sha256(fp32):
-            return "int8", model_dir / name, float(entry["temperature"])
-    return "fp32", fp32, card.temperature
 
 
 def load_card(model_dir: Path) -> ModelCard:

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from kulit.errors import ModelError
+from kulit.serving.model_dir import GATE_FILE
 
-GATE_FILE = "gate.npz"
 SCORERS = ("not_skin", "other")
 
 
@@ -46,11 +46,15 @@ class Gate:
 
 
 def save_gate(gate: Gate, model_dir: Path) -> Path:
+    return write_gate_file(gate, Path(model_dir) / GATE_FILE)
+
+
+def write_gate_file(gate: Gate, path: Path) -> Path:
+    """The gate's arrays as one .npz (a build writes it through ModelDir.write_gate)."""
     arrays = {"mean": gate.mean, "scale": gate.scale}
     for name in SCORERS:
         arrays[f"w_{name}"] = gate.weights[name]
         arrays[f"b_{name}"] = np.array(gate.biases[name])
-    path = Path(model_dir) / GATE_FILE
     np.savez(path, **arrays)
     return path
 

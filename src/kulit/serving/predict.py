@@ -24,14 +24,13 @@ from kulit.serving.calibration import softmax
 from kulit.serving.card import (
     FEATURES,
     FIRST_LAYER,
-    HEAD_FILE,
     INPUT,
     LOGITS,
     ModelCard,
     load_card,
-    served_file,
 )
 from kulit.serving.gate import Gate, load_gate
+from kulit.serving.model_dir import HEAD_FILE, served_file
 from kulit.serving.preprocess import normalize, open_for_model, resize_crop
 from kulit.serving.quality import Quality, QualityLimits, check_quality
 

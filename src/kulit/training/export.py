@@ -7,7 +7,6 @@ compared with torch on real images; a mismatch fails the export and nothing is w
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -18,28 +17,14 @@ import torch
 from torch import nn
 
 from kulit import __version__
-from kulit.build.webmodel import WEB_ONNX_FILE
 from kulit.config import TrainConfig
 from kulit.errors import ModelError
 from kulit.serving.calibration import softmax
-from kulit.serving.card import (
-    FEATURES,
-    HEAD_FILE,
-    INPUT,
-    INT8_FILE,
-    LOGITS,
-    ONNX_FILE,
-    OUTPUTS,
-    ModelCard,
-    save_card,
-)
-from kulit.serving.gate import GATE_FILE
+from kulit.serving.card import FEATURES, INPUT, LOGITS, OUTPUTS, ModelCard
+from kulit.serving.model_dir import HEAD_FILE, ONNX_FILE, ModelDir
 from kulit.serving.preprocess import Preprocessing, open_for_model, preprocess_image
 from kulit.training.backbones import Backbone, build_backbone, get_spec
 from kulit.training.train import build_head
-
-# files other commands make from model.onnx (quantize, gate, export-web); a new export voids them
-DERIVED_FILES = (INT8_FILE, GATE_FILE, WEB_ONNX_FILE, WEB_ONNX_FILE + ".gz")
 
 OPSET = 17
 ATOL = 1e-3  # logits, absolute
@@ -192,13 +177,8 @@ def export(run_dir: Path, out: Path, name: str | None = None,
         np.savez(tmpd / HEAD_FILE, **arrays)
         card.data["export_check"] = {"images": len(batch), "max_logit_diff": diff,
                                      "real_images": bool(images)}
-        save_card(card, tmpd)
-        out.mkdir(parents=True, exist_ok=True)
-        for f in (ONNX_FILE, HEAD_FILE, "card.json"):
-            shutil.move(str(tmpd / f), out / f)
-    stale = [f for f in DERIVED_FILES if (out / f).is_file()]
-    for f in stale:  # made from the model.onnx just replaced: wrong for the new one
-        (out / f).unlink()
+        # everything made from the model.onnx just replaced is wrong for the new one
+        stale = ModelDir(out).write_model(tmpd, card)
     size_mb = (out / ONNX_FILE).stat().st_size / 1e6
     print(f"exported {out} ({size_mb:.1f} MB, ONNX vs torch max logit diff {diff:.1e})"
           + (f"; removed {', '.join(stale)} (made from the previous model)" if stale else ""))

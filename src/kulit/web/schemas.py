@@ -129,7 +129,7 @@ class GateCardResponse(BaseModel):
 
 
 class ServedResponse(BaseModel):
-    """Which file this server runs (`kulit.serving.card.served_file`) and its temperature."""
+    """Which file this server runs (`kulit.serving.model_dir.served_file`) and its temperature."""
 
     precision: str = Field(description="int8 (model-int8.onnx passed its check) or fp32")
     file: str
