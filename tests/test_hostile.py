@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from kulit.cli import app as cli
-from kulit.serving.predict import DecodeSlots, Predictor
+from kulit.serving import decode_sandbox
+from kulit.serving.decode_sandbox import DecodePool
+from kulit.serving.predict import Predictor
 from kulit.serving.preprocess import (
     _RESAMPLE,
     MAX_ASPECT,
@@ -168,28 +169,10 @@ def test_normalize_is_the_three_steps() -> None:
     assert np.abs(got[:, ~box] - want[:, ~box]).max() < 1e-5
 
 
-def test_decode_slots_bound_concurrency_and_re_enter() -> None:
-    slots, inside, peak_inside, lock = DecodeSlots(2), [0], [0], threading.Lock()
-
-    def work() -> None:
-        with slots, slots:  # re-entering in one thread takes no second slot
-            with lock:
-                inside[0] += 1
-                peak_inside[0] = max(peak_inside[0], inside[0])
-            time.sleep(0.05)
-            with lock:
-                inside[0] -= 1
-
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(5)
-    assert peak_inside[0] == 2
-
-
-def test_the_server_bounds_its_decodes(client: TestClient) -> None:
-    assert isinstance(client.app.state.predictor.decode_slots, DecodeSlots)
+def test_the_server_decodes_in_its_sandbox(client: TestClient) -> None:
+    pool = client.app.state.decode_pool
+    assert isinstance(pool, DecodePool) and client.app.state.predictor.decoder is pool
+    assert len(pool.pids()) == pool.size and os.getpid() not in pool.pids()
 
 
 # 2./3. a long multipart boundary, PNGs Pillow rejects with ValueError ------------------------
@@ -236,6 +219,10 @@ def deny(monkeypatch: pytest.MonkeyPatch):
     if os.geteuid() == 0:
         monkeypatch.setattr(builtins, "open", guarded)
         monkeypatch.setattr(io, "open", guarded)
+        # the decode workers are other processes, where this open() is not patched: decode
+        # in this one (the same function the workers run)
+        monkeypatch.setattr(DecodePool, "reduce_for_model",
+                            lambda self, *a: decode_sandbox.reduce_for_model(*a))
 
     def make(path: Path) -> Path:
         path.chmod(0)
@@ -454,7 +441,8 @@ async def asgi_post(app, receive, timeout: float = 10) -> tuple[int, dict]:
 
 
 def test_a_body_that_never_ends_gets_408_and_a_full_server_503(onnx_model_dir) -> None:
-    s = Settings(model_dir=onnx_model_dir, upload_timeout_s=0.3, max_concurrent_uploads=1)
+    s = Settings(model_dir=onnx_model_dir, upload_timeout_s=0.3, max_concurrent_uploads=1,
+                 upload_grace_s=0.3, min_upload_kb_s=1000)
     app = create_app(s, predictor=Predictor(onnx_model_dir))
 
     async def never_ends() -> dict:

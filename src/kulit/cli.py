@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from kulit.errors import KulitError
+from kulit.errors import KulitError, printable
 
 app = typer.Typer(
     add_completion=False,
@@ -34,7 +34,7 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except KulitError as e:
-            typer.echo(f"error: {e.message}", err=True)
+            typer.echo(printable(f"error: {e.message}"), err=True)
             raise typer.Exit(2) from None
         except FileNotFoundError as e:
             typer.echo(f"error: not found: {e.filename or e}", err=True)
@@ -373,6 +373,7 @@ def serve(
 
         from kulit.serving.predict import Predictor
         from kulit.web.app import create_app
+        from kulit.web.server import uvicorn_options
         from kulit.web.settings import Settings
     except ImportError as e:
         raise KulitError(f"kulit serve needs the serve extra ({e.name} is missing): "
@@ -389,7 +390,8 @@ def serve(
                f"{scheme}://{host}:{port}  (Ctrl+C stops)", err=True)
     uvicorn.run(create_app(settings, predictor=predictor), host=host, port=port,
                 ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
-                ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None)
+                ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
+                **uvicorn_options(settings))  # no Server header; a deadline on headers
 
 
 def tune_allocator() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import unicodedata
 from pathlib import Path
 
 
@@ -37,6 +38,24 @@ class DataError(KulitError):
     """A data folder or split file that cannot be used."""
 
     code = "data_error"
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """`text` with control characters escaped (\\n, \\x1b, \\u202e ...), for lines printed
+    to a terminal: a file name cannot move the cursor, colour the screen, fake another line or
+    reverse its own text (controls, format characters, line and paragraph separators)."""
+    out = []
+    for c in text:
+        if c in _ESCAPES:
+            out.append(_ESCAPES[c])
+        elif unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp"):
+            out.append(f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    return "".join(out)
 
 
 def ensure_writable_dir(path: Path, what: str) -> Path:

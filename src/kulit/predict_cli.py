@@ -13,8 +13,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from kulit import DISCLAIMER_EN, DISCLAIMER_ID
-from kulit.errors import ImageError, KulitError, ensure_writable_dir
+from kulit.errors import ImageError, KulitError, ensure_writable_dir, printable
 from kulit.serving.answer import Answer, answer_for
+from kulit.serving.decode_sandbox import DecodePool
 from kulit.serving.i18n import both
 from kulit.serving.predict import Prediction, Predictor, heatmap_overlay
 
@@ -77,6 +78,7 @@ def run_predict(paths: list[Path], model: Path, *, json_out: bool = False, top_k
     workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
     predictor = (Predictor(model, threads=1, max_concurrent=workers, int8=int8) if workers > 1
                  else Predictor(model, int8=int8))
+    predictor.decoder = DecodePool(workers)  # each file is decoded in a worker, hard limits
     files = list(expand(paths))
     if not files:
         raise KulitError("no files to predict (empty folder?)")
@@ -97,7 +99,7 @@ def run_predict(paths: list[Path], model: Path, *, json_out: bool = False, top_k
                 print(json.dumps({"source": str(f), "error": {"code": r.code,
                                                               "message": r.message}}))
             else:
-                bar.write(f"{f}: error: {r.message}", file=sys.stderr)
+                bar.write(printable(f"{f}: error: {r.message}"), file=sys.stderr)
             continue
         ok += 1
         ans = answer_for(r, predictor.card)
@@ -106,11 +108,12 @@ def run_predict(paths: list[Path], model: Path, *, json_out: bool = False, top_k
             try:
                 heatmap_overlay(r.image, r.heatmap).save(heatmap_dir / name)
             except OSError as e:  # disk full, folder removed meanwhile: say so, go on
-                bar.write(f"{f}: error: cannot write {heatmap_dir / name} "
-                          f"({e.strerror or e})", file=sys.stderr)
+                bar.write(printable(f"{f}: error: cannot write {heatmap_dir / name} "
+                                    f"({e.strerror or e})"), file=sys.stderr)
         print(json.dumps(_json(str(f), ans, predictor.model_id)) if json_out
-              else _line(f, ans))
+              else printable(_line(f, ans)))
     bar.close()
+    predictor.decoder.close()
     if not json_out:
         print(f"\n{ok} of {len(files)} predicted. {DISCLAIMER_EN}")
     return 0 if ok else 1

@@ -216,15 +216,18 @@ def parse_at(text: str) -> tuple[int, int]:
     return x, y
 
 
-def _load_rgb_patch(image: Any, at: tuple[int, int] | None
-                    ) -> tuple[np.ndarray, tuple[int, int], tuple[int, int], str | None]:
-    """Decode (EXIF-upright, RGB) and cut the 4x4 patch; return patch, (x, y), (w, h), name."""
+def load_rgb_patch(image: Any, at: tuple[int, int] | None
+                   ) -> tuple[np.ndarray, tuple[int, int], tuple[int, int], str | None]:
+    """Decode (EXIF-upright, RGB) and cut the 4x4 patch; return patch, (x, y), (w, h), name.
+
+    A JPEG over the pixel limit is decoded DCT-reduced until it fits (as `kulit predict` takes
+    it); (w, h) and the patch position are then in that reduced image."""
     from PIL import Image
 
     from kulit.serving.preprocess import decode_image, upright
 
     name = str(image) if isinstance(image, (str, Path)) else None
-    img = image if isinstance(image, Image.Image) else decode_image(image)
+    img = image if isinstance(image, Image.Image) else decode_image(image, fit_pixels=True)
     img = upright(img)
 
     w, h = img.size
@@ -243,6 +246,20 @@ def _load_rgb_patch(image: Any, at: tuple[int, int] | None
     # Cropping before converting is pixel-for-pixel the same and avoids converting a big photo.
     patch = img.crop((x, y, x + PATCH_SIZE, y + PATCH_SIZE)).convert("RGB")
     return np.asarray(patch, dtype=np.int64), (x, y), (w, h), name
+
+
+def _sandboxed_patch(image: Any, at: tuple[int, int] | None, predictor: Any
+                     ) -> tuple[np.ndarray, tuple[int, int], tuple[int, int], str | None]:
+    """`load_rgb_patch` in a decode worker: the predictor's pool, or the process's own."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return load_rgb_patch(image, at)
+    from kulit.serving.decode_sandbox import shared_pool
+
+    pool = getattr(predictor, "decoder", None) or shared_pool()
+    result: tuple[np.ndarray, tuple[int, int], tuple[int, int], str | None] = pool.patch(image, at)
+    return result
 
 
 def explain_image(image: str | Path | bytes | Any, model_dir: str | Path | None = None,
@@ -265,17 +282,19 @@ def explain_photo(image: str | Path | bytes | Any, model_dir: str | Path | None 
     not from the photo, so every picture on a page refers to the same image.
     """
     if predictor is None and model_dir is not None:
+        from kulit.serving.decode_sandbox import shared_pool
         from kulit.serving.predict import Predictor
 
         predictor = Predictor(model_dir)
+        predictor.decoder = shared_pool()  # a file is decoded in a worker with hard limits
     explained: ModelExplanation | None = None
     on_crop = patch_on_crop and predictor is not None
     if on_crop:
         explained = explain_model(predictor, image)
-        patch, (x, y), (w, h), _ = _load_rgb_patch(explained.prediction.image, at)
+        patch, (x, y), (w, h), _ = load_rgb_patch(explained.prediction.image, at)
         name = str(image) if isinstance(image, (str, Path)) else None
     else:
-        patch, (x, y), (w, h), name = _load_rgb_patch(image, at)  # cheap: fail fast
+        patch, (x, y), (w, h), name = _sandboxed_patch(image, at, predictor)  # fail fast
     kernel = np.asarray(PAPER_INPUTS["kernel"])
     result: dict[str, Any] = {
         "source": "image",

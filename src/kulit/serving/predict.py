@@ -11,7 +11,6 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -29,10 +28,11 @@ from kulit.serving.card import (
     ModelCard,
     load_card,
 )
+from kulit.serving.decode_sandbox import DecodePool, reduce_for_model
 from kulit.serving.gate import Gate, load_gate
 from kulit.serving.model_dir import HEAD_FILE, served_file
-from kulit.serving.preprocess import normalize, open_for_model, resize_crop
-from kulit.serving.quality import Quality, QualityLimits, check_quality
+from kulit.serving.preprocess import normalize
+from kulit.serving.quality import Quality, QualityLimits
 
 ImageSource = str | Path | bytes | BinaryIO | Image.Image
 
@@ -85,33 +85,12 @@ class Prediction:
         }
 
 
-class DecodeSlots:
-    """At most `n` threads decode at once; a thread already holding a slot re-enters freely
-    (the explain view decodes, then asks the Predictor, which decodes under the same slot)."""
-
-    def __init__(self, n: int) -> None:
-        self._sem = threading.BoundedSemaphore(max(1, n))
-        self._depth = threading.local()
-
-    def __enter__(self) -> DecodeSlots:
-        depth = getattr(self._depth, "n", 0)
-        if depth == 0:
-            self._sem.acquire()
-        self._depth.n = depth + 1
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._depth.n -= 1
-        if self._depth.n == 0:
-            self._sem.release()
-
-
 class Predictor:
     """Load a model directory once; predict on one image or a batch, torch-free."""
 
-    # Held around each decode + preprocess. The server sets DecodeSlots (a full-size decode is
-    # the memory peak: up to MAX_PIXELS x 4 bytes, a few copies); the CLI leaves it open.
-    decode_slots: AbstractContextManager[Any] = nullcontext()
+    # Where files are decoded: a DecodePool (worker processes with hard limits; the server and
+    # the CLI set one) or None, in this process (training tools, tests).
+    decoder: DecodePool | None = None
 
     def __init__(self, model_dir: str | Path, threads: int | None = None,
                  max_concurrent: int = 2, *, int8: bool = True,
@@ -216,11 +195,12 @@ class Predictor:
 
     def _prepare(self, source: ImageSource) -> tuple[Image.Image, np.ndarray, Quality]:
         """prepare() plus the quality check on the decoded photo (before the crop)."""
-        with self.decode_slots:
-            img = open_for_model(source, self.pre)  # the one decode, as training does
-            crop = resize_crop(img, self.pre)
-            return crop, normalize(crop, self.pre), check_quality(img, self.quality_limits,
-                                                                   square=crop)
+        if self.decoder is not None and not isinstance(source, Image.Image):
+            got = self.decoder.reduce_for_model(source, self.pre, self.quality_limits)
+        else:  # the same function, in this process
+            got = reduce_for_model(source, self.pre, self.quality_limits)
+        crop = got.image()
+        return crop, normalize(crop, self.pre), got.quality
 
     def predict(
         self, sources: Sequence[ImageSource], top_k: int = 3, heatmap: bool = False,

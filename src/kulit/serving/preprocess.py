@@ -19,7 +19,12 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from kulit.errors import ImageError
 
-ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "HEIF"})  # sniffed, not by name
+# What phones and the web produce, and nothing else: only these Pillow plugins ever parse the
+# bytes (Image.open(formats=...)), so BMP, ICO, TIFF, GIF ... are refused before any decoding.
+# Pillow's JPEG plugin also opens multi-picture JPEGs (MPO); HEIF comes from pillow-heif, which
+# here has no AVIF decoder, so AVIF is not accepted.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "HEIF")
+ACCEPTED_NAMES = "JPEG, PNG, WebP or HEIC/HEIF"  # as people know them, in messages
 DRAFT_FORMATS = ("JPEG", "MPO")  # decoded at reduced size in the DCT when a draft size is given
 MAX_PIXELS = 40_000_000  # larger images are treated as decompression bombs
 MIN_SIDE = 1  # serving accepts tiny images (they are upsampled); `kulit data` asks for more
@@ -33,6 +38,7 @@ REDUCE_ABOVE = 16_000_000
 _REDUCIBLE = ("L", "LA", "La", "RGB", "RGBA", "RGBa", "I", "F")
 WHITE = (255, 255, 255)
 RESIZE_MODES = ("shorter_center_crop",)
+DECODE_MEMORY_MESSAGE = "the image needs more memory to decode than the limit allows"
 
 try:  # iPhone photos (HEIC); pillow-heif is in the serve extra, optional elsewhere
     from pillow_heif import register_heif_opener
@@ -101,13 +107,15 @@ ImageSource = str | Path | bytes | BinaryIO | Image.Image
 
 
 def decode_image(source: str | Path | bytes | BinaryIO, *, draft: int | None = None,
-                 min_side: int = MIN_SIDE) -> Image.Image:
+                 min_side: int = MIN_SIDE, fit_pixels: bool = False) -> Image.Image:
     """The one decoder: sniff the format, check the limits, decode every pixel; or ImageError.
 
     Returns the loaded image in its own mode (see `open_image` for upright RGB). Codes:
     not_found, not_image, too_large, too_small, too_narrow, unreadable. `draft` lets JPEG
     decoding downscale in the DCT (fast) to no less than that many pixels a side; `min_side` is
     the smallest accepted width and height (the training data asks for more than serving).
+    `fit_pixels`: a JPEG over the pixel limit is DCT-reduced by the least of 1/2, 1/4, 1/8 that
+    brings it under (what `kulit predict` accepts, `kulit explain` accepts too).
     """
     if isinstance(source, (str, Path)):
         fp: BinaryIO = _open_regular(source)
@@ -118,22 +126,24 @@ def decode_image(source: str | Path | bytes | BinaryIO, *, draft: int | None = N
         fp, name = source, "upload"
     if isinstance(source, bytes) and not source:
         raise ImageError(f"{name}: empty file, not an image", "not_image")
+    # HEIF only when pillow-heif registered it (Pillow loads its own plugins on demand)
+    formats = [f for f in ACCEPTED_FORMATS if f != "HEIF" or f in Image.OPEN]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img: Image.Image = Image.open(fp)
+            img: Image.Image = Image.open(fp, formats=formats)
     except UnidentifiedImageError:
         raise ImageError(
-            f"{name}: not an image (JPEG, PNG, WebP, BMP or HEIC)", "not_image"
+            f"{name}: not a {ACCEPTED_NAMES} image (no other format is accepted)", "not_image"
         ) from None
     except Image.DecompressionBombError:
         raise ImageError(f"{name}: image too large (decompression bomb)", "too_large") from None
     except Exception as e:  # Pillow plugins raise many types on hostile headers
         raise ImageError(f"{name}: unreadable image header ({_short(e)})", "unreadable") from None
-    if img.format not in ACCEPTED_FORMATS:
-        raise ImageError(
-            f"{name}: {img.format} is not supported (JPEG, PNG, WebP, BMP or HEIC)", "not_image"
-        )
+    if fit_pixels and img.format in DRAFT_FORMATS and img.width * img.height > MAX_PIXELS:
+        k = next((k for k in (2, 4, 8) if -(-img.width // k) * -(-img.height // k)
+                  <= MAX_PIXELS), 8)
+        draft = min(img.width // k, img.height // k)
     if draft and img.format in DRAFT_FORMATS:
         # before the pixel limit: a 50 MP phone JPEG decodes at 1/8 scale, well inside it
         try:
@@ -150,6 +160,8 @@ def decode_image(source: str | Path | bytes | BinaryIO, *, draft: int | None = N
     except Image.DecompressionBombError:
         raise ImageError(f"{name}: image too large (decompression bomb)", "too_large") from None
     except Exception as e:  # truncated or corrupt data, in whatever type the plugin raises
+        if isinstance(e, MemoryError) or "memory" in str(e).lower():  # the sandbox's limit
+            raise ImageError(f"{name}: {DECODE_MEMORY_MESSAGE}", "decode_memory") from None
         what = "truncated" if "truncat" in str(e).lower() else "unreadable"
         raise ImageError(f"{name}: {what} image ({_short(e)})", "unreadable") from None
     finally:
@@ -166,9 +178,12 @@ def _reduce(img: Image.Image, draft: int) -> Image.Image:
         return img
     if img.mode in ("P", "PA", "1"):
         img = img.convert("RGBA")
-    if img.mode not in _REDUCIBLE:  # 16-bit grey: left at full size (to_rgb scales it)
+    if img.mode.startswith("I;16"):  # no reduce() for 16-bit grey: the same box filter
+        reduced = img.resize((img.width // factor, img.height // factor),
+                             Image.Resampling.BOX, reducing_gap=None)
+    elif img.mode not in _REDUCIBLE:
         return img
-    if img.mode in ("RGBA", "LA"):  # Pillow would premultiply into a full-size copy first
+    elif img.mode in ("RGBA", "LA"):  # Pillow would premultiply into a full-size copy first
         reduced = Image.merge(img.mode, [img.getchannel(i).reduce(factor)
                                          for i in range(len(img.getbands()))])
     else:
@@ -244,9 +259,14 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = WHITE) -> Image.
     """Upright 8-bit RGB from any mode: EXIF rotation, CMYK, palette, alpha, 16-bit."""
     img = upright(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        # integer maths on the (already reduced) image: no float64 copy of a big photo
+        arr = np.asarray(img)
+        wide = img.mode.startswith("I;16") or int(arr.max()) > 255
+        if img.mode == "F":
+            arr = np.nan_to_num(arr, nan=0.0, posinf=65535.0, neginf=0.0)
+        arr = np.clip(arr, 0, 65535).astype(np.uint32)
+        grey = (arr * 255 + 32767) // 65535 if wide else arr  # round(v / 65535 * 255)
+        img = Image.fromarray(grey.astype(np.uint8), "L")
     if img.mode == "P":
         with warnings.catch_warnings():  # Pillow's advice to do exactly this conversion
             warnings.filterwarnings("ignore", "Palette images with Transparency", UserWarning)

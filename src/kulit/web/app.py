@@ -20,7 +20,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import kulit
-from kulit.serving.predict import DecodeSlots, Predictor
+from kulit.serving.decode_sandbox import DecodePool
+from kulit.serving.predict import Predictor
 from kulit.web import routes_api, routes_device, routes_explain, routes_pages
 from kulit.web.errors import error_response
 from kulit.web.rendering import render, resolve_lang
@@ -29,12 +30,14 @@ from kulit.web.upload import UploadGuard
 
 STATIC_DIR = Path(__file__).with_name("static")
 API_PREFIXES = ("/api/", "/healthz")
-# Pages load nothing from other hosts (no CDN; works offline). /docs is FastAPI's and is exempt.
+# Pages load nothing from other hosts (no CDN; works offline). /docs sets its own (routes_pages).
 PAGE_CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
     "script-src 'self' 'wasm-unsafe-eval'; form-action 'self'; frame-ancestors 'none'; "
     "base-uri 'none'"
 )
+# the page may use the camera (the photo input); nothing else, no other origin (issue 23)
+PERMISSIONS_POLICY = "camera=(self), microphone=(), geolocation=(), payment=(), usb=()"
 # answers that carry the photo or its result
 NO_STORE_PATHS = ("/predict", "/api/v1/predict", "/explain", "/api/v1/explain")
 
@@ -60,7 +63,9 @@ class SecurityHeaders:
                 headers = list(message.get("headers", []))
                 ctype = dict(headers).get(b"content-type", b"")
                 headers += [(b"x-content-type-options", b"nosniff"),
-                            (b"referrer-policy", b"no-referrer")]
+                            (b"referrer-policy", b"no-referrer"),
+                            (b"x-frame-options", b"DENY"),
+                            (b"permissions-policy", PERMISSIONS_POLICY.encode())]
                 if ctype.startswith(b"text/html") and not path.startswith(("/docs", "/redoc")):
                     headers.append((b"content-security-policy", PAGE_CSP.encode()))
                 if path in NO_STORE_PATHS:
@@ -100,10 +105,16 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
         if loaded_here:
             app.state.predictor = await run_in_threadpool(
                 lambda: Predictor(settings.model_dir, **settings.predictor_options()))
-        app.state.predictor.decode_slots = DecodeSlots(settings.max_concurrent_decodes)
-        yield
-        if loaded_here:
-            app.state.predictor = None
+        # every upload is decoded in a worker process with hard limits (issue 23)
+        pool = DecodePool(settings.decode_workers, settings.sandbox_limits())
+        app.state.predictor.decoder = app.state.decode_pool = pool
+        try:
+            yield
+        finally:
+            app.state.predictor.decoder = None
+            pool.close()
+            if loaded_here:
+                app.state.predictor = None
 
     app = FastAPI(
         title="kulit",
@@ -122,7 +133,9 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     app.include_router(routes_device.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(UploadGuard, max_uploads=settings.max_concurrent_uploads,
-                       timeout=settings.upload_timeout_s)
+                       timeout=settings.upload_timeout_s,
+                       per_client=settings.max_uploads_per_client,
+                       min_rate=settings.min_upload_kb_s * 1024, grace=settings.upload_grace_s)
     app.add_middleware(SecurityHeaders)
     # pages are mostly text and base64 JPEGs: compressed, a result page fits a phone's budget
     app.add_middleware(GZipMiddleware, minimum_size=1000, compresslevel=6)

@@ -22,6 +22,10 @@ STATUS = {
     "method_not_allowed": 405,
     "timeout": 408,
     "busy": 503,
+    "decode_memory": 413,  # the decode worker's memory limit (kulit.serving.decode_sandbox)
+    "decode_timeout": 400,  # its CPU or wall-clock limit
+    "decode_unavailable": 503,
+    "too_many_uploads": 429,  # one client's uploads at once (web.upload.UploadGuard)
 }
 
 

@@ -91,7 +91,7 @@ def render_upload_error(request: Request, lang: Lang, settings: Settings, predic
     if isinstance(error, ImageError) and error.code == "too_large":
         key = "too_many_pixels"
     text = t(lang.code, f"err_{key}", mb=f"{settings.max_upload_mb:g}",
-             mp=f"{MAX_PIXELS / 1e6:g}")
+             mp=f"{MAX_PIXELS / 1e6:g}", s=f"{settings.decode_deadline_s:g}")
     return render(request, "index.html", lang, settings, predictor,
                   status=status_of(error.code), classes=class_list(predictor, lang.code),
                   error=text)

@@ -48,9 +48,8 @@ router = APIRouter()
 
 def explain_bounded(predictor: Predictor, data: bytes, at: tuple[int, int] | None
                     ) -> tuple[dict[str, Any], ModelExplanation | None]:
-    """explain_photo under the server's decode slots (bounded memory)."""
-    with predictor.decode_slots:
-        return explain_photo(decode_upload(data), predictor=predictor, at=at)
+    """explain_photo on an upload (decoded in the predictor's sandbox)."""
+    return explain_photo(decode_upload(data), predictor=predictor, at=at)
 
 
 @dataclass
@@ -67,9 +66,8 @@ class Explained:
 def run_explain(predictor: Predictor, data: bytes) -> Explained:
     """All the CPU work of the view (decode, model, pictures); run it in the threadpool."""
     t0 = time.perf_counter()
-    with predictor.decode_slots:  # its own decode, then the Predictor's, under one slot
-        result, arrays = explain_photo(decode_upload(data), predictor=predictor,
-                                       patch_on_crop=True)
+    result, arrays = explain_photo(decode_upload(data), predictor=predictor,
+                                   patch_on_crop=True)
     assert arrays is not None  # a predictor was given
     maps = arrays.maps
     scale = max(1, -(-GRID_MIN_TILE // max(maps.shape[1:])))

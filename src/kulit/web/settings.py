@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kulit.serving.decode_sandbox import SandboxLimits
+
 
 class Settings(BaseSettings):
     """What the server needs to know; reached through a dependency so tests can override it."""
@@ -19,12 +21,22 @@ class Settings(BaseSettings):
     top_k: Annotated[int, Field(ge=1, le=20)] = 3  # conditions shown / returned by default
     default_lang: Literal["id", "en"] = "id"  # page language without ?lang= or a cookie
     device: bool = True  # offer the on-device check when the model dir has model-web.onnx
-    # Under load: uploads (POSTs) in flight at once, beyond which the answer is 503 at once;
-    # seconds a client may take to send its whole body (then 408); decodes + preprocessing at
-    # once (a 40-megapixel decode is the memory peak, ~0.3 GB with its copies).
+    # Under load: uploads (POSTs) in flight at once, beyond which the answer is 503 at once,
+    # and from one client address (then 429); a body must arrive at no less than
+    # min_upload_kb_s after a grace of upload_grace_s, and whole within upload_timeout_s plus
+    # its declared size at that rate (then 408); request headers within header_timeout_s.
     max_concurrent_uploads: Annotated[int, Field(ge=1)] = 16
+    max_uploads_per_client: Annotated[int, Field(ge=1)] = 4
     upload_timeout_s: Annotated[float, Field(gt=0)] = 30.0
-    max_concurrent_decodes: Annotated[int, Field(ge=1)] = 1
+    upload_grace_s: Annotated[float, Field(gt=0)] = 5.0
+    min_upload_kb_s: Annotated[float, Field(gt=0)] = 20.0
+    header_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    # Every upload is decoded in one of decode_workers processes (kulit.serving.decode_sandbox)
+    # with an address-space limit, a CPU budget and a wall-clock deadline per decode.
+    decode_workers: Annotated[int, Field(ge=1, le=16)] = 2
+    decode_memory_mb: Annotated[int, Field(ge=128)] = 512
+    decode_cpu_s: Annotated[int, Field(ge=1)] = 2
+    decode_deadline_s: Annotated[float, Field(gt=0)] = 2.0
     # ONNX Runtime, chosen by measurement on 2 cores (issue 15): one thread per run behind a cap
     # of 2 runs, idle threads not spinning (+26-37% throughput at concurrency 16)
     int8: bool = True  # serve the card's int8 file when it passed its check
@@ -36,6 +48,10 @@ class Settings(BaseSettings):
         """Keyword arguments for `Predictor(model_dir, **...)`."""
         return {"threads": self.threads, "max_concurrent": self.max_concurrent_runs,
                 "int8": self.int8, "allow_spinning": self.allow_spinning}
+
+    def sandbox_limits(self) -> SandboxLimits:
+        return SandboxLimits(memory_mb=self.decode_memory_mb, cpu_s=self.decode_cpu_s,
+                             deadline_s=self.decode_deadline_s)
 
     @property
     def max_upload_bytes(self) -> int:

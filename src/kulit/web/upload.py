@@ -148,45 +148,82 @@ async def read_file_field(request: Request, name: str, limit: int) -> bytes:
 
 
 class UploadTimeout(Exception):
-    """The client did not send its whole body within the upload timeout."""
+    """The client sent its body too slowly (see UploadGuard)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class UploadGuard:
-    """ASGI middleware on every POST (each is an upload): at most `max_uploads` in flight, the
-    rest get 503 at once without their body being read; and a body that is not complete within
-    `timeout` seconds gets 408, so a client that never finishes cannot hold a worker forever."""
+    """ASGI middleware on every POST (each is an upload), against slow and greedy clients.
 
-    def __init__(self, app: ASGIApp, max_uploads: int, timeout: float) -> None:
+    - at most `max_uploads` in flight (then 503 at once, the body unread) and at most
+      `per_client` from one client address (then 429), so a few slow clients cannot take
+      every slot;
+    - the body must keep up a minimum rate: after `grace` seconds, at least `min_rate` bytes a
+      second on average; and it must be complete within `timeout` + its declared size at that
+      rate (408 and the connection closed). A 1-byte-a-second upload is cut off after
+      `grace` s, a real 10 MB photo on a slow phone line still gets through.
+    """
+
+    def __init__(self, app: ASGIApp, max_uploads: int, timeout: float,
+                 per_client: int | None = None, min_rate: float = 20 * 1024,
+                 grace: float = 5.0) -> None:
         self.app = app
         self.max_uploads = max_uploads
+        self.per_client = per_client or max_uploads
         self.timeout = timeout
+        self.min_rate = min_rate
+        self.grace = grace
         self.in_flight = 0
+        self.by_client: dict[str, int] = {}
+
+    def body_deadline(self, declared: int | None) -> float:
+        """Seconds the whole body may take: the timeout plus the declared size at min_rate."""
+        return self.timeout + (declared or 0) / self.min_rate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
+        client = (scope.get("client") or ("?", 0))[0]
         if self.in_flight >= self.max_uploads:
             busy = error_response("busy", "the server is busy; try again in a moment",
                                   headers={"Retry-After": "1"})
             await busy(scope, receive, send)
             return
+        if self.by_client.get(client, 0) >= self.per_client:
+            many = error_response("too_many_uploads", f"at most {self.per_client} uploads at "
+                                  "once from one address; try again when one has finished",
+                                  headers={"Retry-After": "1"})
+            await many(scope, receive, send)
+            return
+        declared = next((v for k, v in scope.get("headers", []) if k == b"content-length"), b"")
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
+        start = loop.time()
+        deadline = start + self.body_deadline(int(declared) if declared.isdigit() else None)
+        received = 0
         body_done = False
         started = False
 
         async def timed_receive() -> Message:
-            nonlocal body_done
+            nonlocal body_done, received
             if body_done:  # later receives only wait for a disconnect: no deadline
                 return await receive()
-            remaining = deadline - loop.time()
+            # the next chunk must come before the average rate falls under min_rate
+            by_rate = start + self.grace + received / self.min_rate
+            remaining = min(deadline, by_rate) - loop.time()
             try:
                 if remaining <= 0:
                     raise asyncio.TimeoutError
                 message = await asyncio.wait_for(receive(), remaining)
             except asyncio.TimeoutError:
-                raise UploadTimeout from None
+                why = (f"the upload took longer than {self.body_deadline(received):g} s"
+                       if loop.time() >= deadline else
+                       f"the upload was slower than {self.min_rate / 1024:g} KB/s")
+                raise UploadTimeout(why) from None
+            received += len(message.get("body", b""))
             if message["type"] != "http.request" or not message.get("more_body", False):
                 body_done = True
             return message
@@ -197,13 +234,18 @@ class UploadGuard:
             await send(message)
 
         self.in_flight += 1
+        self.by_client[client] = self.by_client.get(client, 0) + 1
         try:
             await self.app(scope, timed_receive, tracked_send)
-        except UploadTimeout:
+        except UploadTimeout as e:
             if started:
                 raise
-            slow = error_response("timeout", f"the upload took longer than {self.timeout:g} s",
-                                  headers={"Connection": "close"})
+            slow = error_response("timeout", e.message, headers={"Connection": "close"})
             await slow(scope, receive, send)
         finally:
             self.in_flight -= 1
+            left = self.by_client[client] - 1
+            if left:
+                self.by_client[client] = left
+            else:
+                del self.by_client[client]

@@ -1,0 +1,166 @@
+"""The decode worker process: hard limits first, then decode jobs from a pipe, one at a time.
+
+Only the standard library is imported at the top: the limits (address space, no core files,
+one BLAS thread) are in place before numpy, Pillow and the codecs load. A job is a name from
+`JOBS` and its arguments; the answer is ("ok", value) or ("err", code, message). After each job
+the worker trims its heap; if it still holds more than `keep_mb` over its warm size, or a decode
+ran out of memory, it says so and exits, and the pool starts a fresh one (issue 23).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+MB = 1024 * 1024
+
+
+def _set_limits(memory_mb: int) -> None:
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not Linux/Unix: no hard limits, the deadline stays
+        return
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a killed decode leaves no core file
+    if memory_mb > 0:
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        soft = memory_mb * MB if hard == resource.RLIM_INFINITY else min(memory_mb * MB, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _cpu_budget(seconds: int) -> None:
+    """Soft RLIMIT_CPU at the CPU time used so far + `seconds` (SIGXCPU ends the worker); the
+    hard limit stays where it was, so the next job can have its own budget."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover
+        return
+    if seconds <= 0:
+        return
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    spent = int(used.ru_utime + used.ru_stime) + 1
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    soft = spent + seconds
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident memory of a process, from /proc (0 where there is no /proc)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _trim() -> None:
+    """Hand freed heap pages back to the system (glibc), so RSS shows what is really kept."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass
+
+
+def _jobs() -> dict[str, Callable[..., Any]]:
+    from kulit.explain.steps import load_rgb_patch
+    from kulit.serving.decode_sandbox import reduce_for_model
+
+    return {"model": reduce_for_model, "patch": load_rgb_patch}
+
+
+def _warm_up() -> None:
+    """Decode one tiny picture of each format, so the codecs' libraries are loaded (and counted
+    in the warm size) before the first real job."""
+    import io
+
+    from PIL import Image
+
+    from kulit.serving.preprocess import ACCEPTED_FORMATS, decode_image
+
+    for fmt in ACCEPTED_FORMATS:
+        buf = io.BytesIO()
+        try:
+            Image.new("RGB", (16, 16), (120, 80, 60)).save(buf, fmt)
+            decode_image(buf.getvalue())
+        except Exception:  # noqa: BLE001 - a missing encoder only leaves that codec cold
+            continue
+
+
+def _is_memory(e: BaseException) -> bool:
+    text = str(e).lower()
+    return isinstance(e, MemoryError) or "memory" in text or "cannot allocate" in text
+
+
+def name_of(args: tuple[Any, ...]) -> str:
+    """How messages name the file: its path, or "upload" for bytes."""
+    return args[0] if args and isinstance(args[0], str) else "upload"
+
+
+def serve(conn: Connection, memory_mb: int, cpu_s: int, keep_mb: int) -> None:
+    """The worker's main loop (the target of the pool's processes)."""
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")  # each BLAS thread would reserve its own buffers
+    _set_limits(memory_mb)
+    from kulit.errors import KulitError
+    from kulit.serving.preprocess import DECODE_MEMORY_MESSAGE
+
+    jobs = _jobs()
+    _warm_up()
+    gc.collect()
+    _trim()
+    warm = rss_bytes()
+    conn.send(("ready", os.getpid(), warm))
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        kind, args = job
+        _cpu_budget(cpu_s)
+        failed = out_of_memory = False
+        reply: tuple[Any, ...]
+        try:
+            reply = ("ok", jobs[kind](*args))
+        except KulitError as e:
+            failed = True
+            reply = ("err", e.code, e.message)
+        except Exception as e:  # noqa: BLE001 - whatever a codec raises is the file's fault
+            failed = True
+            out_of_memory = _is_memory(e)
+            reply = ("err", "decode_memory" if out_of_memory else "unreadable",
+                     f"{name_of(args)}: " + (DECODE_MEMORY_MESSAGE if out_of_memory else
+                                             f"unreadable image ({str(e)[:120]})"))
+        if failed:  # an exception's traceback holds the decoded frames: free them now
+            gc.collect()
+        _trim()
+        retire = out_of_memory or rss_bytes() > warm + keep_mb * MB
+        try:
+            conn.send((reply, retire))
+        except (OSError, ValueError):
+            return
+        if retire:
+            return
+
+
+def main(argv: list[str]) -> int:
+    """`python -m kulit.serving.decode_worker FD MEMORY_MB CPU_S KEEP_MB` (the pool runs it)."""
+    if len(argv) != 4 or not all(a.isdigit() for a in argv):
+        print("kulit.serving.decode_worker is started by kulit.serving.decode_sandbox",
+              file=sys.stderr)
+        return 2
+    fd, memory_mb, cpu_s, keep_mb = (int(a) for a in argv)
+    serve(Connection(fd), memory_mb, cpu_s, keep_mb)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
