@@ -161,6 +161,30 @@ def test_browser_graph_equals_server_path(device_model_dir: Path) -> None:
         assert np.abs(got / got.max() - want).max() < 1e-4
 
 
+def test_browser_graph_measures_quality_as_the_server(device_model_dir: Path) -> None:
+    """The graph's `quality` output is kulit.serving.quality.measure on the same crop (Pillow's
+    grey and bilinear thumbnail), for sharp, blurred, dark and bright crops: the page compares
+    the card's limits with the server's own numbers."""
+    from PIL import ImageFilter
+
+    from kulit.serving.quality import measure
+
+    web = web_session(device_model_dir / WEB_ONNX_FILE)
+    s = load_card(device_model_dir).preprocessing.input_size
+    rng = np.random.default_rng(3)
+    base = Image.fromarray(rng.integers(0, 256, (s // 8, s // 8, 3), dtype=np.uint8)).resize(
+        (s, s), Image.Resampling.BICUBIC)
+    crops = [base, base.filter(ImageFilter.GaussianBlur(4)), Image.eval(base, lambda v: v // 6),
+             Image.eval(base, lambda v: 200 + v // 5)]
+    if (DATA / "skin8").is_dir():
+        photo = sorted((DATA / "skin8" / "Psoriasis").iterdir())[0]
+        crops.append(load_and_preprocess(photo, load_card(device_model_dir).preprocessing)[0])
+    for crop in crops:
+        got = web.run(["quality"], {WEB_INPUT: np.asarray(crop, np.uint8)[None]})[0][0]
+        want = np.array(measure(crop))
+        assert np.allclose(got, want, rtol=0.03, atol=2e-3), (got, want)
+
+
 def test_mask_box_comes_from_normalize() -> None:
     """The mask in the graph is read off normalize(): a crop's logo corner is zero in both."""
     from kulit.build.webmodel import mask_from_normalize
@@ -205,6 +229,8 @@ def test_config_and_files_are_served(device_model_dir: Path) -> None:
     card = load_card(device_model_dir)
     with TestClient(create_app(Settings(model_dir=device_model_dir))) as client:
         cfg = client.get("/device/config.json").json()
+        # what the offer says it downloads: the model and onnxruntime-web, as sent
+        assert cfg.pop("download_bytes") > cfg["model"]["size_gz"] > 0
         assert cfg == json.loads(json.dumps(device_config(card, device_model_dir)))
         rule = cfg["rule"]
         assert rule["threshold"] == card.threshold and rule["classes"] == card.classes
@@ -246,12 +272,19 @@ def fp32_server(fp32_model_dir: Path) -> Iterator[str]:
     yield from _serve_device(fp32_model_dir)
 
 
+def choose_device(page: Any) -> None:
+    """The person's choice: the check is offered with its size and downloads only when asked."""
+    page.wait_for_selector("#device-download", state="visible", timeout=60_000)
+    assert "MB" in page.text_content("#device-download")
+    page.click("#device-download")
+    page.wait_for_selector("html[data-device=ready]", state="attached", timeout=120_000)
+
+
 def open_device_page(browser: Any, base: str, lang: str = "en") -> tuple[Any, Any]:
     ctx = browser.new_context(viewport={"width": 360, "height": 740})
     page = ctx.new_page()
     page.goto(f"{base}/?lang={lang}")
-    page.wait_for_selector("html[data-device]", state="attached", timeout=120_000)
-    assert page.evaluate("document.documentElement.dataset.device") == "ready"
+    choose_device(page)
     return ctx, page
 
 
@@ -397,7 +430,8 @@ def test_offline_after_one_visit(device_server: str, browser: Any, tmp_path: Pat
         if page.evaluate("navigator.serviceWorker.controller !== null"):
             break
         time.sleep(0.1)
-    assert "tidak pernah dikirim" in page.text_content("#device-note")
+    assert "tidak pernah dikirim" in page.text_content("#privacy-device")
+    assert page.is_hidden("#privacy-server")  # only the privacy text of the mode in use
     ctx.set_offline(True)
     sent: list[str] = []
     page.on("request", lambda r: sent.append(r.method) if r.method != "GET" else None)
@@ -406,9 +440,9 @@ def test_offline_after_one_visit(device_server: str, browser: Any, tmp_path: Pat
     assert page.evaluate("document.documentElement.dataset.device") == "ready"
     page.set_input_files("#image", str(photo))
     page.click("#submit")
-    page.wait_for_selector("#device-result:not([hidden])", timeout=60_000)
-    assert page.get_attribute("#device-result", "data-status") in (
-        "answered", "uncertain", "none_of_these", "not_skin", "retake")
-    assert page.text_content("#device-result").strip()
+    page.wait_for_selector("html[data-device=result]", state="attached", timeout=60_000)
+    assert page.get_attribute("#verdict", "data-status") in (
+        "answered", "shortlist", "uncertain", "none_of_these", "not_skin", "retake")
+    assert page.text_content("#verdict").strip()
     assert sent == []  # no upload, online or not
     ctx.close()

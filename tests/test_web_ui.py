@@ -161,7 +161,7 @@ def test_docs_work_offline_and_say_their_language(client: TestClient) -> None:
 
 def test_how_it_works_is_in_the_navigation(client: TestClient) -> None:
     page = client.get("/?lang=id").text
-    assert f'<a href="/explain">{STRINGS["id"]["nav_how"]}</a>' in page
+    assert f'<a href="/explain?lang=id">{STRINGS["id"]["nav_how"]}</a>' in page
     how = client.get("/explain?lang=id").text
     # the plain-language summary comes before the numbers
     assert how.index(STRINGS["id"]["ex_summary_title"]) < how.index('id="ex-patch"')

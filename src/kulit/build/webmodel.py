@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from kulit.build.webquality import quality_nodes
+from kulit.build.webquality import supports as supports_quality
 from kulit.errors import ModelError
 from kulit.serving.card import ModelCard, load_card
 from kulit.serving.gate import SCORERS, load_gate
@@ -139,6 +141,11 @@ def build_web_model(model_dir: Path, out: Path | None = None, weights: str = "in
                                   ["web_gate_s"]),
                  helper.make_node("Sigmoid", ["web_gate_s"], ["gate"])]
         outs.append(helper.make_tensor_value_info("gate", TensorProto.FLOAT, ["N", 2]))
+    if supports_quality(s):  # the photo-quality measures, as the server takes them
+        q_nodes, q_inits, q_out = quality_nodes(WEB_INPUT, s)
+        post += q_nodes
+        post_inits += q_inits
+        outs.append(q_out)
     head_path = model_dir / HEAD_FILE
     if card.head == "linear" and head_path.is_file():
         with np.load(head_path) as z:
@@ -204,6 +211,12 @@ def web_session(model: Path | bytes, threads: int = 1) -> Any:
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 
 
+def _gz_size(path: Path) -> int | None:
+    """Bytes on the wire when the browser accepts gzip (the copy built beside the model)."""
+    gz = path.with_name(path.name + ".gz")
+    return gz.stat().st_size if gz.is_file() else None
+
+
 def _texts() -> dict[str, dict[str, str]]:
     """Both languages' UI strings, from the one text store."""
     from kulit.serving import i18n
@@ -211,11 +224,13 @@ def _texts() -> dict[str, dict[str, str]]:
     return {lang: dict(i18n.STRINGS[lang]) for lang in i18n.LANGS}
 
 
-def min_side(card: ModelCard) -> int:
-    """The shortest usable photo side: kulit.serving.quality's limit (card override on top)."""
-    from kulit.serving.quality import QualityLimits
+def quality_limits(card: ModelCard) -> dict[str, Any]:
+    """kulit.serving.quality's limits (card overrides on top) and the order issues are named in."""
+    from dataclasses import asdict
 
-    return int(QualityLimits.from_card(card.quality).min_side)
+    from kulit.serving.quality import ISSUES, QualityLimits
+
+    return {**asdict(QualityLimits.from_card(card.quality)), "issues": list(ISSUES)}
 
 
 def device_config(card: ModelCard, model_dir: Path) -> dict[str, Any]:
@@ -226,7 +241,7 @@ def device_config(card: ModelCard, model_dir: Path) -> dict[str, Any]:
     web_path = Path(model_dir) / WEB_ONNX_FILE
     has_gate = load_gate(Path(model_dir)) is not None
     gate = card.gate if has_gate else {}
-    quality = {"min_side": min_side(card)}
+    quality = quality_limits(card)
     return {
         "model": {
             "name": card.name,
@@ -235,6 +250,10 @@ def device_config(card: ModelCard, model_dir: Path) -> dict[str, Any]:
             "input": WEB_INPUT,
             "input_size": card.preprocessing.input_size,
             "has_gate": has_gate,
+            # the graph measures the crop's quality (else the page checks only the photo's size)
+            "has_quality": supports_quality(card.preprocessing.input_size),
+            "size": web_path.stat().st_size if web_path.is_file() else None,
+            "size_gz": _gz_size(web_path),
         },
         "rule": {
             "classes": card.classes,

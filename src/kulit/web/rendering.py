@@ -126,6 +126,19 @@ def verdict(ans: Answer, lang: str, top: dict[str, Any], n_classes: int) -> str:
     return t(lang, f"verdict_{ans.status}")
 
 
+def device_result_context(classes: list[str], lang: str) -> dict[str, Any]:
+    """result.html as the on-device check fills it (static/device.js): every class's row and
+    condition card, the doctor, guidance and photo blocks empty and hidden. The same template
+    and partials as a server result, so both modes show one page; cached for offline use."""
+    rows = [{"cls": c, "pct": "", "width": "0", "urgent": False, **condition_info(c, lang)}
+            for c in classes]
+    return {"kit": True, "answer_status": "", "rows": rows, "n_classes": len(classes),
+            "uncertain": False, "verdict": "", "guidance": "", "doctor": "",
+            "doctor_title": "", "doctor_urgent": False, "photo_uri": None, "overlay_uri": None,
+            "explainable": False, "advice_text": "", "print_note": True, "checked_at": "",
+            "checked_at_text": ""}
+
+
 def result_context(result: Analysis, lang: str) -> dict[str, Any]:
     """What result.html shows: the verdict, advice, rows with bars and texts, photo, heatmap.
 
@@ -158,6 +171,9 @@ def result_context(result: Analysis, lang: str) -> dict[str, Any]:
         "overlay_uri": (data_uri(result.overlay, f"image/{result.overlay_format.lower()}")
                         if result.overlay and ans.names_classes else None),
         "explainable": ans.names_classes,
+        # the model has no heatmap at all (not: this photo was not judged)
+        "heatmap_missing": ans.names_classes and not result.overlay,
+        "print_note": ans.status not in ("not_skin", "retake"),
         "advice_text": t(lang, f"advice_{ans.advice}"),
         "checked_at": now.isoformat(timespec="seconds"),
         "checked_at_text": now.strftime("%Y-%m-%d %H:%M UTC"),

@@ -15,7 +15,9 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from kulit.build.webmodel import WEB_ONNX_FILE, device_config
+from kulit.serving.i18n import t
 from kulit.web.deps import PredictorDep, SettingsDep
+from kulit.web.rendering import LangDep, device_result_context, render
 
 router = APIRouter(tags=["device"])
 
@@ -65,9 +67,40 @@ def config(settings: SettingsDep, predictor: PredictorDep) -> Response:
     web = predictor.model_dir / WEB_ONNX_FILE
     stamp = web.stat().st_mtime if web.is_file() else 0.0
     data = _config(predictor.model_dir, stamp)
+    data = {**data, "download_bytes": download_bytes(data["model"])}
     if not settings.device:  # the page then posts the photo to the server, as before
         data = {**data, "model": {**data["model"], "url": None}}
     return JSONResponse(data, headers=REVALIDATE)
+
+
+def download_bytes(model: dict[str, Any]) -> int:
+    """What the first on-device visit downloads (the model and onnxruntime-web, compressed as
+    the server sends them), for the offer "download N MB once"."""
+    total = model.get("size_gz") or model.get("size") or 0
+    for name in ORT_FILES:
+        path = ORT_DIR / name
+        packed = [p for p in (path.with_name(name + ".br"), path.with_name(name + ".gz"))
+                  if p.is_file()]
+        total += packed[0].stat().st_size if packed else (path.stat().st_size
+                                                          if path.is_file() else 0)
+    return int(total)
+
+
+@router.get("/device/result", include_in_schema=False)
+def device_result(request: Request, lang: LangDep, settings: SettingsDep,
+                  predictor: PredictorDep) -> Response:
+    """The result page the on-device check fills in the browser (the photo never comes here):
+    result.html with every class's block, so both modes show the same page, offline too."""
+    return render(request, "result.html", lang, settings, predictor,
+                  **device_result_context(list(predictor.classes), lang.code))
+
+
+@router.get("/offline", include_in_schema=False)
+def offline(request: Request, lang: LangDep, settings: SettingsDep,
+            predictor: PredictorDep) -> Response:
+    """What the service worker shows for a page it has not kept, in the page's words."""
+    return render(request, "error.html", lang, settings, predictor,
+                  title=t(lang.code, "offline_title"), text=t(lang.code, "needs_internet"))
 
 
 @router.get(f"/device/{WEB_ONNX_FILE}", include_in_schema=False)

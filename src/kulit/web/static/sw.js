@@ -1,11 +1,14 @@
-// kulit's service worker: after one visit the page, its texts, the WASM and the model come from
-// the cache, so the on-device check works offline. It never sees a photo: the check does not
-// upload, and uploads (/predict, /api/) pass straight through to the network.
+// kulit's service worker: after the on-device check was chosen, the pages (both languages), their
+// texts, the WASM and the model come from the cache, so the check and every link work offline;
+// a page it never kept says "needs internet" in the page's own words (/offline). It never sees a
+// photo: the check does not upload, and uploads (/predict, /api/) pass straight to the network.
 const CACHE = "kulit-device-v1";
-const PASS = ["/api/", "/predict", "/explain", "/healthz", "/docs", "/openapi.json"];
+const PASS = ["/api/", "/predict", "/healthz", "/docs", "/openapi.json"];
 
 self.addEventListener("install", () => self.skipWaiting());
 self.addEventListener("activate", (e) => e.waitUntil(self.clients.claim()));
+
+const langOf = (url) => (["id", "en"].includes(url.searchParams.get("lang")) ? url.searchParams.get("lang") : "id");
 
 self.addEventListener("fetch", (e) => {
   const req = e.request;
@@ -23,11 +26,16 @@ self.addEventListener("fetch", (e) => {
     }
     try {
       const resp = await fetch(req);
-      if (resp.ok) await cache.put(req, resp.clone());
+      // keep only what was kept before (the page chose the check) or is pinned
+      if (resp.ok && (pinned || (await cache.match(req)))) await cache.put(req, resp.clone());
       return resp;
     } catch (err) {
-      const hit = (await cache.match(req)) || (req.mode === "navigate" && (await cache.match("/")));
+      const hit = await cache.match(req);
       if (hit) return hit;
+      if (req.mode === "navigate") {
+        const offline = await cache.match(`/offline?lang=${langOf(url)}`);
+        if (offline) return offline;
+      }
       throw err;
     }
   })());
