@@ -1,4 +1,4 @@
-"""The photo-quality measures of `kulit.serving.quality.measure` as ONNX nodes for the browser model.
+"""Photo-quality measures (`kulit.serving.quality.measure`) as ONNX nodes for the browser model.
 
 The server measures the model's centre crop: grey as Pillow converts it ("L"), bilinear to
 a 128 px thumbnail (Pillow's two passes, horizontal then vertical, each rounded to 8 bits), then
