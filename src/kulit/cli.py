@@ -16,6 +16,8 @@ from typing import Annotated, Any
 
 import typer
 
+from kulit.clinic.cli import app as clinic_app
+from kulit.clinic.cli import serve_settings
 from kulit.errors import KulitError, printable
 
 app = typer.Typer(
@@ -48,6 +50,9 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+app.add_typer(clinic_app, name="clinic")  # kulit clinic init|add-user|token|export ...
 
 
 @app.callback()
@@ -327,6 +332,11 @@ def gate_cmd(
         typer.echo(line)
 
 
+from kulit.build.shortlist_cmd import shortlist_cmd  # noqa: E402 - issue 20's build step
+
+app.command("shortlist")(friendly(shortlist_cmd))
+
+
 @app.command("predict")
 @friendly
 def predict_cmd(
@@ -343,10 +353,21 @@ def predict_cmd(
                                  "count]; 1 = batches on all threads", min=1)
     ] = None,
     int8: Annotated[bool, typer.Option(help="Use the model's int8 file if it has one")] = True,
+    engine: Annotated[str, typer.Option(help="local, or ray: Ray Data over an actor pool "
+                                        "(also reads CSV/text lists of paths or URIs)")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster to join [a local one]")] = None,
+    out: Annotated[Path | None, typer.Option(help="--engine ray: write Parquet here; a rerun "
+                                             "does only what is missing", metavar="DIR")] = None,
 ) -> None:
     """Predict skin conditions for photos (torch-free). Not a diagnosis."""
     from kulit.predict_cli import run_predict
 
+    if engine != "local" or address or out:
+        from kulit.scale.cli import predict_on_engine
+
+        raise typer.Exit(predict_on_engine(engine, paths, model, top_k=top_k, int8=int8, out=out,
+                                           address=address, heatmap_dir=heatmap_dir,
+                                           batch_size=batch_size, workers=workers))
     raise typer.Exit(run_predict(paths, model, json_out=json_out, top_k=top_k,
                                  heatmap_dir=heatmap_dir, batch_size=batch_size,
                                  workers=workers, int8=int8))
@@ -361,6 +382,11 @@ def serve(
     ] = Path("models/kulit-skin8"),
     host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port", min=1, max=65535)] = 8000,
+    clinic: Annotated[bool, typer.Option(
+        "--clinic", help="Clinic mode: accounts, consented cases, audit log")] = False,
+    database_url: Annotated[str | None, typer.Option(
+        "--database-url", metavar="URL",
+        help="Clinic database: SQLite file or postgresql://... [kulit-clinic/clinic.db]")] = None,
     ssl_certfile: Annotated[Path | None, typer.Option(
         help="TLS certificate (PEM): serve HTTPS, which phones need for the on-device check "
              "and offline use on any host but localhost", exists=True, dir_okay=False)] = None,
@@ -381,6 +407,7 @@ def serve(
 
     tune_allocator()
     settings = Settings(model_dir=model)  # KULIT_THREADS, KULIT_INT8, ... from the environment
+    clinic_settings = serve_settings(clinic, database_url)  # None unless --clinic
     # a bad model dir fails here, before the server starts
     predictor = Predictor(model, **settings.predictor_options())
     if (ssl_certfile is None) != (ssl_keyfile is None):
@@ -388,7 +415,7 @@ def serve(
     scheme = "https" if ssl_certfile else "http"
     typer.echo(f"kulit: serving {predictor.model_id} ({predictor.precision}) on "
                f"{scheme}://{host}:{port}  (Ctrl+C stops)", err=True)
-    uvicorn.run(create_app(settings, predictor=predictor), host=host, port=port,
+    uvicorn.run(create_app(settings, predictor, clinic_settings), host=host, port=port,
                 ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
                 ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
                 **uvicorn_options(settings))  # no Server header; a deadline on headers

@@ -96,8 +96,7 @@ def run_predict(paths: list[Path], model: Path, *, json_out: bool = False, top_k
         bar.update()
         if isinstance(r, ImageError):
             if json_out:
-                print(json.dumps({"source": str(f), "error": {"code": r.code,
-                                                              "message": r.message}}))
+                print(json.dumps(_error_json(str(f), r)))
             else:
                 bar.write(printable(f"{f}: error: {r.message}"), file=sys.stderr)
             continue
@@ -125,6 +124,11 @@ def _json(source: str, ans: Answer, model_id: str) -> dict[str, object]:
             "uncertain": ans.status == "uncertain",
             "advice": both(f"advice_{ans.advice}"),
             "disclaimer": DISCLAIMER_EN, "disclaimer_id": DISCLAIMER_ID}
+
+
+def _error_json(source: str, err: ImageError) -> dict[str, object]:
+    """The JSON line of a photo that could not be read."""
+    return {"source": source, "error": {"code": err.code, "message": err.message}}
 
 
 def _line(f: Path, ans: Answer) -> str:
