@@ -145,13 +145,13 @@ def test_indonesian_phone_flow(server: str, browser, tmp_path: Path) -> None:  #
 
     # How it works from the navigation: the example, summary first
     page.get_by_role("link", name=id_["nav_how"]).click()
-    page.wait_for_url("**/explain")
+    page.wait_for_url("**/explain?lang=id")
     expect(page.locator("#ex-summary-title")).to_have_text(id_["ex_summary_title"])
     check_page(page, "how it works (example)")
 
     # About
     page.get_by_role("link", name=id_["nav_about"]).click()
-    page.wait_for_url("**/about")
+    page.wait_for_url("**/about?lang=id")
     check_page(page, "about")
 
     # /docs renders offline, in a page that says its language
