@@ -5,10 +5,20 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+)
 
 from kulit.errors import ModelError
-from kulit.serving.preprocess import Preprocessing
+from kulit.serving.answer import MELANOMA_KEY, NOT_SKIN_KEY, OTHER_KEY
+from kulit.serving.preprocess import RESIZE_MODES, Preprocessing
 
 SCHEMA_VERSION = 1
 CARD_FILE = "card.json"  # the other file names of a model folder: kulit.serving.model_dir
@@ -33,6 +43,94 @@ def card_text(value: CardText, lang: str) -> tuple[str, str]:
         if value.get(code):
             return str(value[code]), code
     return "", lang
+
+
+Unit = Annotated[float, Field(ge=0, le=1)]
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+
+class _PreprocessingSchema(_Schema):
+    input_size: int = Field(ge=8, le=4096)
+    resize: Literal[RESIZE_MODES] = RESIZE_MODES[0]  # type: ignore[valid-type]
+    crop_pct: float = Field(1.0, gt=0, le=1)
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    mean: tuple[Unit, Unit, Unit]
+    std: tuple[Positive, Positive, Positive]
+    background: tuple[int, int, int] = (255, 255, 255)
+    mask_box: tuple[Unit, Unit, Unit, Unit] | None = None
+    draft_scale: int = Field(2, ge=0, le=16)
+    tta: bool = False
+
+
+class _Int8Schema(_Schema):
+    file: str
+    passed: bool
+    source_sha256: str
+    temperature: Positive | None = None
+
+
+# the gate's cut-offs, by the card keys the answer rule reads
+_GateSchema = create_model(  # type: ignore[call-overload]
+    "_GateSchema", __base__=_Schema,
+    **{key: (Unit | None, None) for key in (NOT_SKIN_KEY, OTHER_KEY, MELANOMA_KEY)})
+
+
+class CardSchema(_Schema):
+    """card.json as serving needs it: checked once at load, so a bad value stops a command
+    at start with the field's name (never a later 500, never a silent default)."""
+
+    schema_version: Literal[1]
+    name: str = Field(min_length=1)
+    classes: list[str] = Field(min_length=2)
+    backbone: str
+    preprocessing: _PreprocessingSchema
+    temperature: Positive
+    threshold: Unit
+    recipe: str = "kulit"
+    head: Literal["linear", "paper"] = "linear"
+    inputs: dict[str, str] = {}
+    outputs: dict[str, str] = {}
+    metrics: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+    seed: int = 0
+    train_config: dict[str, Any] = {}
+    kulit_version: str = ""
+    limits: list[str | dict[str, str]] = []
+    gate: _GateSchema = {}  # type: ignore[valid-type]
+    quality: dict[str, Any] = {}  # checked by kulit.serving.quality.QualityLimits.from_card
+    files: dict[str, str] = {}
+    int8: _Int8Schema | None = None  # {} = no int8 file
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v) or not all(v):
+            raise ValueError("must list distinct, non-empty class names")
+        return v
+
+    @field_validator("int8", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return None if v == {} else v
+
+
+def validate_card(d: Any, where: str = CARD_FILE) -> None:
+    """Raise one ModelError line naming the first bad field of a card dict."""
+    try:
+        CardSchema.model_validate(d)
+    except ValidationError as e:
+        errors = e.errors()
+        first = errors[0]
+        field_name = ".".join(str(p) for p in first["loc"] if not str(p).startswith("_"))
+        got = first.get("input")
+        shown = "" if first["type"] == "missing" else f" (got {got!r})"[:80]
+        more = f"; {len(errors) - 1} more problem(s)" if len(errors) > 1 else ""
+        raise ModelError(f"{where}: {field_name or 'card'}: {first['msg']}{shown}{more}"
+                         ) from None
 
 
 @dataclass
@@ -99,11 +197,13 @@ class ModelCard:
             self.extra.pop(name, None)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelCard:
+    def from_dict(cls, d: dict[str, Any], where: str = CARD_FILE) -> ModelCard:
+        """A card from its JSON dict, checked by CardSchema (one ModelError naming the field)."""
         if d.get("schema_version") != SCHEMA_VERSION:
             raise ModelError(
                 f"card.json schema_version {d.get('schema_version')!r} is not {SCHEMA_VERSION}"
             )
+        validate_card(d, where)
         try:
             d = dict(d)
             d["preprocessing"] = Preprocessing.from_dict(d["preprocessing"])
@@ -112,10 +212,6 @@ class ModelCard:
             card = cls(**known, extra={k: v for k, v in d.items() if k not in fields})
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"card.json is malformed: {e}") from None
-        if not card.classes or len(set(card.classes)) != len(card.classes):
-            raise ModelError("card.json must list distinct classes")
-        if not card.temperature > 0:
-            raise ModelError("card.json temperature must be positive")
         return card
 
 
@@ -142,4 +238,4 @@ def load_card(model_dir: Path) -> ModelCard:
         raise ModelError(f"{path}: cannot read ({e.strerror or e})") from None
     if not isinstance(d, dict):
         raise ModelError(f"{path}: must hold a JSON object, not {type(d).__name__}")
-    return ModelCard.from_dict(d)
+    return ModelCard.from_dict(d, str(path))
