@@ -16,7 +16,7 @@ $(BIN)/kulit: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch pinned in the same command so nothing pulls a CUDA build
-	$(BIN)/pip install -q torch==2.13.0 -e '.[serve,train,dev,scale]'
+	$(BIN)/pip install -q torch==2.13.0 -e '.[serve,train,dev,scale,clinic]'
 	touch $(BIN)/kulit
 
 # the on-device check: onnxruntime-web's WASM (npm, pinned) and the browser model, built here

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import (
@@ -27,6 +28,9 @@ from kulit.web.errors import error_response
 from kulit.web.rendering import render, resolve_lang
 from kulit.web.settings import Settings
 from kulit.web.upload import UploadGuard
+
+if TYPE_CHECKING:
+    from kulit.clinic.config import ClinicSettings
 
 STATIC_DIR = Path(__file__).with_name("static")
 API_PREFIXES = ("/api/", "/healthz")
@@ -95,8 +99,10 @@ class HeadAsGet:
         await self.app({**scope, "method": "GET"}, receive, send_headers_only)
 
 
-def create_app(settings: Settings | None = None, predictor: Predictor | None = None) -> FastAPI:
-    """Build the app. The Predictor is loaded in the lifespan unless one is handed in."""
+def create_app(settings: Settings | None = None, predictor: Predictor | None = None,
+               clinic: ClinicSettings | None = None) -> FastAPI:
+    """Build the app. The Predictor is loaded in the lifespan unless one is handed in.
+    With `clinic`, clinic mode's accounts, cases and case API are mounted too."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -131,6 +137,10 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     app.include_router(routes_pages.router)
     app.include_router(routes_explain.router)
     app.include_router(routes_device.router)
+    if clinic is not None:  # opt-in; the public mode never imports kulit.clinic
+        from kulit.clinic.web import mount
+
+        mount(app, clinic)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(UploadGuard, max_uploads=settings.max_concurrent_uploads,
                        timeout=settings.upload_timeout_s,

@@ -63,8 +63,10 @@ LangDep = Annotated[Lang, Depends(get_lang)]
 
 
 def render(request: Request, name: str, lang: Lang, settings: Settings,
-           predictor: Predictor | None, status: int = 200, **ctx: Any) -> Response:
-    """Render a page in `lang` with the shared layout context; remember a ?lang= choice."""
+           predictor: Predictor | None, status: int = 200,
+           engine: Jinja2Templates | None = None, **ctx: Any) -> Response:
+    """Render a page in `lang` with the shared layout context; remember a ?lang= choice.
+    `engine`: another template set that also finds these templates (clinic mode's)."""
     context = {
         "lang": lang.code,
         "langs": [(code, STRINGS[code]["lang_name"]) for code in LANGS],
@@ -75,7 +77,7 @@ def render(request: Request, name: str, lang: Lang, settings: Settings,
         "max_bytes": settings.max_upload_bytes,
         **ctx,
     }
-    resp = templates.TemplateResponse(request, name, context, status_code=status)
+    resp = (engine or templates).TemplateResponse(request, name, context, status_code=status)
     if lang.from_query:
         resp.set_cookie(LANG_COOKIE, lang.code, max_age=COOKIE_MAX_AGE, samesite="lax")
     return resp

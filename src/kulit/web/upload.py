@@ -43,8 +43,16 @@ class _Part:
     data: bytearray = field(default_factory=bytearray)
 
 
-async def read_file_field(request: Request, name: str, limit: int) -> bytes:
-    """The bytes of multipart field `name`; UploadRejected if absent, empty, too big or garbled."""
+# Other fields are kept only when asked for (clinic mode's case form), each cut to this size.
+FIELD_MAX = 1024
+
+
+async def read_file_field(request: Request, name: str, limit: int,
+                          fields: dict[str, str] | None = None) -> bytes:
+    """The bytes of multipart field `name`; UploadRejected if absent, empty, too big or garbled.
+
+    With `fields`, the other parts' text (first FIELD_MAX bytes, first of a name) lands there.
+    """
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data":
         raise UploadRejected(
@@ -86,8 +94,12 @@ async def read_file_field(request: Request, name: str, limit: int) -> bytes:
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         nonlocal over
-        if not part.is_target or over:
-            return  # other fields are not kept; the body cap bounds their size
+        if not part.is_target:
+            if fields is not None and len(part.data) < FIELD_MAX:
+                part.data += data[start:min(end, start + FIELD_MAX - len(part.data))]
+            return  # other fields are not kept unless asked; the body cap bounds their size
+        if over:
+            return
         room = limit + 1 - len(part.data)  # keep at most limit + 1 bytes, enough to tell
         part.data += data[start:min(end, start + room)]
         if len(part.data) > limit:
@@ -98,6 +110,8 @@ async def read_file_field(request: Request, name: str, limit: int) -> bytes:
         nonlocal open_part
         if part.is_target and not over and part.data:
             found.append(bytes(part.data))
+        elif not part.is_target and fields is not None and part.name not in fields:
+            fields[part.name] = bytes(part.data).decode("utf-8", "replace")
         part.data = bytearray()
         open_part = False
 
