@@ -1,13 +1,14 @@
 """Decode untrusted images in worker processes with hard limits, so that no file can take the
 server's (or the CLI's) memory or time (issue 23).
 
-A `DecodePool` keeps a few worker processes (`kulit.serving.decode_worker`), each under an
-address-space limit (RLIMIT_AS) and a CPU-time budget per decode (RLIMIT_CPU); the caller
-waits at most `deadline_s` of wall clock and then kills the worker. A worker that was killed,
-crashed, ran out of memory or kept memory after a decode is replaced by a fresh one, started in
-the background. The worker decodes and reduces the photo to what the model needs (the
-input_size square as uint8, ~150 KB, and the quality measures) and sends only that back: the
-model stays in the calling process, which never holds a decoded photo.
+A `DecodePool` keeps a few worker processes, forked from one warm zygote
+(`kulit.serving.decode_worker`). Each worker runs under an address-space limit (RLIMIT_AS)
+and a CPU-time budget per decode (RLIMIT_CPU); the caller waits at most `deadline_s` of wall
+clock and then kills the worker. A killed, crashed or retired worker (one that ran out of
+memory or kept memory after a decode) is replaced by a fresh fork of the zygote, in the
+background and in milliseconds. The worker decodes and reduces the photo to what the model
+needs (the input_size square as uint8, ~150 KB, and the quality measures) and sends only that
+back: the model stays in the calling process, which never holds a decoded photo.
 
 The server, `kulit predict` and `kulit explain` share it; `reduce_for_model` is also what runs
 in-process when no pool is given (training tools, tests), so both paths give the same pixels.
@@ -15,10 +16,12 @@ in-process when no pool is given (training tools, tests), so both paths give the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -36,7 +39,8 @@ from kulit.serving.quality import Quality, QualityLimits, check_quality
 
 DecodeSource = str | Path | bytes | BinaryIO
 DECODE_TIMEOUT_MESSAGE = "the image takes too long to decode (limit {s:g} s)"
-CRASH_MESSAGE = "the image could not be decoded (the decoder stopped on it)"
+STOPPED_MESSAGE = ("the image could not be decoded (the decoder was stopped: a time or memory "
+                   "limit, or a crash)")
 
 
 @dataclass(frozen=True)
@@ -45,8 +49,8 @@ class SandboxLimits:
 
     memory_mb: int = 512  # RLIMIT_AS of a worker: a decode needing more gets 413 decode_memory
     cpu_s: int = 2  # CPU seconds per decode (RLIMIT_CPU counts whole seconds); SIGXCPU ends it
-    deadline_s: float = 2.0  # wall clock per decode; past it the worker is killed
-    keep_mb: int = 16  # a worker holding more than this over its warm size is replaced
+    deadline_s: float = 1.5  # wall clock per decode; past it the worker is killed (400)
+    keep_mb: int = 16  # a worker holding more than this over its size at birth is replaced
     start_timeout_s: float = 60.0  # how long a caller waits for a worker to be ready
 
 
@@ -85,58 +89,58 @@ def _name(source: DecodeSource) -> str:
     return str(source) if isinstance(source, (str, Path)) else "upload"
 
 
-class _Worker:
-    """One worker process (`python -m kulit.serving.decode_worker`) and the parent's end of its
-    socket pair. A plain subprocess, not multiprocessing's spawn, which would re-run the
-    parent's main script (a server, pytest, a benchmark) in every worker."""
+class _Zygote:
+    """The warm process the workers are forked from, and the control socket to it."""
 
     def __init__(self, limits: SandboxLimits) -> None:
-        mine, theirs = socket.socketpair()
+        self.ctl, theirs = socket.socketpair()
         env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
                "MKL_NUM_THREADS": "1"}
-        try:
+        try:  # a plain subprocess: multiprocessing's spawn would re-run the caller's script
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "kulit.serving.decode_worker", str(theirs.fileno()),
                  str(limits.memory_mb), str(limits.cpu_s), str(limits.keep_mb)],
-                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env,
-                close_fds=True)
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
         finally:
             theirs.close()
-        self.conn = Connection(mine.detach())
-        self.warm_rss = 0
-
-    @property
-    def pid(self) -> int:
-        return int(self.proc.pid)
-
-    def wait_ready(self, timeout: float) -> bool:
+        self.ctl.settimeout(limits.start_timeout_s)
         try:
-            if not self.conn.poll(timeout):
-                return False
-            msg = self.conn.recv()
-        except (EOFError, OSError):
-            return False
-        self.warm_rss = int(msg[2]) if msg and msg[0] == "ready" else 0
-        return bool(msg and msg[0] == "ready")
+            self.ready = self.ctl.recv(1) == b"R"
+        except OSError:
+            self.ready = False
 
-    def exitcode(self, wait: float = 1.0) -> int | None:
+    def fork(self) -> _Worker:
+        """A fresh worker; OSError if the zygote is gone."""
+        self.ctl.sendall(b"S")
+        msg, fds, _, _ = socket.recv_fds(self.ctl, 4, 1)
+        if len(msg) != 4 or len(fds) != 1:
+            raise OSError("the decode zygote did not hand over a worker")
+        return _Worker(struct.unpack("i", msg)[0], Connection(fds[0]))
+
+    def close(self) -> None:
+        self.ctl.close()  # it sees EOF and exits
         try:
-            return self.proc.wait(wait)
+            self.proc.wait(2)
         except subprocess.TimeoutExpired:
-            return None
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+class _Worker:
+    """One worker (a child of the zygote) and the pool's end of its socket."""
+
+    def __init__(self, pid: int, conn: Connection) -> None:
+        self.pid = pid
+        self.conn = conn
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.exitcode(5)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)  # the zygote reaps it
         self.conn.close()
 
     def stop(self) -> None:
-        try:
+        with contextlib.suppress(OSError, ValueError):
             self.conn.send(None)
-        except (OSError, ValueError):
-            pass
-        self.exitcode(2)
         self.kill()
 
 
@@ -156,6 +160,8 @@ class DecodePool:
         self._closed = False
         self.replaced = 0  # workers killed or retired and started again
         self.start_error: str | None = None
+        self._zygote: _Zygote | None = None
+        self._zygote_lock = threading.Lock()
         for _ in range(self.size):
             self._start_in_background()
 
@@ -167,17 +173,27 @@ class DecodePool:
         for _ in range(3):
             if self._closed:
                 return
-            w = _Worker(self.limits)
-            if w.wait_ready(self.limits.start_timeout_s):
-                with self._lock:
-                    if self._closed:
-                        w.stop()
-                        return
-                    self._workers.add(w)
-                self._idle.put(w)
-                return
-            w.kill()
-            self.start_error = f"a decode worker exited at start (exit code {w.exitcode()})"
+            try:
+                with self._zygote_lock:
+                    if self._zygote is None or self._zygote.proc.poll() is not None:
+                        zygote = _Zygote(self.limits)
+                        if not zygote.ready:
+                            zygote.close()
+                            self.start_error = ("the decode zygote exited at start (exit code "
+                                                f"{zygote.proc.poll()})")
+                            continue
+                        self._zygote = zygote
+                    w = self._zygote.fork()
+            except Exception as e:  # noqa: BLE001 - said to every caller that waits for one
+                self.start_error = f"cannot start a decode worker ({type(e).__name__}: {e})"
+                continue
+            with self._lock:
+                if self._closed:
+                    w.stop()
+                    return
+                self._workers.add(w)
+            self._idle.put(w)
+            return
 
     def _replace(self, w: _Worker) -> None:
         with self._lock:
@@ -187,9 +203,11 @@ class DecodePool:
         self._start_in_background()
 
     def pids(self) -> list[int]:
-        """The worker processes now (for memory measurements)."""
+        """The zygote and worker processes now (for memory measurements)."""
         with self._lock:
-            return [w.pid for w in self._workers]
+            workers = [w.pid for w in self._workers]
+        zygote = self._zygote
+        return ([zygote.proc.pid] if zygote is not None else []) + workers
 
     def close(self) -> None:
         with self._lock:
@@ -198,6 +216,10 @@ class DecodePool:
             self._workers.clear()
         for w in workers:
             w.stop()
+        with self._zygote_lock:
+            if self._zygote is not None:
+                self._zygote.close()
+                self._zygote = None
 
     def __enter__(self) -> DecodePool:
         return self
@@ -232,13 +254,12 @@ class DecodePool:
         keep = False
         try:
             if not w.conn.poll(self.limits.deadline_s):
-                raise ImageError(f"{name}: "
-                                 + DECODE_TIMEOUT_MESSAGE.format(s=self.limits.deadline_s),
-                                 "decode_timeout")
+                raise ImageError(f"{name}: " + DECODE_TIMEOUT_MESSAGE.format(
+                    s=self.limits.deadline_s), "decode_timeout")
             try:
                 reply, retire = w.conn.recv()
-            except (EOFError, OSError):  # killed by its CPU limit, the OOM killer, or a crash
-                raise self._death(w.exitcode(), name) from None
+            except (EOFError, OSError):  # its CPU limit (SIGXCPU), the OOM killer, a crash
+                raise ImageError(f"{name}: {STOPPED_MESSAGE}", "unreadable") from None
             keep = not retire
         finally:
             if keep:
@@ -249,16 +270,6 @@ class DecodePool:
             return reply[1]
         _, code, message = reply
         raise ImageError(message, code)
-
-    def _death(self, exitcode: int | None, name: str) -> ImageError:
-        if exitcode == -signal.SIGXCPU:
-            return ImageError(f"{name}: "
-                              + DECODE_TIMEOUT_MESSAGE.format(s=self.limits.deadline_s),
-                              "decode_timeout")
-        if exitcode == -signal.SIGKILL:  # not ours (we only kill after the deadline): OOM
-            return ImageError(f"{name}: the image needs more memory to decode than the limit "
-                              "allows", "decode_memory")
-        return ImageError(f"{name}: {CRASH_MESSAGE}", "unreadable")
 
     def reduce_for_model(self, source: DecodeSource, pre: Preprocessing,
                          limits: QualityLimits) -> ModelInput:

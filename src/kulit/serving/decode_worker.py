@@ -1,16 +1,29 @@
-"""The decode worker process: hard limits first, then decode jobs from a pipe, one at a time.
+"""The decode processes: a warm zygote, and the workers it forks.
 
-Only the standard library is imported at the top: the limits (address space, no core files,
-one BLAS thread) are in place before numpy, Pillow and the codecs load. A job is a name from
-`JOBS` and its arguments; the answer is ("ok", value) or ("err", code, message). After each job
-the worker trims its heap; if it still holds more than `keep_mb` over its warm size, or a decode
-ran out of memory, it says so and exits, and the pool starts a fresh one (issue 23).
+`python -m kulit.serving.decode_worker FD MEMORY_MB CPU_S KEEP_MB` starts the zygote. It
+imports numpy, Pillow and the codecs once (and decodes a tiny picture of each format, so their
+libraries are loaded), then forks a worker whenever the pool asks, handing the pool the
+worker's end of a fresh socket pair. Forking the warm zygote takes ~20 ms on the shared 2-core
+machine; starting a fresh Python there takes 1-3 s, which is what a killed decode would
+otherwise cost every request behind it.
+
+A worker sets its own hard limits (address space, no core file; a CPU-time budget per job),
+then decodes jobs one at a time: a name from `_jobs()` and its arguments; the answer is
+(("ok", value) | ("err", code, message), retire). After each job it hands freed heap back to
+the system; if it still holds more than `keep_mb` over its size at birth, or a decode ran out
+of memory, it says `retire` and exits, and the pool asks the zygote for a fresh one.
+
+Only the standard library is imported at the top, so the limits and the one-thread BLAS
+setting are in place before numpy loads.
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import signal
+import socket
+import struct
 import sys
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -20,10 +33,8 @@ MB = 1024 * 1024
 
 
 def _set_limits(memory_mb: int) -> None:
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - not Linux/Unix: no hard limits, the deadline stays
-        return
+    import resource
+
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a killed decode leaves no core file
     if memory_mb > 0:
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
@@ -34,16 +45,13 @@ def _set_limits(memory_mb: int) -> None:
 def _cpu_budget(seconds: int) -> None:
     """Soft RLIMIT_CPU at the CPU time used so far + `seconds` (SIGXCPU ends the worker); the
     hard limit stays where it was, so the next job can have its own budget."""
-    try:
-        import resource
-    except ImportError:  # pragma: no cover
-        return
+    import resource
+
     if seconds <= 0:
         return
     used = resource.getrusage(resource.RUSAGE_SELF)
-    spent = int(used.ru_utime + used.ru_stime) + 1
+    soft = int(used.ru_utime + used.ru_stime) + 1 + seconds
     _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-    soft = spent + seconds
     if hard != resource.RLIM_INFINITY:
         soft = min(soft, hard)
     resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
@@ -76,8 +84,8 @@ def _jobs() -> dict[str, Callable[..., Any]]:
 
 
 def _warm_up() -> None:
-    """Decode one tiny picture of each format, so the codecs' libraries are loaded (and counted
-    in the warm size) before the first real job."""
+    """Decode one tiny picture of each format, so the codecs' libraries are loaded before the
+    first fork (and shared by every worker)."""
     import io
 
     from PIL import Image
@@ -93,30 +101,24 @@ def _warm_up() -> None:
             continue
 
 
-def _is_memory(e: BaseException) -> bool:
-    text = str(e).lower()
-    return isinstance(e, MemoryError) or "memory" in text or "cannot allocate" in text
-
-
 def name_of(args: tuple[Any, ...]) -> str:
     """How messages name the file: its path, or "upload" for bytes."""
     return args[0] if args and isinstance(args[0], str) else "upload"
 
 
-def serve(conn: Connection, memory_mb: int, cpu_s: int, keep_mb: int) -> None:
-    """The worker's main loop (the target of the pool's processes)."""
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, "1")  # each BLAS thread would reserve its own buffers
-    _set_limits(memory_mb)
+def _is_memory(e: BaseException) -> bool:
+    text = str(e).lower()
+    return isinstance(e, MemoryError) or "memory" in text or "cannot allocate" in text
+
+
+def run_worker(conn: Connection, memory_mb: int, cpu_s: int, keep_mb: int,
+               jobs: dict[str, Callable[..., Any]]) -> None:
+    """A worker's loop, in the forked child: limits, then one job at a time."""
     from kulit.errors import KulitError
     from kulit.serving.preprocess import DECODE_MEMORY_MESSAGE
 
-    jobs = _jobs()
-    _warm_up()
-    gc.collect()
-    _trim()
-    warm = rss_bytes()
-    conn.send(("ready", os.getpid(), warm))
+    _set_limits(memory_mb)
+    born = rss_bytes()
     while True:
         try:
             job = conn.recv()
@@ -142,7 +144,7 @@ def serve(conn: Connection, memory_mb: int, cpu_s: int, keep_mb: int) -> None:
         if failed:  # an exception's traceback holds the decoded frames: free them now
             gc.collect()
         _trim()
-        retire = out_of_memory or rss_bytes() > warm + keep_mb * MB
+        retire = out_of_memory or rss_bytes() > born + keep_mb * MB
         try:
             conn.send((reply, retire))
         except (OSError, ValueError):
@@ -151,14 +153,54 @@ def serve(conn: Connection, memory_mb: int, cpu_s: int, keep_mb: int) -> None:
             return
 
 
+def zygote(ctl: socket.socket, memory_mb: int, cpu_s: int, keep_mb: int) -> None:
+    """Warm up, then fork a worker for each b"S" on `ctl`; send back its pid and socket."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the workers
+    jobs = _jobs()
+    _warm_up()
+    gc.collect()
+    gc.freeze()  # the workers share these pages instead of copying them when gc runs
+    ctl.sendall(b"R")
+    while True:
+        try:
+            cmd = ctl.recv(1)
+        except OSError:
+            return
+        if cmd != b"S":
+            return
+        mine, theirs = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the worker (coverage does not follow os._exit)
+            code = 0
+            try:
+                ctl.close()
+                mine.close()
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                run_worker(Connection(theirs.detach()), memory_mb, cpu_s, keep_mb, jobs)
+            except BaseException:  # noqa: BLE001 - a worker never returns into the zygote
+                code = 1
+            finally:
+                os._exit(code)
+        theirs.close()
+        try:
+            socket.send_fds(ctl, [struct.pack("i", pid)], [mine.fileno()])
+        except OSError:
+            return
+        finally:
+            mine.close()
+
+
 def main(argv: list[str]) -> int:
     """`python -m kulit.serving.decode_worker FD MEMORY_MB CPU_S KEEP_MB` (the pool runs it)."""
     if len(argv) != 4 or not all(a.isdigit() for a in argv):
         print("kulit.serving.decode_worker is started by kulit.serving.decode_sandbox",
               file=sys.stderr)
         return 2
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")  # each BLAS thread would reserve its own buffers
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is for the parent, which closes us
     fd, memory_mb, cpu_s, keep_mb = (int(a) for a in argv)
-    serve(Connection(fd), memory_mb, cpu_s, keep_mb)
+    zygote(socket.socket(fileno=fd), memory_mb, cpu_s, keep_mb)
     return 0
 
 
