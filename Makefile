@@ -3,8 +3,6 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 DATA_ROOT ?= ../shared/data
-DATA    ?= $(DATA_ROOT)/skin8 $(DATA_ROOT)/skin8-web
-EXCLUDE ?= data/exclude.txt
 MODEL   ?= models/kulit-skin8
 HOST    ?= 127.0.0.1
 PORT    ?= 8000
@@ -55,21 +53,14 @@ demo: setup
 	$(BIN)/kulit serve --model $(MODEL) --host $(HOST) --port $(PORT)
 
 data: setup
-	$(BIN)/kulit data $(DATA) --exclude $(EXCLUDE) --out runs/data
+	$(BIN)/kulit build --until data
 
-# Rebuilds the shipped model from scratch on both sources (about 35 min on 2 cores; the feature
-# cache in .cache/kulit makes re-runs with other head settings fast): train, export, int8 beside
-# fp32 if it agrees with fp32 on val (a refusal is printed, not fatal: fp32 is then served), fit
-# the trust gate on the served file (not skin / none of the 8 / melanoma cut-off / threshold),
-# evaluate the served file on test, and build the browser model from it.
-model: data
-	$(BIN)/kulit train --data $(DATA_ROOT) --split runs/data/split.csv --recipe kulit --out runs/kulit
-	$(BIN)/kulit export runs/kulit --out $(MODEL) --card-extra docs/skin8-card.json
-	-$(BIN)/kulit quantize $(MODEL) --split-csv runs/data/split.csv
-	$(BIN)/kulit gate --model $(MODEL) --data $(DATA_ROOT) --split-csv runs/data/split.csv
-	$(BIN)/kulit evaluate --model $(MODEL) --data $(DATA_ROOT) --split-csv runs/data/split.csv \
-		--split test --out $(MODEL)
-	$(BIN)/kulit export-web --model $(MODEL)
+# Builds the shipped model (`kulit build`; sources and paths in kulit.config.BuildConfig): data,
+# train (about 35 min on 2 cores), export, int8 if it agrees with fp32 on val, the trust gate,
+# the shortlist, evaluate on test, the browser model. Steps whose inputs did not change are
+# skipped; `kulit build --from gate` reruns from one step.
+model: setup
+	$(BIN)/kulit build --model $(MODEL)
 
 # The paper's recipe, still reproducible on skin8 alone (its own split, no exclusions).
 paper: setup

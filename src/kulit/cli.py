@@ -336,6 +336,10 @@ from kulit.build.shortlist_cmd import shortlist_cmd  # noqa: E402 - issue 20's b
 
 app.command("shortlist")(friendly(shortlist_cmd))
 
+from kulit.build.build_cmd import build_cmd  # noqa: E402 - data to browser model, one command
+
+app.command("build")(friendly(build_cmd))
+
 
 @app.command("predict")
 @friendly

@@ -140,3 +140,34 @@ class QuantizeConfig:
     min_agreement: float = 0.95  # top-1 agreement with fp32 on validation, each source
     max_bacc_drop: float = 0.01  # balanced accuracy may fall at most this much, each source
     seed: int = 0  # which training photos calibrate
+
+
+# ---------------------------------------------------------------- the data set and the build
+
+DATA_ROOT = "../shared/data"  # the data folders' parent
+SOURCES = ("skin8", "skin8-web", "atlas")  # class folders a model is trained and measured on
+URGENT_CLASS = "Melanoma"  # the class behind the "see a doctor soon" alert and its cut-off
+DEFAULT_MODEL_DIR = "models/kulit-skin8"  # the shipped model every command uses by default
+TOP_K = 3  # conditions listed per answer
+# `kulit build`'s steps, in order (kulit.build.pipeline)
+BUILD_STEPS = ("data", "train", "export", "quantize", "gate", "shortlist", "evaluate",
+               "export-web")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """What `kulit build` makes and from what: data -> train -> ... -> export-web."""
+
+    data_root: str = DATA_ROOT  # parent of the source folders, not-skin/ and other-conditions/
+    sources: tuple[str, ...] = SOURCES  # class folders under data_root
+    exclude: str | None = "data/exclude.txt"  # files to leave out (`kulit data --exclude`)
+    data_out: str = "runs/data"  # split.csv and the data report
+    run_dir: str = "runs/kulit"  # `kulit train`'s run directory
+    model: str = DEFAULT_MODEL_DIR  # the model folder
+    card_extra: str | None = "docs/skin8-card.json"  # JSON merged into card.json at export
+    recipe: str = "kulit"  # training recipe (kulit.config.RECIPES)
+    seed: int = 0  # split seed
+    val_frac: float = 0.2  # validation share of the split
+    test_frac: float = 0.1  # test share of the split
+    state: str = "runs/build-state.json"  # each step's input hashes, for skipping
+    train_options: tuple[tuple[str, Any], ...] = ()  # TrainConfig overrides, (name, value)
