@@ -21,7 +21,6 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from torch import nn
 from kulit import __version__
 from kulit.build.metrics import balanced_accuracy, source_balanced_accuracy
 from kulit.config import TrainConfig
-from kulit.dataprep.split import load_split
+from kulit.dataprep.split import SplitRow, load_split
 from kulit.errors import DataError, ImageError, ensure_writable_dir
 from kulit.serving.calibration import choose_threshold, fit_temperature
 from kulit.serving.preprocess import Preprocessing, open_for_model, preprocess_image
@@ -49,16 +48,7 @@ def seed_everything(seed: int) -> None:
 
 # ---------------------------------------------------------------- features
 
-@dataclass
-class Sample:
-    path: Path
-    file: str
-    label: int
-    split: str
-    source: str = ""
-
-
-def load_samples(cfg: TrainConfig) -> tuple[list[Sample], list[str], dict[str, Any]]:
+def load_samples(cfg: TrainConfig) -> tuple[list[SplitRow], list[str], dict[str, Any]]:
     """Rows of split.csv (one per duplicate group when dedupe is on) and the class list."""
     rows = load_split(Path(cfg.split_csv), Path(cfg.data))
     if cfg.dedupe:
@@ -71,14 +61,12 @@ def load_samples(cfg: TrainConfig) -> tuple[list[Sample], list[str], dict[str, A
             kept.append(r)
         rows = kept
     classes = sorted({r.label for r in rows})
-    idx = {c: i for i, c in enumerate(classes)}
-    samples = [Sample(r.path, r.file, idx[r.label], r.split, r.source) for r in rows]
     for split in ("train", "val"):
-        if not any(s.split == split for s in samples):
+        if not any(r.split == split for r in rows):
             raise DataError(f"{cfg.split_csv}: no '{split}' rows; run `kulit data` first")
     report_path = Path(cfg.split_csv).with_name("data_report.json")
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
-    return samples, classes, report
+    return rows, classes, report
 
 
 class FeatureExtractor:
@@ -107,7 +95,7 @@ class FeatureExtractor:
         return (f.mean((2, 3)) if self.pooled else f).numpy()
 
 
-def view_tensors(s: Sample, pre: Preprocessing, views: int, seed: int, train: bool,
+def view_tensors(s: SplitRow, pre: Preprocessing, views: int, seed: int, train: bool,
                  capture: bool = False) -> list[np.ndarray]:
     """Model inputs of one image. View 0 is the plain image; training adds augmented views;
     evaluation adds what the served model averages: with the card's `tta`, the mirror of the
@@ -129,7 +117,7 @@ def zlib_crc(text: str) -> int:
     return zlib.crc32(text.encode())
 
 
-def cache_key(cfg: TrainConfig, samples: Sequence[Sample], data_hash: str) -> str:
+def cache_key(cfg: TrainConfig, samples: Sequence[SplitRow], data_hash: str) -> str:
     parts = {
         "data_hash": data_hash,
         "files": [s.file for s in samples] if not data_hash else len(samples),
@@ -143,7 +131,7 @@ def cache_key(cfg: TrainConfig, samples: Sequence[Sample], data_hash: str) -> st
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
-def extract_features(cfg: TrainConfig, samples: list[Sample], data_hash: str,
+def extract_features(cfg: TrainConfig, samples: list[SplitRow], data_hash: str,
                      log: Callable[[str], None] = print) -> tuple[dict[str, np.ndarray], float]:
     """Per split, features [n_images, n_views, ...]; from the cache when it holds them."""
     key = cache_key(cfg, samples, data_hash)
@@ -248,7 +236,7 @@ def _pooled_view0(feats: np.ndarray, top: nn.Module | None) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _clean_labels(cfg: TrainConfig, samples: list[Sample], feats: np.ndarray, y: np.ndarray,
+def _clean_labels(cfg: TrainConfig, samples: list[SplitRow], feats: np.ndarray, y: np.ndarray,
                   top: nn.Module | None, classes: list[str], out: Path
                   ) -> tuple[np.ndarray, dict[str, dict[str, int]]]:
     """Keep-mask over training photos: cleanlab on out-of-fold probabilities (see module)."""
@@ -276,7 +264,7 @@ def eval_logits(model: nn.Module, feats: np.ndarray) -> np.ndarray:
 class Recompute:
     """Backbone-every-epoch mode (cache off): the baseline the feature cache is measured against."""
 
-    def __init__(self, cfg: TrainConfig, samples: list[Sample]) -> None:
+    def __init__(self, cfg: TrainConfig, samples: list[SplitRow]) -> None:
         self.fx = FeatureExtractor(cfg)
         self.cfg = cfg
         self.samples = samples
@@ -309,7 +297,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
         feats, feat_seconds = extract_features(cfg, samples, data_hash, log)
     else:
         feats, feat_seconds = {"val": recompute.features("val")}, 0.0
-    y = {s: np.array([x.label for x in samples if x.split == s], np.int64)
+    index = {c: i for i, c in enumerate(classes)}
+    y = {s: np.array([index[x.label] for x in samples if x.split == s], np.int64)
          for s in ("train", "val", "test")}
     fx = recompute.fx if recompute else None
     top = None
