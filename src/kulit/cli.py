@@ -18,6 +18,7 @@ import typer
 
 from kulit.clinic.cli import app as clinic_app
 from kulit.clinic.cli import serve_settings
+from kulit.config import DEFAULT_MODEL_DIR, TOP_K
 from kulit.errors import KulitError, printable
 
 app = typer.Typer(
@@ -180,9 +181,7 @@ app.command("train")(friendly(train_cmd))
 @friendly
 def export_cmd(
     run_dir: Annotated[Path, typer.Argument(help="Run directory from `kulit train`")],
-    out: Annotated[Path, typer.Option(help="Model directory to write")] = Path(
-        "models/kulit-skin8"
-    ),
+    out: Annotated[Path, typer.Option(help="Model directory to write")] = Path(DEFAULT_MODEL_DIR),
     name: Annotated[str | None, typer.Option(help="Model id [the folder name]")] = None,
     card_extra: Annotated[
         Path | None, typer.Option(help="JSON merged into card.json (data source, licence, limits)")
@@ -256,7 +255,7 @@ def _quantize(model: Path, split_csv: Path, cfg: Any = None) -> None:
 @friendly
 def export_web_cmd(
     model: Annotated[Path, typer.Option("--model", help="Model directory", metavar="DIR")] = Path(
-        "models/kulit-skin8"),
+        DEFAULT_MODEL_DIR),
     weights: Annotated[str, typer.Option(help="int8 (per-channel, weight-only) or fp32")] = "int8",
 ) -> None:
     """Build model-web.onnx (uint8 photo in, probabilities + gate out) for the on-device check."""
@@ -345,9 +344,9 @@ app.command("build")(friendly(build_cmd))
 @friendly
 def predict_cmd(
     paths: Annotated[list[Path], typer.Argument(help="Images or folders of images")],
-    model: Annotated[Path, typer.Option(help="Model directory")] = Path("models/kulit-skin8"),
+    model: Annotated[Path, typer.Option(help="Model directory")] = Path(DEFAULT_MODEL_DIR),
     json_out: Annotated[bool, typer.Option("--json", help="JSON lines for programs")] = False,
-    top_k: Annotated[int, typer.Option(help="How many conditions to list")] = 3,
+    top_k: Annotated[int, typer.Option(help="How many conditions to list")] = TOP_K,
     heatmap_dir: Annotated[
         Path | None, typer.Option(help="Write Grad-CAM overlays (PNG) into this folder")
     ] = None,
@@ -383,7 +382,7 @@ def serve(
     model: Annotated[
         Path, typer.Option("--model", help="Model directory (model.onnx + card.json)",
                            metavar="DIR", envvar="KULIT_MODEL_DIR")
-    ] = Path("models/kulit-skin8"),
+    ] = Path(DEFAULT_MODEL_DIR),
     host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port", min=1, max=65535)] = 8000,
     clinic: Annotated[bool, typer.Option(

@@ -13,6 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from kulit import DISCLAIMER_EN, DISCLAIMER_ID
+from kulit.config import TOP_K
 from kulit.errors import ImageError, KulitError, ensure_writable_dir, printable
 from kulit.serving.answer import Answer, answer_for
 from kulit.serving.decode_sandbox import DecodePool
@@ -67,7 +68,7 @@ def predict_files(predictor: Predictor, files: list[Path], *, top_k: int, heatma
             yield pending.popleft().result()
 
 
-def run_predict(paths: list[Path], model: Path, *, json_out: bool = False, top_k: int = 3,
+def run_predict(paths: list[Path], model: Path, *, json_out: bool = False, top_k: int = TOP_K,
                 heatmap_dir: Path | None = None, batch_size: int = 32,
                 workers: int | None = None, int8: bool = True) -> int:
     """Predict every file; exit status 0 if at least one image was predicted, else 1."""

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from kulit.config import DEFAULT_MODEL_DIR, TOP_K
 from kulit.errors import ImageError, KulitError
 from kulit.serving.calibration import softmax
 
@@ -319,7 +320,6 @@ def explain_photo(image: str | Path | bytes | Any, model_dir: str | Path | None 
 # ---------------------------------------------------------------------------------------------
 # The real model on a photo
 # ---------------------------------------------------------------------------------------------
-DEFAULT_MODEL_DIR = Path("models/kulit-skin8")
 PAPER_FILTERS = 32  # the paper's example says its first convolution layer has 32 filters
 PREVIEW_SIDE = 8  # first-layer maps go into JSON as at most 8x8 block averages
 PROBS_ATOL = 1e-9  # the step-by-step softmax must reproduce Predictor's probabilities
@@ -346,8 +346,8 @@ def resolve_model_dir(model: str | Path | None) -> tuple[Path | None, str | None
     """
     if model is not None:
         return Path(model), None
-    if DEFAULT_MODEL_DIR.is_dir():
-        return DEFAULT_MODEL_DIR, None
+    if Path(DEFAULT_MODEL_DIR).is_dir():
+        return Path(DEFAULT_MODEL_DIR), None
     return None, NO_MODEL_NOTE.format(path=DEFAULT_MODEL_DIR)
 
 
@@ -396,7 +396,7 @@ def explain_model(predictor: Any, image: str | Path | bytes | Any) -> ModelExpla
 
     card = predictor.card
     # One network pass gives the answer, the heatmap's feature map and the first layer.
-    pred = predictor.predict_one(image, top_k=3, heatmap=True, first_layer=True)
+    pred = predictor.predict_one(image, top_k=TOP_K, heatmap=True, first_layer=True)
     first = pred.first_layer if pred.first_layer is not None else predictor.first_layer(pred.image)
     maps = np.asarray(first, dtype=np.float32)
     f, h, w = maps.shape

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kulit.config import DEFAULT_MODEL_DIR, TOP_K
 from kulit.serving.decode_sandbox import SandboxLimits
 
 
@@ -16,9 +17,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="KULIT_", protected_namespaces=())
 
-    model_dir: Path = Path("models/kulit-skin8")  # model.onnx + card.json (+ head.npz)
+    model_dir: Path = Path(DEFAULT_MODEL_DIR)  # model.onnx + card.json (+ head.npz)
     max_upload_mb: Annotated[float, Field(gt=0)] = 10.0  # larger uploads: 413, read no further
-    top_k: Annotated[int, Field(ge=1, le=20)] = 3  # conditions shown / returned by default
+    top_k: Annotated[int, Field(ge=1, le=20)] = TOP_K  # conditions shown / returned by default
     default_lang: Literal["id", "en"] = "id"  # page language without ?lang= or a cookie
     device: bool = True  # offer the on-device check when the model dir has model-web.onnx
     # Under load: uploads (POSTs) in flight at once, beyond which the answer is 503 at once,
