@@ -10,7 +10,9 @@ import pytest
 
 from kulit.build.gate_fit import (
     NOT_SKIN_TUNED,
+    OTHER_FOLDERS,
     OTHER_TUNED,
+    SKIN_FOLDERS,
     Features,
     GateParams,
     Row,
@@ -18,12 +20,17 @@ from kulit.build.gate_fit import (
     coverage_cutoff,
     fit_gate,
     fit_logistic,
+    gate_figures,
+    outside_rows,
     read_split_rows,
     rejection_threshold,
     wilson,
 )
 from kulit.serving.gate import Gate, load_gate, save_gate
 
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+STYLE = {"skin8": 2.0, "other-conditions": 2.0, "skin8-web": 0.0, "atlas": -2.0,
+         "atlas-other": -2.0}
 CLASSES = ["Chickenpox", "Herpes", "Impetigo", "Melanoma", "Psoriasis", "Ringworm", "Vitiligo",
            "Warts"]
 
@@ -97,7 +104,8 @@ def test_gate_save_load_roundtrip(tmp_path: Path) -> None:
 
 def synthetic_features(rng: np.random.Generator, d: int = 24) -> Features:
     """Skin photos near the origin (class signal in dims 3..10), not-skin shifted along dim 0,
-    other conditions along dim 1; melanoma logits weaker in the web source."""
+    other conditions along dim 1; melanoma logits weaker in the web source. Dim 2 is photo
+    style: DermNet (skin8, other-conditions) +2, Atlas (atlas, atlas-other) -2, web 0."""
     rows, pooled, logits = [], [], []
 
     def add(row: Row, x: np.ndarray, lg: np.ndarray) -> None:
@@ -105,12 +113,14 @@ def synthetic_features(rng: np.random.Generator, d: int = 24) -> Features:
         pooled.append(x)
         logits.append(lg)
 
-    for source, strength in (("skin8", 3.0), ("skin8-web", 1.5)):
-        for split, n in (("train", 160), ("val", 120), ("test", 60)):
+    sizes = {"skin8": (160, 120, 60), "skin8-web": (160, 120, 60), "atlas": (64, 48, 48)}
+    for source, strength in (("skin8", 3.0), ("skin8-web", 1.5), ("atlas", 2.0)):
+        for split, n in zip(("train", "val", "test"), sizes[source], strict=True):
             for i in range(n):
                 k = i % len(CLASSES)
                 x = rng.normal(0, 1, d)
                 x[3 + k] += 2.0
+                x[2] += STYLE[source]
                 lg = rng.normal(0, 1, len(CLASSES))
                 lg[k] += strength
                 add(Row(f"{source}/{CLASSES[k]}/{split}{i}.jpg", CLASSES[k], split, source),
@@ -122,12 +132,14 @@ def synthetic_features(rng: np.random.Generator, d: int = 24) -> Features:
             split = "tune" if label in NOT_SKIN_TUNED else "held_out"
             add(Row(f"not-skin/{label}/{i}.jpg", label, split, "not-skin"), x,
                 rng.normal(0, 1, len(CLASSES)))
-    for label in ("acne-vulgaris", "keloid"):
+    for folder, label in (("other-conditions", "acne-vulgaris"), ("other-conditions", "keloid"),
+                          ("atlas-other", "acne"), ("atlas-other", "scabies")):
         for i in range(60):
             x = rng.normal(0, 1, d)
-            x[1] += 6.0
+            x[1] += 2.5
+            x[2] += STYLE[folder]
             split = "tune" if label in OTHER_TUNED else "held_out"
-            add(Row(f"other-conditions/{label}/{i}.jpg", label, split, "other-conditions"), x,
+            add(Row(f"{folder}/{label}/{i}.jpg", label, split, folder), x,
                 rng.normal(0, 1, len(CLASSES)))
     return Features(rows, np.array(pooled), np.array(logits), np.ones(len(rows), bool))
 
@@ -141,11 +153,15 @@ def test_fit_gate_on_synthetic_features() -> None:
     labels = np.array([r.label for r in feats.rows])
     # held-out "people" (never fitted on) are rejected; skin val stays within its 2% budget
     assert (sc.not_skin[labels == "people"] >= cfg["not_skin_threshold"]).mean() > 0.95
-    for s in ("skin8", "skin8-web"):
+    for s in SKIN_FOLDERS:
         val = (src == s) & (split == "val")
         assert (sc.not_skin[val] >= cfg["not_skin_threshold"]).mean() <= 0.02
         assert (sc.other[val] >= cfg["other_threshold"]).mean() <= 0.10
-    assert (sc.other[labels == "keloid"] >= cfg["other_threshold"]).mean() > 0.9
+    # held-out conditions of both folders are caught
+    assert (sc.other[labels == "keloid"] >= cfg["other_threshold"]).mean() > 0.8
+    assert (sc.other[labels == "scabies"] >= cfg["other_threshold"]).mean() > 0.8
+    assert cfg["tuned_on"]["skin_sources"] == list(SKIN_FOLDERS)
+    assert cfg["tuned_on"]["other_folders"] == list(OTHER_FOLDERS)
     # melanoma cut-off: every source's val melanoma photos covered >= 95%, the web one binding
     p = np.exp(feats.logits - feats.logits.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
@@ -154,6 +170,69 @@ def test_fit_gate_on_synthetic_features() -> None:
         assert (p[mel & (src == s), 3] >= cfg["melanoma_cutoff"]).mean() >= 0.95
     assert 0.0 < threshold < 1.0
     assert cfg["tuned_on"]["not_skin_categories"] == list(NOT_SKIN_TUNED)
+
+
+def test_other_conditions_of_one_style_only_miss_the_other_style() -> None:
+    """Why atlas-other is tuned on too: with DermNet-only "other" photos the scorer learns
+    DermNet's style as "other" and misses held-out conditions photographed elsewhere."""
+    feats = synthetic_features(np.random.default_rng(5))
+    src = np.array([r.source for r in feats.rows])
+    split = np.array([r.split for r in feats.rows])
+    labels = np.array([r.label for r in feats.rows])
+    caught = {}
+    for name, keep in (("both", np.ones(len(src), bool)),
+                       ("dermnet", ~((src == "atlas-other") & (split == "tune")))):
+        gate, cfg, _ = fit_gate(feats.select(keep), CLASSES, 1.0,
+                                GateParams(c_not_skin=1.0, c_other=1.0))
+        caught[name] = (gate.scores(feats.pooled).other[labels == "scabies"]
+                        >= cfg["other_threshold"]).mean()
+    assert caught["both"] > 0.8
+    assert caught["both"] > caught["dermnet"] + 0.15
+
+
+def test_figures_report_held_out_conditions_of_both_folders() -> None:
+    feats = synthetic_features(np.random.default_rng(6))
+    gate, cfg, threshold = fit_gate(feats, CLASSES, 1.0, GateParams(c_not_skin=1.0, c_other=1.0))
+    f = gate_figures(feats, CLASSES, 1.0, threshold, gate, cfg)
+    by_src = f["other_held_out_no_confident_class_by_source"]
+    assert by_src["other-conditions"]["n"] == 60 and by_src["atlas-other"]["n"] == 60
+    assert by_src["all"]["n"] == 120  # keloid and scabies: the tuned acne photos are not here
+    assert set(f["skin_test_rejected_as_not_skin"]) == {"all", *SKIN_FOLDERS}
+    assert set(f["confident_right_test"]) == set(SKIN_FOLDERS)
+
+
+def _folder(root: Path, name: str, labels: list[str]) -> None:
+    (root / name).mkdir(parents=True)
+    with open(root / name / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "label"])
+        w.writerows((f"{lb}/{i}.jpg", lb) for lb in labels for i in range(2))
+
+
+def test_outside_rows_read_every_other_folder_on_one_list(tmp_path: Path) -> None:
+    _folder(tmp_path, "not-skin", ["animals", "people"])
+    _folder(tmp_path, "other-conditions", ["acne-vulgaris", "keloid"])
+    _folder(tmp_path, "atlas-other", ["acne", "keloid", "scabies"])
+    rows = outside_rows(tmp_path)
+    side = {(r.source, r.label): r.split for r in rows}
+    assert side == {
+        ("not-skin", "animals"): "tune", ("not-skin", "people"): "held_out",
+        ("other-conditions", "acne-vulgaris"): "tune",
+        ("other-conditions", "keloid"): "held_out", ("atlas-other", "keloid"): "held_out",
+        ("atlas-other", "acne"): "tune", ("atlas-other", "scabies"): "held_out",
+    }
+    assert all(r.file.startswith(f"{r.source}/{r.label}/") for r in rows)
+
+
+@pytest.mark.skipif(not (DATA / "atlas-other").is_dir(), reason="../shared/data not present")
+def test_tuned_conditions_exist_and_both_folders_hold_some_out() -> None:
+    """Every tuned name is a real condition folder (a typo would silently hold it out), and each
+    other-condition folder has conditions on both sides (leave-condition-out per source)."""
+    found = {f: {p.name for p in (DATA / f).iterdir() if p.is_dir()} for f in OTHER_FOLDERS}
+    assert set(OTHER_TUNED) <= set().union(*found.values())
+    for names in found.values():
+        tuned = names & set(OTHER_TUNED)
+        assert 0.3 <= len(tuned) / len(names) <= 0.6
 
 
 def test_read_split_rows_accepts_the_multi_source_format(tmp_path: Path) -> None:

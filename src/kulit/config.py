@@ -142,6 +142,39 @@ class QuantizeConfig:
     seed: int = 0  # which training photos calibrate
 
 
+# The trust gate's data (`kulit gate`, kulit.build.gate_fit): besides the in-scope SOURCES (rows
+# of split.csv), folders of the data root, and the not-skin categories and other conditions its
+# scorers are tuned on; the rest are held out and reported (leave-category-out,
+# leave-condition-out).
+NOT_SKIN_FOLDER = "not-skin"
+# "none of these" from two sources (DermNet NZ, Atlas Dermatologico), so that a scorer cannot
+# learn "DermNet style = other"
+OTHER_FOLDERS = ("other-conditions", "atlas-other")
+# At most half of the 11 not-skin categories, diverse on purpose (living, flat text, plain
+# textures, food, machines); people, objects, scenes, indoor and plants are held out.
+NOT_SKIN_TUNED = ("animals", "documents-text", "food", "plain-texture-blur", "vehicles")
+# Conditions the "other" scorer is tuned on, named as in either folder; a condition found in
+# both folders (acne, lichen planus, keloid, BCC ...) is on the same side in both. Each family
+# of look-alikes of the 8 has members on both sides: held out are granuloma annulare and
+# pityriasis rosea (ring ~ ringworm), pityriasis versicolor and tuberous sclerosis (pale ~
+# vitiligo), naevi, BCC and xanthogranuloma (~ melanoma), erythema multiforme (~ herpes),
+# papillomatosis and neurofibromas (~ warts), scabies (~ chickenpox).
+OTHER_TUNED = (
+    # other-conditions/ (DermNet NZ): 12 of 23
+    "acne-vulgaris", "candidiasis", "cellulitis-erysipelas", "contact-dermatitis",
+    "discoid-nummular-eczema", "hand-dermatitis", "leprosy", "lichen-planus", "melasma",
+    "pityriasis-alba", "post-inflammatory-hyperpigmentation", "sunburn",
+    # atlas-other/ (Atlas Dermatologico): 30 of 62
+    "acanthosis-nigricans", "acne", "acrodermatitis-enteropathica", "actinic-keratosis",
+    "allergic-contact-dermatitis", "calcinosis-cutis", "cheilitis", "dermatomyositis",
+    "ehlers-danlos-syndrome", "erythema-annulare-centrifigum", "fixed-eruptions", "folliculitis",
+    "fordyce-spots", "hailey-hailey-disease", "hidradenitis", "kaposi-sarcoma",
+    "lichen-amyloidosis", "lichen-simplex", "myiasis", "naevus-comedonicus",
+    "necrobiosis-lipoidica", "pediculosis-lids", "photodermatoses", "pityriasis-rubra-pilaris",
+    "prurigo-nodularis", "sarcoidosis", "scleroderma", "seborrheic-dermatitis", "syringoma",
+)
+
+
 # ---------------------------------------------------------------- the data set and the build
 
 DATA_ROOT = "../shared/data"  # the data folders' parent

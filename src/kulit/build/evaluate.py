@@ -8,6 +8,7 @@ The command module only: predictions come from the ONNX `Predictor` (torch-free)
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -15,10 +16,17 @@ from typing import Any
 
 import numpy as np
 
-from kulit.build.metrics import compute_metrics, max_share_ratio, metrics_by_group, selective_at
+from kulit.build.metrics import (
+    compute_metrics,
+    figures_by_slice,
+    max_share_ratio,
+    metrics_by_group,
+    selective_at,
+)
 from kulit.build.report import write_report
 from kulit.errors import DataError, ImageError
-from kulit.serving.model_dir import METRICS, PREDICTIONS_CSV, ModelDir
+from kulit.serving.answer import answer_for
+from kulit.serving.model_dir import METRICS, PREDICTIONS_CSV, SHORTLIST, ModelDir
 
 EVAL_SPLITS = ("test", "val", "train", "all")
 
@@ -111,21 +119,25 @@ def evaluate_model(
 
     y_true: list[str] = []
     sources: list[str] = []
+    paths: list[Path] = []
     probs: list[np.ndarray] = []
     pred_rows: list[tuple[str, str, str, float, bool]] = []
     chunk = 256  # keep only probabilities: Predictions hold image crops
     for start in range(0, len(entries), chunk):
         part = entries[start: start + chunk]
         results = predictor.predict_many([e[0] for e in part], top_k=3, batch_size=32)
-        for (_, rel, label, source), res in zip(part, results, strict=True):
+        for (path, rel, label, source), res in zip(part, results, strict=True):
             if isinstance(res, ImageError):
                 skipped.append({"file": rel, "reason": res.message.split(": ", 1)[-1]})
                 continue
             assert isinstance(res, Prediction)
             y_true.append(label)
             sources.append(source)
+            paths.append(path)
             probs.append(res.probs)
-            pred_rows.append((rel, label, res.label, res.confidence, res.uncertain))
+            # "uncertain" as the person is told it: the answer rule's status
+            pred_rows.append((rel, label, res.label, res.confidence,
+                              answer_for(res, card).status == "uncertain"))
         if progress:
             progress(min(start + chunk, len(entries)), len(entries))
     if not probs:
@@ -140,6 +152,8 @@ def evaluate_model(
         rows = [i for i, s in enumerate(sources) if s == name]
         per["at_threshold"] = selective_at(p[rows], [y_true[i] for i in rows], card.classes,
                                            card.threshold)
+    metrics["per_band"] = band_figures(model_dir, card, paths, y_true, sources, p,
+                                       n_boot=n_boot)
     metrics["skipped"] = sorted(skipped, key=lambda s: s["file"])
     metrics["run"] = {
         "model": card.name, "model_dir": str(model_dir), "data": str(data), "split": split,
@@ -158,6 +172,54 @@ def evaluate_model(
     return metrics
 
 
+def band_figures(model_dir: Path, card: Any, paths: list[Path], y_true: list[str],
+                 sources: list[str], probs: np.ndarray, *, n_boot: int = 1000) -> dict[str, Any]:
+    """Every photo's figures per skin-type band, with intervals: by the Fitzpatrick type its
+    folder's manifest gives (atlas/), and by the band estimated from its pixels (ITA°, every
+    source); overall ("all") and per source, with the shortlist's coverage and size when the
+    card has a calibrated shortlist, and the estimate's agreement with the labels here."""
+    from kulit.build.skintone import ITA_CUTOFFS, METHOD, agreement, estimate_many
+    from kulit.dataprep.fitzpatrick import BANDS, bands_of
+
+    labelled = bands_of(paths)
+    estimated = [t.band if t else None for t in estimate_many(paths)]
+    lists = shortlists(model_dir, card, probs)
+
+    def groups(bands: list[str | None]) -> dict[str, Any]:
+        names = sorted({s for s, b in zip(sources, bands, strict=True) if s and b})
+        out = {}
+        for name in ["all", *names] if len(names) != 1 else names:
+            rows = [i for i, s in enumerate(sources) if name in ("all", s) and bands[i]]
+            if rows:
+                out[name] = figures_by_slice(
+                    [y_true[i] for i in rows], probs[rows], card.classes,
+                    [bands[i] for i in rows], card.threshold, order=BANDS, n_boot=n_boot,
+                    seed=card.seed, shortlists=None if lists is None else [lists[i] for i in rows])
+        return out
+
+    return {
+        "bands": list(BANDS),
+        "labelled": groups(labelled),
+        "estimated": groups(estimated),
+        "estimator": {"method": "ITA", **dataclasses.asdict(METHOD), "cutoffs": list(ITA_CUTOFFS),
+                      "no_estimate": sum(b is None for b in estimated),
+                      "agreement_here": agreement(labelled, estimated)},
+    }
+
+
+def shortlists(model_dir: Path, card: Any, probs: np.ndarray) -> list[list[int]] | None:
+    """Each photo's shortlist (class indices) by the card's calibrated rule; None without one."""
+    section = ModelDir(model_dir).read_section(SHORTLIST)  # artefact and section share a name
+    if not section:
+        return None
+    from kulit.serving.shortlist import ShortlistRule
+
+    rule = ShortlistRule.from_card(section, card.classes)
+    if rule is None:
+        return None
+    return [rule.members(row, card.threshold) for row in probs]
+
+
 HEADLINE = ("n", "accuracy", "balanced_accuracy", "macro_f1", "top3_accuracy", "ece", "ci95",
             "at_threshold")
 
@@ -165,7 +227,7 @@ HEADLINE = ("n", "accuracy", "balanced_accuracy", "macro_f1", "top3_accuracy", "
 def record_in_card(card: Any, metrics: dict[str, Any], model_dir: Path) -> None:
     """Evaluating into the model's own folder stores the headline numbers in its card,
     overall and, when the split names its sources, per source (with the class predicted
-    most above its true share there)."""
+    most above its true share there), and per skin-type band."""
     section = {
         "split": metrics["run"]["split"],
         **{k: metrics.get(k) for k in HEADLINE},
@@ -179,5 +241,7 @@ def record_in_card(card: Any, metrics: dict[str, Any], model_dir: Path) -> None:
                    "max_share_ratio": max_share_ratio(shares.get(name) or {})}
             for name, m in metrics["per_source"].items()
         }
+    if metrics.get("per_band"):
+        section["per_band"] = metrics["per_band"]
     ModelDir(model_dir).write_section(METRICS, section, card)
 

@@ -137,6 +137,7 @@ def render_report(metrics: dict[str, Any], *, title: str, card: dict[str, Any] |
         "",
     ]
     lines += render_per_source(m)
+    lines += render_per_band(m)
     if m.get("unknown_classes"):
         lines += ["## Classes the model does not know", "",
                   "These images were left out of every number above. What the model called them:",
@@ -208,6 +209,73 @@ def render_per_source(m: dict[str, Any]) -> list[str]:
                      for n in names]
             lines.append(f"| {_md_cell(c)} | " + " | ".join(cells) + " |")
     return [*lines, ""]
+
+
+def _rate(r: dict[str, Any] | None) -> str:
+    """A rate {k, n, rate, ci95} as "64.0% (45.1–79.2%)"."""
+    if not r or r.get("rate") is None:
+        return "n/a"
+    return f"{_pct(r['rate'])} ({_ci(r.get('ci95'))})"
+
+
+def band_table(groups: dict[str, Any], bands: list[str]) -> list[str]:
+    """One Markdown table: a row per (group, band) with every slice figure and its interval."""
+    shortlist = any("shortlist" in f for g in groups.values() for f in g.values())
+    head = ("| group | band | photos | top-1 | balanced accuracy | top-3 | answered confidently "
+            "| right when confident |")
+    rule = "|---|---|---:|---:|---:|---:|---:|---:|"
+    if shortlist:
+        head += " shortlist coverage | mean shortlist size |"
+        rule += "---:|---:|"
+    lines = [head, rule]
+    for name, per in groups.items():
+        for band in [*bands, *(b for b in per if b not in bands)]:
+            f = per.get(band)
+            if f is None:
+                continue
+            bal = f.get("balanced_accuracy")
+            row = (f"| {_md_cell(name)} | {band} | {f['n']} | {_rate(f['accuracy'])} | "
+                   + (f"{_pct(bal)} ({_ci(f.get('balanced_accuracy_ci95'))})" if bal is not None
+                      else "n/a")
+                   + f" | {_rate(f['top3_accuracy'])} | {_rate(f['confident'])} | "
+                   f"{_rate(f['confident_right'])} |")
+            if shortlist:
+                sl = f.get("shortlist") or {}
+                row += f" {_rate(sl.get('coverage'))} | {_num(sl.get('mean_size'), 2)} |"
+            lines.append(row)
+    return lines
+
+
+def render_per_band(m: dict[str, Any]) -> list[str]:
+    """The per-skin-type section: every figure per Fitzpatrick band where the data's manifest
+    gives one (atlas/), and per band estimated from the photo's pixels (ITA°) for every
+    source; 95% intervals (Wilson for rates, bootstrap for balanced accuracy)."""
+    pb = m.get("per_band") or {}
+    if not pb:
+        return []
+    bands = list(pb.get("bands") or [])
+    lines = ["## Per skin type", "",
+             "Bands of Fitzpatrick skin types (I–II lightest, V–VI darkest). Small bands have "
+             "wide 95% intervals (Wilson for rates, bootstrap for balanced accuracy); read them "
+             "before the point values.", ""]
+    if pb.get("labelled"):
+        lines += ["### Labelled skin type (the photo folder's manifest, e.g. atlas/)", ""]
+        lines += [*band_table(pb["labelled"], bands), ""]
+    est = pb.get("estimator") or {}
+    if pb.get("estimated"):
+        cut = est.get("cutoffs") or []
+        lines += ["### Estimated skin type (ITA° of the skin around the lesion)", "",
+                  "Every photo's band estimated from its pixels (`kulit.build.skintone`: "
+                  "individual typology angle"
+                  + (f", I–II above {cut[0]:g}°, V–VI at or below {cut[1]:g}°" if len(cut) == 2
+                     else "") + "). The estimate describes groups of photos, not a person.", ""]
+        lines += [*band_table(pb["estimated"], bands), ""]
+    a = est.get("agreement_here") or {}
+    if a.get("n"):
+        lines += [f"Estimate against the labelled type on these {a['n']} photos: same band "
+                  f"{_pct(a['exact'])}, within one band {_pct(a['within_one'])}, Cohen's kappa "
+                  f"(linear) {_num(a['kappa_linear'])}.", ""]
+    return lines
 
 
 def _plot_confusion(metrics: dict[str, Any], path: Path) -> None:
