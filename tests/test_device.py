@@ -41,44 +41,27 @@ needs_shipped = pytest.mark.skipif(not (SHIPPED / "model.onnx").is_file(),
 
 def python_rule(probs: np.ndarray, classes: list[str], card_threshold: float,
                 gate: dict[str, float] | None, cutoffs: dict[str, Any],
-                issue: str | None) -> dict[str, Any]:
-    """The server's answer rule (answer once it lands) as the fields both sides show."""
-    try:
-        from kulit.serving.answer import Cutoffs, decide  # type: ignore[import-not-found]
-    except ImportError:
-        decide = None
-    if decide is not None:
-        a = decide(probs, classes, card_threshold, gate=gate,
-                   cutoffs=Cutoffs.from_card(cutoffs), quality_issue=issue)
-        return {"status": a.status, "label": a.label, "see_doctor": a.see_doctor,
-                "melanoma_alert": a.melanoma_alert, "advice": a.advice}
-    # until answer is merged: the order issue 11 fixed (retake, not_skin, none_of_these,
-    # answered / uncertain; melanoma alert on statuses 3-4)
-    from kulit.serving.predict import URGENT_CLASSES
+                issue: str | None, shortlist: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The server's answer rule as the fields both sides show; `shortlist` as the browser's
+    config holds it ({"level", "cutoffs": one per class}) or None."""
+    from kulit.serving.answer import Cutoffs, decide
+    from kulit.serving.shortlist import ShortlistRule
 
-    p = np.asarray(probs, np.float64)
-    best = classes[int(np.argmax(p))]
-    conf = float(p.max())
-    on = {k: v for k, v in cutoffs.items() if v is not None}
-    if issue is not None:
-        return {"status": "retake", "label": None, "see_doctor": False,
-                "melanoma_alert": False, "advice": f"retake_{issue}"}
-    if gate is not None and "not_skin_threshold" in on \
-            and gate["not_skin"] >= on["not_skin_threshold"]:
-        return {"status": "not_skin", "label": None, "see_doctor": False,
-                "melanoma_alert": False, "advice": "not_skin"}
-    if gate is not None and "other_threshold" in on and gate["other"] >= on["other_threshold"]:
-        status = "none_of_these"
-    else:
-        status = "answered" if conf >= card_threshold else "uncertain"
-    alert = any(c == best or ("melanoma_cutoff" in on
-                              and p[classes.index(c)] >= on["melanoma_cutoff"])
-                for c in URGENT_CLASSES if c in classes)
-    advice = ("melanoma" if best in URGENT_CLASSES else "melanoma_possible") if alert else \
-        {"answered": "default", "uncertain": "uncertain", "none_of_these": "none_of_these"}[status]
-    return {"status": status, "label": best if status == "answered" else None,
-            "see_doctor": alert or status != "answered", "melanoma_alert": alert,
-            "advice": advice}
+    rule = None if not shortlist else ShortlistRule(float(shortlist["level"]),
+                                                    np.array(shortlist["cutoffs"], float))
+    a = decide(probs, classes, card_threshold, gate=gate, cutoffs=Cutoffs.from_card(cutoffs),
+               quality_issue=issue, shortlist=rule)
+    return {"status": a.status, "label": a.label, "see_doctor": a.see_doctor,
+            "melanoma_alert": a.melanoma_alert, "advice": a.advice, "urgency": a.urgency,
+            "shortlist": [[c, p] for c, p in a.shortlist]}
+
+
+def card_shortlist(card: Any) -> dict[str, Any] | None:
+    """The card's shortlist as device_config hands it to the browser (None: not calibrated)."""
+    from kulit.serving.shortlist import SECTION, ShortlistRule
+
+    sl = ShortlistRule.from_card(card.section(SECTION), card.classes)
+    return None if sl is None else {"level": sl.level, "cutoffs": [float(c) for c in sl.cutoffs]}
 
 
 def synthetic_gate(dim: int, seed: int = 0) -> Gate:
@@ -131,7 +114,7 @@ def server_answer(pred: Predictor, gate: Gate | None, crop: np.ndarray,
         g = gate.scores(feats.mean(axis=(2, 3)))
         scores = {n: float(getattr(g, n)[0]) for n in SCORERS}
     return probs, scores, python_rule(probs, pred.classes, pred.card.threshold, scores,
-                                      cutoffs, None)
+                                      cutoffs, None, card_shortlist(pred.card))
 
 
 # --- the graph, in ONNX Runtime on the CPU ---
@@ -401,20 +384,29 @@ RULE_CASES = [  # (probs over the 8 classes, gate scores or None, quality issue 
 ]
 
 
+# shortlist cut-offs (issue 20): none (uncalibrated), a realistic set, and strict ones that
+# leave lists of one below the threshold (the list then takes the next class)
+SHORTLISTS = [None, {"level": 0.9, "cutoffs": [0.06, 0.02, 0.02, 0.1, 0.016, 0.011, 0.05, 0.02]},
+              {"level": 0.8, "cutoffs": [0.3] * 8}]
+
+
 @pytest.mark.e2e
+@pytest.mark.parametrize("shortlist", SHORTLISTS)
 @pytest.mark.parametrize("cutoffs", [CUTOFFS, {k: None for k in CUTOFFS}])
 def test_js_rule_equals_python_rule(device_server: str, browser: Any, device_model_dir: Path,
-                                    cutoffs: dict[str, Any]) -> None:
-    """device.js's decide and the server's rule, on one table of cases: identical answers."""
+                                    cutoffs: dict[str, Any],
+                                    shortlist: dict[str, Any] | None) -> None:
+    """device.js's decide and the server's rule, on one table of cases: identical answers
+    (status, advice, urgency and the shortlist itself)."""
     ctx, page = open_device_page(browser, device_server)
     rule = page.evaluate("window.kulitDevice.ready.then((c) => c.rule)")
-    rule = {**rule, **cutoffs}
+    rule = {**rule, **cutoffs, "shortlist": shortlist}
     got = page.evaluate("""([rule, cases]) => cases.map(([p, g, q]) =>
         window.kulitDevice.decide(rule, p, g, q))""", [rule, RULE_CASES])
     ctx.close()
     for (probs, gate, issue), a in zip(RULE_CASES, got, strict=True):
         want = python_rule(np.array(probs), rule["classes"], rule["threshold"], gate,
-                           cutoffs, issue)
+                           cutoffs, issue, shortlist)
         assert {k: a[k] for k in want} == want, (probs, gate, issue)
 
 

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from kulit import DISCLAIMER_EN, DISCLAIMER_ID
+from kulit.serving.answer import STATUSES
 from kulit.serving.gate import Gate, load_gate, save_gate
 from kulit.serving.i18n import STRINGS, both
 from kulit.serving.predict import Predictor
@@ -204,10 +205,10 @@ def test_openapi_documents_the_answer(clients: dict[str, TestClient]) -> None:
     spec = clients["skin"].get("/openapi.json").json()
     props = spec["components"]["schemas"]["PredictResponse"]["properties"]
     for field in ("status", "label", "see_doctor", "melanoma_alert", "quality", "gate",
-                  "advice", "disclaimer"):
+                  "advice", "disclaimer", "shortlist", "shortlist_level", "urgency"):
         assert field in props, field
-    assert set(props["status"]["enum"]) == {"answered", "uncertain", "none_of_these",
-                                            "not_skin", "retake"}
+    assert set(props["status"]["enum"]) == set(STATUSES)
+    assert set(props["urgency"]["enum"]) == {"urgent", "soon", "routine", "none"}
 
 
 def test_cli_json_carries_the_status(models: dict[str, Path], tmp_path: Path) -> None:

@@ -236,12 +236,14 @@ def quality_limits(card: ModelCard) -> dict[str, Any]:
 def device_config(card: ModelCard, model_dir: Path) -> dict[str, Any]:
     """What the page needs to answer on the device; the answer rule's parameters from the card."""
     from kulit.serving import i18n
-    from kulit.serving.answer import URGENT_CLASSES
+    from kulit.serving.answer import SOON_CLASSES, URGENT_CLASSES
+    from kulit.serving.shortlist import MAX_NAMED, SECTION, ShortlistRule
 
     web_path = Path(model_dir) / WEB_ONNX_FILE
     has_gate = load_gate(Path(model_dir)) is not None
     gate = card.gate if has_gate else {}
     quality = quality_limits(card)
+    sl = ShortlistRule.from_card(card.section(SECTION), card.classes)
     return {
         "model": {
             "name": card.name,
@@ -260,6 +262,10 @@ def device_config(card: ModelCard, model_dir: Path) -> dict[str, Any]:
             "threshold": card.threshold,
             "top_k": 3,
             "urgent_classes": sorted(URGENT_CLASSES & set(card.classes)),
+            "soon_classes": sorted(SOON_CLASSES & set(card.classes)),
+            "max_named": MAX_NAMED,
+            "shortlist": None if sl is None else {"level": sl.level,
+                                                  "cutoffs": [float(c) for c in sl.cutoffs]},
             "not_skin_threshold": gate.get("not_skin_threshold"),
             "other_threshold": gate.get("other_threshold"),
             "melanoma_cutoff": gate.get("melanoma_cutoff"),

@@ -86,3 +86,21 @@ def condition_info(cls: str, lang: str) -> dict[str, Any]:
 
 def condition_name(cls: str, lang: str) -> str:
     return str(condition_info(cls, lang)["name"])
+
+
+def join_or(names: list[str], lang: str) -> str:
+    """'A', 'A or B', 'A, B or C' in `lang` (the shortlist's verdict)."""
+    if len(names) <= 1:
+        return "".join(names)
+    return f"{', '.join(names[:-1])} {t(lang, 'list_or')} {names[-1]}"
+
+
+def pair_notes(on_list: list[str], lang: str) -> list[dict[str, Any]]:
+    """How to tell look-alikes apart (texts.json `pairs`), for the classes on a shortlist: a
+    pair shows when every class it `covers` (else every class it names) is on the list."""
+    out = []
+    for pair in _load().get("pairs", []):
+        if set(pair.get("covers") or pair["classes"]) <= set(on_list):
+            out.append({"classes": pair["classes"], "text": pair.get(lang) or pair["en"],
+                        "sources": pair.get("sources", [])})
+    return out

@@ -13,6 +13,7 @@ from PIL import Image
 from kulit.errors import ImageError, ModelError
 from kulit.serving.answer import Answer, answer_for
 from kulit.serving.predict import Prediction, Predictor, heatmap_overlay
+from kulit.serving.shortlist import SECTION, guarantee_tenths
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Analysis:
     overlay: bytes | None  # the heatmap blended over the crop, encoded as overlay_format says
     total_ms: float
     overlay_format: str = "PNG"  # "PNG" for the API, "WEBP" for pages (encode_overlay)
+    shortlist_tenths: int | None = None  # the shortlist's measured coverage, in tenths
 
 
 def analyse(predictor: Predictor, data: bytes, top_k: int, heatmap: bool,
@@ -46,7 +48,8 @@ def analyse(predictor: Predictor, data: bytes, top_k: int, heatmap: bool,
         overlay = (encode_overlay(blend) if overlay_format == OVERLAY_FORMAT
                    else encode_image(blend, overlay_format))
     return Analysis(pred, answer_for(pred, predictor.card), overlay,
-                    1000 * (time.perf_counter() - t0), overlay_format)
+                    1000 * (time.perf_counter() - t0), overlay_format,
+                    guarantee_tenths(predictor.card.section(SECTION)))
 
 
 def encode_image(img: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:

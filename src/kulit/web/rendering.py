@@ -14,7 +14,7 @@ from fastapi.templating import Jinja2Templates
 
 import kulit
 from kulit.errors import ImageError
-from kulit.serving.answer import Answer
+from kulit.serving.answer import SOON_CLASSES, Answer
 from kulit.serving.i18n import (
     LANG_COOKIE,
     LANGS,
@@ -22,7 +22,9 @@ from kulit.serving.i18n import (
     condition_info,
     condition_name,
     fmt_pct,
+    join_or,
     normalize_lang,
+    pair_notes,
     t,
 )
 from kulit.serving.predict import Predictor
@@ -106,23 +108,29 @@ def class_list(predictor: Predictor, lang: str) -> list[dict[str, str]]:
             for c in predictor.classes]
 
 
-def doctor_box(ans: Answer, lang: str, top_name: str) -> tuple[str, str, bool]:
-    """(text, title, urgent) of the see-a-doctor box; text "" = no box."""
+def doctor_box(ans: Answer, lang: str, top_name: str) -> tuple[str, str, str]:
+    """(text, title, kind) of the see-a-doctor box by the answer's urgency; kind "urgent"
+    (red: Melanoma behind it), "soon" (amber), "note" (gentle); text "" = no box."""
     if not ans.see_doctor:
-        return "", "", False
-    if ans.advice == "melanoma":
-        text = t(lang, "see_doctor_melanoma")
-    elif ans.advice == "melanoma_possible":
-        text = t(lang, "see_doctor_melanoma_possible", pct=fmt_pct(max(ans.urgent.values())))
-    else:
-        text = t(lang, f"see_doctor_{ans.advice}", name=top_name)
-    gentle = ans.status == "none_of_these" and not ans.melanoma_alert
-    return text, t(lang, "see_doctor_gentle_title" if gentle else "see_doctor_title"), not gentle
+        return "", "", ""
+    if ans.urgency == "urgent":
+        text = (t(lang, "see_doctor_melanoma") if ans.advice == "melanoma" else
+                t(lang, "see_doctor_melanoma_possible", pct=fmt_pct(max(ans.urgent.values()))))
+        return text, t(lang, "see_doctor_title"), "urgent"
+    if ans.urgency == "soon":
+        names = [condition_name(c, lang) for c, _ in ans.shortlist if c in SOON_CLASSES]
+        return (t(lang, "see_doctor_soon", names=join_or(names, lang)),
+                t(lang, "see_doctor_soon_title"), "soon")
+    return (t(lang, f"see_doctor_{ans.advice}", name=top_name),
+            t(lang, "see_doctor_gentle_title"), "note")
 
 
 def verdict(ans: Answer, lang: str, top: dict[str, Any], n_classes: int) -> str:
     if ans.status == "answered":
         return t(lang, "verdict_likely", name=top["name"], pct=top["pct"])
+    if ans.status == "shortlist":
+        return t(lang, "verdict_shortlist",
+                 names=join_or([condition_name(c, lang) for c, _ in ans.shortlist], lang))
     if ans.status == "none_of_these":
         return t(lang, "verdict_none_of_these", n=n_classes)
     return t(lang, f"verdict_{ans.status}")
@@ -149,12 +157,16 @@ def result_context(result: Analysis, lang: str) -> dict[str, Any]:
     """
     pred, ans = result.prediction, result.answer
     top_name, top_pct = condition_name(ans.top[0][0], lang), fmt_pct(ans.confidence)
+    # a list of two or more: its classes, most likely first; one answer (or an unsure answer
+    # of an uncalibrated model): the model's ranking, as before
+    listed = (ans.shortlist if ans.shortlist and ans.status in ("shortlist", "uncertain")
+              else ans.top if ans.names_classes else [])
     rows = [
         {"cls": c, "pct": fmt_pct(p), "width": f"{100 * p:.1f}",
          "urgent": ans.melanoma_alert and c in ans.urgent, **condition_info(c, lang)}
-        for c, p in ans.top
-    ] if ans.names_classes else []
-    doctor, doctor_title, doctor_urgent = doctor_box(ans, lang, top_name)
+        for c, p in listed
+    ]
+    doctor, doctor_title, doctor_kind = doctor_box(ans, lang, top_name)
     guidance = t(lang, f"advice_{ans.advice}") if ans.status in ("not_skin", "retake") else ""
     # one JPEG of the crop: shown, and re-posted by the carry form (gzip sends it once)
     photo_uri = page_image_uri(pred.image) if pred.image is not None else None
@@ -168,7 +180,13 @@ def result_context(result: Analysis, lang: str) -> dict[str, Any]:
         "guidance": guidance,
         "doctor": doctor,
         "doctor_title": doctor_title,
-        "doctor_urgent": doctor_urgent,
+        "doctor_urgent": doctor_kind == "urgent",
+        "doctor_soon": doctor_kind == "soon",
+        "urgency": ans.urgency,
+        "shortlisted": bool(ans.shortlist) and ans.status in ("shortlist", "uncertain"),
+        "guarantee": result.shortlist_tenths if ans.shortlist else None,
+        "pairs": pair_notes([c for c, _ in ans.shortlist], lang)
+        if ans.status in ("answered", "shortlist") else [],
         "photo_uri": photo_uri,
         "overlay_uri": (data_uri(result.overlay, f"image/{result.overlay_format.lower()}")
                         if result.overlay and ans.names_classes else None),

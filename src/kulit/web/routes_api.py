@@ -23,6 +23,7 @@ from kulit.web.schemas import (
     HealthResponse,
     ModelCardResponse,
     PredictResponse,
+    ShortlistItem,
     TopItem,
 )
 from kulit.web.upload import UploadRejected, read_file_field
@@ -61,13 +62,17 @@ async def predict(
         melanoma_alert=ans.melanoma_alert,
         quality=ans.quality,  # type: ignore[arg-type]  # one of kulit.serving.quality.ISSUES
         gate=None if ans.gate is None else GateScoresResponse(**ans.gate),
+        shortlist=[ShortlistItem.model_validate({"class": c, "probability": round(p, 6)})
+                   for c, p in ans.shortlist],
+        shortlist_level=ans.shortlist_level,
+        urgency=ans.urgency,
         advice=both(f"advice_{ans.advice}"),
         disclaimer={"en": DISCLAIMER_EN, "id": DISCLAIMER_ID},
         timing_ms={**{k: round(v, 3) for k, v in pred.timing_ms.items()},
                    "total": round(result.total_ms, 3)},
         heatmap_png=(base64.b64encode(result.overlay).decode("ascii")
                      if result.overlay else None),
-    ).model_dump()
+    ).model_dump(by_alias=True)
     if not heatmap:
         del body["heatmap_png"]
     return JSONResponse(body)

@@ -23,6 +23,12 @@ class TopItem(BaseModel):
     probability: float = Field(ge=0, le=1, description="calibrated (temperature-scaled)")
 
 
+class ShortlistItem(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    class_: str = Field(alias="class", serialization_alias="class")
+    probability: float = Field(ge=0, le=1, description="calibrated (temperature-scaled)")
+
+
 class GateScoresResponse(BaseModel):
     not_skin: float = Field(ge=0, le=1, description="score that the photo is not a close-up "
                                                     "of skin")
@@ -32,20 +38,34 @@ class GateScoresResponse(BaseModel):
 
 class PredictResponse(BaseModel):
     model: str = Field(description="model id from the card")
-    status: Literal["answered", "uncertain", "none_of_these", "not_skin", "retake"] = Field(
-        description="answered: one class, confident; uncertain: no class sure enough (top "
-                    "still listed); none_of_these: skin, but like none of the model's classes; "
-                    "not_skin: not a close-up of skin; retake: photo too small, blurred, dark "
-                    "or bright (see `quality`)")
+    status: Literal["answered", "shortlist", "uncertain", "none_of_these", "not_skin",
+                    "retake"] = Field(
+        description="answered: a shortlist of one class, also a confident one; shortlist: two "
+                    "or three classes; uncertain: more than three (cannot narrow it down), or "
+                    "no class sure enough on a model without a calibrated shortlist; "
+                    "none_of_these: skin, but like none of the model's classes; not_skin: not "
+                    "a close-up of skin; retake: photo too small, blurred, dark or bright (see "
+                    "`quality`)")
+    shortlist: list[ShortlistItem] = Field(
+        description="the conditions the photo may show, most likely first (conformal set at "
+                    "`shortlist_level`); [] when no class is named")
+    shortlist_level: float | None = Field(
+        description="the shortlist's coverage level (e.g. 0.9), null without calibration")
+    urgency: Literal["urgent", "soon", "routine", "none"] = Field(
+        description="urgent: Melanoma on the shortlist or above its cut-off (see a doctor "
+                    "within two weeks; a puskesmas can refer); soon: a condition on the list "
+                    "spreads or needs a prescription; routine: otherwise; none: not_skin or "
+                    "retake")
     top: list[TopItem] = Field(description="the model's ranking; an answer only when status "
                                            "is answered or uncertain")
     label: str | None = Field(description="the class, only when status is answered")
     confidence: float = Field(description="probability of the top class")
     uncertain: bool = Field(description="status == 'uncertain' (kept for older clients)")
-    see_doctor: bool = Field(description="see a doctor: uncertain, none_of_these, or a "
-                                         "melanoma alert; never for not_skin or retake")
-    melanoma_alert: bool = Field(description="see a doctor soon: P(Melanoma) is above the "
-                                             "model's cut-off, or Melanoma is the top class")
+    see_doctor: bool = Field(description="see a doctor: urgency urgent or soon, status "
+                                         "uncertain or none_of_these; never for not_skin or "
+                                         "retake. Older field; see `urgency`")
+    melanoma_alert: bool = Field(description="urgency == 'urgent': Melanoma is on the "
+                                             "shortlist, the top class, or above its cut-off")
     quality: Literal["too_small", "too_blurred", "too_dark", "too_bright"] | None = Field(
         description="what is wrong with the photo (status retake), else null")
     gate: GateScoresResponse | None = Field(

@@ -294,7 +294,8 @@ function fillResult(stored) {
   bars.hidden = conds.hidden = !names;
   if (names) {
     const list = bars.querySelector("ol");
-    const listed = a.shortlist.length ? a.shortlist : a.top;  // rendering.result_context's rows
+    // rendering.result_context's rows: a list of two or more, else the model's ranking
+    const listed = a.shortlist.length && (a.status === "shortlist" || a.status === "uncertain") ? a.shortlist : a.top;
     const shown = new Set(listed.map(([c]) => c));
     for (const li of list.querySelectorAll("li")) li.hidden = !shown.has(li.dataset.class);
     for (const d of conds.querySelectorAll("details")) d.hidden = !shown.has(d.dataset.class);
