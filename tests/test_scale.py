@@ -40,12 +40,14 @@ def model() -> Path:
     return SHIPPED_MODEL
 
 
-def local_lines(photos: Path, model: Path, capsys: pytest.CaptureFixture[str]) -> list[str]:
-    from kulit.predict_cli import run_predict
-
-    capsys.readouterr()
-    run_predict([photos], model, json_out=True)
-    return capsys.readouterr().out.splitlines()
+@pytest.fixture(scope="module")
+def local_run(photos: Path, model: Path) -> list[str]:
+    """`kulit predict --json` on the local path, the reference for every Ray run."""
+    r = runner.invoke(app, ["predict", "--json", "--model", str(model), str(photos)])
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert len(lines) == N_PHOTOS
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,13 +84,13 @@ def test_reads_uris_through_pyarrow(photos: Path, tmp_path: Path) -> None:
     assert read_source(str(photos / "p01.jpg")) == str(photos / "p01.jpg")
 
 
-def test_parquet_rows_read_back_as_the_json_lines(photos: Path, model: Path, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_parquet_rows_read_back_as_the_json_lines(tmp_path: Path, local_run: list[str]
+                                                  ) -> None:
     import pyarrow.parquet as pq
 
     from kulit.scale.output import PartWriter, done_sources, read_rows
 
-    lines = local_lines(photos, model, capsys)
+    lines = local_run
     rows = [json.loads(line) for line in lines]
     assert any("error" in r for r in rows) and any(r.get("gate") for r in rows)
     w = PartWriter(tmp_path, rows_per_part=7)
@@ -178,26 +180,19 @@ def descendants(pid: int) -> dict[int, str]:
 
 @pytest.mark.ray
 def test_same_answers_as_the_local_path(ray_cluster: None, photos: Path, model: Path,
-                                        tmp_path: Path, capsys: pytest.CaptureFixture[str]
-                                        ) -> None:
+                                        local_run: list[str],
+                                        capsys: pytest.CaptureFixture[str]) -> None:
     from kulit.scale.batch import RayOptions, run_ray_predict
-    from kulit.scale.output import read_rows
 
-    local = local_lines(photos, model, capsys)
-    assert len(local) == N_PHOTOS
+    capsys.readouterr()
     assert run_ray_predict([photos], model, opts=RayOptions(actors=2)) == 0
-    assert capsys.readouterr().out.splitlines() == local  # the same lines, in the same order
-
-    listed = tmp_path / "photos.csv"
-    listed.write_text("path\n" + "".join(f"{photos}/p{i:02d}.jpg\n" for i in range(N_PHOTOS)))
-    assert run_ray_predict([listed], model, out=tmp_path / "out") == 0
-    assert read_rows(tmp_path / "out") == [json.loads(line) for line in local]
+    assert capsys.readouterr().out.splitlines() == local_run  # the same lines, same order
 
 
 @pytest.mark.ray
 def test_worker_killed_mid_run_loses_and_repeats_nothing(
-        ray_cluster: None, photos: Path, model: Path, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+        ray_cluster: None, photos: Path, model: Path, local_run: list[str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from kulit.scale import batch
     from kulit.scale.output import read_rows
 
@@ -208,7 +203,7 @@ def test_worker_killed_mid_run_loses_and_repeats_nothing(
 
         def update(self) -> None:
             super().update()
-            if self.n == 5 and not killed:
+            if self.n == 5:
                 actors = [p for p, cmd in descendants(os.getpid()).items()
                           if "PredictActor" in cmd]
                 assert actors, "no predictor actor process found"
@@ -216,40 +211,53 @@ def test_worker_killed_mid_run_loses_and_repeats_nothing(
                 killed.append(actors[0])
 
     monkeypatch.setattr(batch, "Progress", KillOnce)
-    local = [json.loads(line) for line in local_lines(photos, model, capsys)]
     out = tmp_path / "out"
     assert batch.run_ray_predict([photos], model, out=out,
                                  opts=batch.RayOptions(actors=2, batch_size=2)) == 0
-    assert killed
-    got = read_rows(out)
-    assert sorted(r["source"] for r in got) == sorted(r["source"] for r in local)  # once each
-    assert sorted(got, key=lambda r: r["source"]) == sorted(local, key=lambda r: r["source"])
+    assert len(killed) == 1
+    # every photo once, each with the local path's answer, in input order
+    assert read_rows(out) == [json.loads(line) for line in local_run]
 
 
 @pytest.mark.ray
-def test_resumed_run_does_only_the_missing_photos(
-        ray_cluster: None, photos: Path, model: Path, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+def test_interrupted_run_resumes_with_only_the_missing_photos(
+        ray_cluster: None, photos: Path, model: Path, local_run: list[str], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     import pyarrow.parquet as pq
 
-    from kulit.scale.batch import run_ray_predict
+    from kulit.scale import batch
     from kulit.scale.output import read_rows
 
+    class CtrlC(batch.Progress):
+        def update(self) -> None:
+            super().update()
+            if self.n == 20:
+                raise KeyboardInterrupt
+
     out = tmp_path / "out"
-    first = tmp_path / "first.txt"
-    first.write_text("".join(f"{photos}/p{i:02d}.jpg\n" for i in range(0, N_PHOTOS, 3)))
-    assert run_ray_predict([first], model, out=out) == 0
+    listed = tmp_path / "photos.csv"  # the first run reads a CSV list, the second the folder
+    listed.write_text("label,path\n" + "".join(f"x,{photos}/p{i:02d}.jpg\n"
+                                               for i in range(N_PHOTOS)))
+    monkeypatch.setattr(batch, "Progress", CtrlC)
+    with pytest.raises(KeyboardInterrupt):
+        batch.run_ray_predict([listed], model, out=out)
+    monkeypatch.undo()
     before = set(out.glob("part-*.parquet"))
-    (out / ".part-interrupted.parquet.tmp").write_bytes(b"PAR1 half written")  # a killed write
+    first = read_rows(out)
+    assert len(first) == 20  # what was answered before Ctrl+C is kept
+    (out / ".part-killed.parquet.tmp").write_bytes(b"PAR1 half written")  # a write cut short
+
     capsys.readouterr()
-    assert run_ray_predict([photos], model, out=out) == 0
-    assert f"17 of {N_PHOTOS} photos already in {out}; predicting {N_PHOTOS - 17}" in \
+    assert batch.run_ray_predict([photos], model, out=out) == 0
+    assert f"20 of {N_PHOTOS} photos already in {out}; predicting {N_PHOTOS - 20}" in \
         capsys.readouterr().err
     new = set(out.glob("part-*.parquet")) - before
-    done_now = {s for p in new for s in pq.read_table(p, columns=["source"])["source"]
-                .to_pylist()}
-    assert done_now == {str(photos / f"p{i:02d}.jpg") for i in range(N_PHOTOS) if i % 3}
+    done_now = [s for p in new for s in pq.read_table(p, columns=["source"])["source"]
+                .to_pylist()]
+    assert sorted(done_now) == sorted({json.loads(line)["source"] for line in local_run}
+                                      - {r["source"] for r in first})
     rows = read_rows(out)
-    assert len(rows) == N_PHOTOS and len({r["source"] for r in rows}) == N_PHOTOS
-    assert run_ray_predict([photos], model, out=out) == 0  # nothing left: no cluster work
+    assert sorted(rows, key=lambda r: r["source"]) == \
+        sorted((json.loads(line) for line in local_run), key=lambda r: r["source"])
+    assert batch.run_ray_predict([photos], model, out=out) == 0  # nothing left to do
     assert set(out.glob("part-*.parquet")) == before | new

@@ -395,8 +395,19 @@ def serve(
              "and offline use on any host but localhost", exists=True, dir_okay=False)] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(
         help="TLS private key (PEM) of --ssl-certfile", exists=True, dir_okay=False)] = None,
+    replicas: Annotated[int | None, typer.Option(
+        min=1, help="Ray Serve: this many replicas of the app behind one address")] = None,
+    autoscale: Annotated[str | None, typer.Option(
+        metavar="MIN,MAX", help="Ray Serve: MIN to MAX replicas, following the load")] = None,
+    address: Annotated[str | None, typer.Option(
+        help="With --replicas/--autoscale: Ray cluster to join [a local one]")] = None,
 ) -> None:
     """Serve the web app and JSON API (torch-free). Not a diagnosis."""
+    if replicas is not None or autoscale is not None or address is not None:
+        from kulit.scale.serve import run_serve
+
+        return run_serve(model, host=host, port=port, replicas=replicas, autoscale=autoscale,
+                         address=address, one_process_only=clinic or ssl_certfile is not None)
     try:
         import uvicorn
 

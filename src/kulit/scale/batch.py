@@ -16,9 +16,8 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import numpy as np
 from kulit import DISCLAIMER_EN
 from kulit.errors import ImageError, KulitError, ensure_writable_dir
 from kulit.scale import import_ray
+from kulit.scale.cluster import connect, materialize, model_files
 from kulit.scale.sources import is_uri, list_sources, read_source
 
 ROWS_PER_BLOCK = 1000  # the most photos in one input block (a unit of retry)
@@ -59,15 +59,17 @@ class PredictActor:
     def __init__(self, files_ref: list[Any], top_k: int, int8: bool) -> None:
         import ray
 
+        from kulit.serving.decode_sandbox import DecodePool
         from kulit.serving.predict import Predictor
 
-        folder = Path(tempfile.mkdtemp(prefix="kulit-model-"))
+        folder = materialize(ray.get(files_ref[0]))
         try:
-            for name, data in ray.get(files_ref[0]).items():
-                (folder / name).write_bytes(data)
             self.predictor = Predictor(folder, threads=1, max_concurrent=1, int8=int8)
         finally:  # the session holds the model now; nothing is left behind if the actor dies
             shutil.rmtree(folder, ignore_errors=True)
+        # decoded in a sandboxed worker with hard limits, as `kulit predict` does: a hostile
+        # file becomes its error row instead of taking the actor down (and its retries too)
+        self.predictor.decoder = DecodePool(1)
         self.top_k = top_k
 
     def __call__(self, batch: Any) -> Any:
@@ -122,30 +124,8 @@ def _named(r: Any, source: str, where: str) -> Any:
     return r
 
 
-def model_files(model_dir: Path) -> dict[str, bytes]:
-    """The model folder's files (a few MB), shipped to every actor."""
-    return {f.name: f.read_bytes() for f in sorted(Path(model_dir).iterdir())
-            if f.is_file() and not f.name.startswith(".")}
-
-
-def connect(address: str | None) -> bool:
-    """Join the cluster at `address` (or $RAY_ADDRESS), else start one on this machine
-    bound to 127.0.0.1. True if this call started Ray (and so should stop it)."""
-    ray = import_ray()
-    if ray.is_initialized():
-        return False
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        kwargs.update(include_dashboard=False, _node_ip_address="127.0.0.1")
-    try:
-        ray.init(address=address, **kwargs)
-    except ConnectionError as e:
-        raise KulitError(f"cannot reach the Ray cluster at {address}: {e}") from None
-    return True
-
-
 def predict_rows(sources: list[str], model_dir: Path, *, top_k: int = 3, int8: bool = True,
-                 opts: RayOptions | None = None) -> Iterator[Row]:
+                 opts: RayOptions | None = None) -> Generator[Row, None, None]:
     """Every source's row, in the order given, computed on the connected Ray cluster."""
     import pyarrow as pa
 
@@ -229,15 +209,17 @@ def run_ray_predict(paths: list[Path], model: Path, *, top_k: int = 3, int8: boo
     writer = PartWriter(out) if out is not None else None
     progress = Progress(len(todo))
     ok = 0
+    rows = predict_rows(todo, model, top_k=top_k, int8=int8, opts=opts)
     try:
-        for row in predict_rows(todo, model, top_k=top_k, int8=int8, opts=opts):
-            progress.update()
+        for row in rows:
             ok += row.probs is not None
             if writer is not None:
                 writer.add(row.line)
             else:
                 print(row.line, flush=False)
+            progress.update()
     finally:
+        rows.close()  # stops the dataset's actors now, also on Ctrl+C
         progress.close()
         if writer is not None:
             writer.flush()  # what has been answered stays answered, also on Ctrl+C
