@@ -132,12 +132,17 @@ def _error_json(source: str, err: ImageError) -> dict[str, object]:
     return {"source": source, "error": {"code": err.code, "message": err.message}}
 
 
+# the table's note per urgency (kulit.serving.answer): what the page's box says, in brief
+URGENCY_NOTE = {"urgent": "  -> URGENT: see a doctor within 2 weeks (a puskesmas can refer)",
+                "soon": "  -> see a doctor within a few days", "routine": "", "none": ""}
+
+
 def _line(f: Path, ans: Answer) -> str:
-    tops = ", ".join(f"{c} {p:.0%}" for c, p in ans.top)
-    head = {"answered": ans.label, "uncertain": "UNCERTAIN"}.get(
+    tops = ", ".join(f"{c} {p:.0%}" for c, p in (ans.shortlist if ans.status == "shortlist"
+                                                  else ans.top))
+    head = {"answered": ans.label, "uncertain": "UNCERTAIN", "shortlist": "ONE OF"}.get(
         ans.status, ans.status.upper().replace("_", " "))
     if ans.status in ("not_skin", "retake"):
         return f"{f}: {head} ({ans.quality or 'not a close-up of skin'}): " \
                f"{both(f'advice_{ans.advice}')['en']}"
-    flag = "  -> see a doctor soon" if ans.see_doctor else ""
-    return f"{f}: {head} ({tops}){flag}"
+    return f"{f}: {head} ({tops}){URGENCY_NOTE[ans.urgency]}"

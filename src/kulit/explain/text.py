@@ -187,16 +187,28 @@ def format_softmax(m: dict[str, Any]) -> list[str]:
                      "; the probabilities are the same and exp cannot overflow)")
     top = ", ".join(f"{t_['label']} {t_['probability']:.1%}" for t_ in m["top"])
     lines += ["", f"10. Top {len(m['top'])}: {top}"]
-    if m["status"] not in ("answered", "uncertain"):
+    listed = ", ".join(f"{x['class']} {x['probability']:.1%}" for x in m.get("shortlist", []))
+    level = m.get("shortlist_level")
+    on = f"on the {level:.0%} shortlist" if level else "named"
+    if m["status"] not in ("answered", "shortlist", "uncertain"):
         lines.append(f"    {m['status'].upper().replace('_', ' ')}: {m['advice']['en']}")
-    elif m["uncertain"]:
+    elif m["status"] == "uncertain" and listed:
+        lines.append(f"    UNCERTAIN: {len(m['shortlist'])} conditions {on} ({listed}); "
+                     "kulit cannot narrow it down")
+    elif m["status"] == "uncertain":
         lines.append(f"    UNCERTAIN: the top probability {m['confidence']:.1%} is below the "
                      f"model's threshold {m['threshold']:.0%}")
+    elif m["status"] == "shortlist":
+        lines.append(f"    One of these, {on}: {listed}")
     else:
         lines.append(f"    Answer: {m['label']} (top probability {m['confidence']:.1%}, "
                      f"threshold {m['threshold']:.0%})")
-    if m["see_doctor"]:
-        lines.append("    -> see a doctor soon")
+    note = {"urgent": "    -> URGENT: see a doctor within two weeks (a puskesmas can refer)",
+            "soon": "    -> see a doctor within a few days"}.get(m.get("urgency", ""))
+    if note:
+        lines.append(note)
+    elif m["see_doctor"]:
+        lines.append("    -> ask a doctor if it worries you")
     chk = m["check"]
     lines.append(f"    Check: the same probabilities as {chk['against']}, "
                  f"largest difference {chk['max_abs_diff']:.1e}.")
