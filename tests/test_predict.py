@@ -30,9 +30,9 @@ def test_predict_returns_calibrated_topk(predictor):
     np.testing.assert_allclose(p.probs, expected, rtol=1e-9)
     probs = [q for _, q in p.top]
     assert probs == sorted(probs, reverse=True)
-    assert p.uncertain == (p.confidence < 0.5)
+    assert p.below_threshold == (p.confidence < 0.5)
     d = p.to_dict()
-    assert d["uncertain"] == p.uncertain and len(d["top"]) == 3
+    assert d["below_threshold"] == p.below_threshold and len(d["top"]) == 3
     json.dumps(d)
 
 

@@ -435,7 +435,7 @@ def explain_model(predictor: Any, image: str | Path | bytes | Any) -> ModelExpla
         "label": answer.label,
         "confidence": round(pred.confidence, 6),
         "threshold": float(card.threshold),
-        "uncertain": pred.uncertain,
+        "uncertain": answer.status == "uncertain",  # the answer rule's, as everywhere
         "see_doctor": answer.see_doctor,
         "melanoma_alert": answer.melanoma_alert,
         "quality": answer.quality,

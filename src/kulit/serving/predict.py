@@ -72,8 +72,9 @@ class Prediction:
         return self.top[0][1]
 
     @property
-    def uncertain(self) -> bool:
-        """Top-1 below the card's threshold (the answer also weighs the gate and quality)."""
+    def below_threshold(self) -> bool:
+        """Top-1 below the card's threshold: the model's side only. Whether a person is told
+        "uncertain" is the answer rule's (`Answer.status`), which also weighs gate and quality."""
         return self.confidence < self.threshold
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,7 +82,7 @@ class Prediction:
             "source": self.source,
             "top": [{"label": c, "probability": round(p, 6)} for c, p in self.top],
             "confidence": round(self.confidence, 6),
-            "uncertain": self.uncertain,
+            "below_threshold": self.below_threshold,
         }
 
 
