@@ -11,9 +11,8 @@ answers. Without one, conv weights of model.onnx are stored as int8 per output c
 DequantizeLinear in front (weight-only: activations stay float32), to keep the download small.
 Needs `onnx`.
 
-`device_config` is the JSON the page's answer rule runs on: the card's threshold and cut-offs,
-the quality limits, the urgent classes and every text in both languages, read from the same
-objects the server uses, so nothing is retyped in JavaScript.
+The JSON the page's answer rule runs on (`device_config`) is served, so it lives in
+`kulit.serving.device`.
 """
 
 from __future__ import annotations
@@ -26,14 +25,13 @@ import numpy as np
 from PIL import Image
 
 from kulit.build.webquality import quality_nodes
-from kulit.build.webquality import supports as supports_quality
 from kulit.errors import ModelError
-from kulit.serving.card import ModelCard, load_card
+from kulit.serving.card import load_card
+from kulit.serving.device import WEB_INPUT, device_config, measures_quality  # noqa: F401
 from kulit.serving.gate import SCORERS, load_gate
-from kulit.serving.model_dir import HEAD_FILE, WEB_ONNX_FILE, file_sha256, served_file
+from kulit.serving.model_dir import HEAD_FILE, WEB_ONNX_FILE, served_file
 from kulit.serving.preprocess import Preprocessing, normalize, normalize_affine
 
-WEB_INPUT = "image_u8"  # uint8 [N, S, S, 3], the centre crop the server also computes
 WEB_OUTPUTS = ("probs", "gate", "cam")  # gate only with gate.npz, cam only with a linear head
 WEIGHTS = ("int8", "fp32")
 MIN_QUANT_SIZE = 256  # smaller conv kernels stay float32: too few bytes to matter
@@ -141,7 +139,7 @@ def build_web_model(model_dir: Path, out: Path | None = None, weights: str = "in
                                   ["web_gate_s"]),
                  helper.make_node("Sigmoid", ["web_gate_s"], ["gate"])]
         outs.append(helper.make_tensor_value_info("gate", TensorProto.FLOAT, ["N", 2]))
-    if supports_quality(s):  # the photo-quality measures, as the server takes them
+    if measures_quality(s):  # the photo-quality measures, as the server takes them
         q_nodes, q_inits, q_out = quality_nodes(WEB_INPUT, s)
         post += q_nodes
         post_inits += q_inits
@@ -209,69 +207,3 @@ def web_session(model: Path | bytes, threads: int = 1) -> Any:
     opts.intra_op_num_threads = threads
     src = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
-
-
-def _gz_size(path: Path) -> int | None:
-    """Bytes on the wire when the browser accepts gzip (the copy built beside the model)."""
-    gz = path.with_name(path.name + ".gz")
-    return gz.stat().st_size if gz.is_file() else None
-
-
-def _texts() -> dict[str, dict[str, str]]:
-    """Both languages' UI strings, from the one text store."""
-    from kulit.serving import i18n
-
-    return {lang: dict(i18n.STRINGS[lang]) for lang in i18n.LANGS}
-
-
-def quality_limits(card: ModelCard) -> dict[str, Any]:
-    """kulit.serving.quality's limits (card overrides on top) and the order issues are named in."""
-    from dataclasses import asdict
-
-    from kulit.serving.quality import ISSUES, QualityLimits
-
-    return {**asdict(QualityLimits.from_card(card.quality)), "issues": list(ISSUES)}
-
-
-def device_config(card: ModelCard, model_dir: Path) -> dict[str, Any]:
-    """What the page needs to answer on the device; the answer rule's parameters from the card."""
-    from kulit.serving import i18n
-    from kulit.serving.answer import SOON_CLASSES, URGENT_CLASSES
-    from kulit.serving.shortlist import MAX_NAMED, SECTION, ShortlistRule
-
-    web_path = Path(model_dir) / WEB_ONNX_FILE
-    has_gate = load_gate(Path(model_dir)) is not None
-    gate = card.gate if has_gate else {}
-    quality = quality_limits(card)
-    sl = ShortlistRule.from_card(card.section(SECTION), card.classes)
-    return {
-        "model": {
-            "name": card.name,
-            "url": f"/device/{WEB_ONNX_FILE}?v={file_sha256(web_path)[:16]}"
-            if web_path.is_file() else None,
-            "input": WEB_INPUT,
-            "input_size": card.preprocessing.input_size,
-            "has_gate": has_gate,
-            # the graph measures the crop's quality (else the page checks only the photo's size)
-            "has_quality": supports_quality(card.preprocessing.input_size),
-            "size": web_path.stat().st_size if web_path.is_file() else None,
-            "size_gz": _gz_size(web_path),
-        },
-        "rule": {
-            "classes": card.classes,
-            "threshold": card.threshold,
-            "top_k": 3,
-            "urgent_classes": sorted(URGENT_CLASSES & set(card.classes)),
-            "soon_classes": sorted(SOON_CLASSES & set(card.classes)),
-            "max_named": MAX_NAMED,
-            "shortlist": None if sl is None else {"level": sl.level,
-                                                  "cutoffs": [float(c) for c in sl.cutoffs]},
-            "not_skin_threshold": gate.get("not_skin_threshold"),
-            "other_threshold": gate.get("other_threshold"),
-            "melanoma_cutoff": gate.get("melanoma_cutoff"),
-            "quality": quality,
-        },
-        "texts": _texts(),
-        "class_names": {lang: {c: i18n.condition_name(c, lang) for c in card.classes}
-                        for lang in i18n.LANGS},
-    }

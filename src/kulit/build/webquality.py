@@ -26,11 +26,6 @@ LUMA = np.array([19595.0, 38470.0, 7471.0], np.float32)
 DARK_LEVEL, BRIGHT_LEVEL = 5.0, 250.0
 
 
-def supports(input_size: int) -> bool:
-    """Whether `measure` works on this crop as is (no whole-factor reduction first)."""
-    return THUMB_SIDE <= input_size < 2 * THUMB_SIDE
-
-
 def resample_matrix(src: int, dst: int = THUMB_SIDE) -> np.ndarray:
     """[dst, src] weights of Pillow's bilinear resize of one row, from Pillow itself."""
     eye = np.eye(src, dtype=np.float32)

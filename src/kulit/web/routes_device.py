@@ -1,7 +1,7 @@
 """On-device check: the files the page needs to run the model in the browser, offline.
 
 The service worker and manifest at the root (a worker controls only paths under its own), the
-answer rule's data from the card (`kulit.build.webmodel.device_config`), the browser model from the
+answer rule's data from the card (`kulit.serving.device.device_config`), the browser model from the
 model directory and onnxruntime-web's vendored WASM. Nothing here receives a photo.
 """
 
@@ -14,8 +14,9 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from kulit.build.webmodel import WEB_ONNX_FILE, device_config
+from kulit.serving.device import device_config
 from kulit.serving.i18n import t
+from kulit.serving.model_dir import WEB_ONNX_FILE
 from kulit.web.deps import PredictorDep, SettingsDep
 from kulit.web.rendering import LangDep, device_result_context, render
 
