@@ -116,8 +116,9 @@ def onnx_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @contextlib.contextmanager
-def serve_on_loopback(app: Any) -> Iterator[str]:
-    """Run an ASGI app under uvicorn on a free 127.0.0.1 port in a thread; yield its URL."""
+def serve_on_loopback(app: Any, **options: Any) -> Iterator[str]:
+    """Run an ASGI app under uvicorn on a free 127.0.0.1 port in a thread; yield its URL.
+    `options` go to uvicorn.Config (kulit.web.server.uvicorn_options, as kulit serve)."""
     import socket
     import threading
     import time
@@ -126,7 +127,8 @@ def serve_on_loopback(app: Any) -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                        **options))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
