@@ -139,3 +139,48 @@ def trust_rows(gate: dict[str, Any], lang: str) -> list[dict[str, Any]]:
         if values:
             rows.append({"label": t(lang, text_key), "values": values})
     return rows
+
+
+# what each band row shows, in order: card.metrics.per_band figures (`kulit evaluate`)
+BAND_FIGURES = ("accuracy", "top3_accuracy", "confident", "confident_right")
+
+
+def band_rows(metrics: dict[str, Any], lang: str) -> dict[str, Any] | None:
+    """The "By skin type" tables from card.metrics.per_band: rows of (group, band, photos,
+    top-1, top-3, answered confidently, right when confident), each a value with k/n and its
+    95% interval; one table by the labelled Fitzpatrick type, one by the type estimated from
+    the photo, and the estimate's agreement with the labels. None without per-band figures."""
+    pb = metrics.get("per_band") if isinstance(metrics, dict) else None
+    if not isinstance(pb, dict):
+        return None
+    bands = [str(b) for b in pb.get("bands") or []]
+
+    def table(groups: Any) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        if not isinstance(groups, dict):
+            return rows
+        for group, per in groups.items():
+            if not isinstance(per, dict):
+                continue
+            for band in bands:
+                f = per.get(band)
+                if not isinstance(f, dict) or not _is_num(f.get("n")):
+                    continue
+                rows.append({
+                    "group": t(lang, "about_all") if group == ALL else str(group),
+                    "band": band, "n": int(f["n"]),
+                    "cells": [_rate(f.get(k), lang) or {"value": "", "ci": ""}
+                              for k in BAND_FIGURES]})
+        return rows
+
+    labelled, estimated = table(pb.get("labelled")), table(pb.get("estimated"))
+    if not labelled and not estimated:
+        return None
+    est = pb.get("estimator") if isinstance(pb.get("estimator"), dict) else {}
+    a = est.get("agreement_here") if isinstance(est, dict) else None
+    agree = None
+    if isinstance(a, dict) and _is_num(a.get("n")) and a["n"] and _is_num(a.get("exact")):
+        agree = t(lang, "about_bands_agreement", n=int(a["n"]), exact=_pct(a["exact"], lang),
+                  within=_pct(a.get("within_one") or 0.0, lang),
+                  kappa=fmt_num(float(a.get("kappa_linear") or 0.0), lang, 2))
+    return {"labelled": labelled, "estimated": estimated, "agreement": agree}
