@@ -28,17 +28,17 @@ from kulit.config import (
     OTHER_FOLDERS,
     OTHER_TUNED,
     SOURCES,
+    URGENT_CLASS,
 )
 from kulit.errors import DataError
 from kulit.serving import calibration
-from kulit.serving.answer import Answer, Cutoffs, decide
+from kulit.serving.answer import MELANOMA_KEY, NOT_SKIN_KEY, OTHER_KEY, Answer, Cutoffs, decide
 from kulit.serving.card import load_card
 from kulit.serving.gate import Gate, GateScores, write_gate_file
 from kulit.serving.model_dir import ModelDir, file_sha256, served_file
 
 # the data folders and the tuned / held-out lists live in config (one home for each fact)
 SKIN_FOLDERS = SOURCES
-MELANOMA = "Melanoma"
 
 
 @dataclass(frozen=True)
@@ -296,13 +296,13 @@ def fit_gate(feats: Features, classes: Sequence[str], temperature: float,
     probs = softmax(feats.logits, temperature)
     y = np.array([list(classes).index(lb) if lb in classes else -1 for lb in labels])
     correct = probs.argmax(1) == y
-    mel = list(classes).index(MELANOMA)
+    mel = list(classes).index(URGENT_CLASS)
     cfg = {
-        "not_skin_threshold": rejection_threshold(
+        NOT_SKIN_KEY: rejection_threshold(
             {s: sc.not_skin[k] for s, k in by_src.items()}, params.not_skin_max_rejected),
-        "other_threshold": rejection_threshold(
+        OTHER_KEY: rejection_threshold(
             {s: sc.other[k] for s, k in by_src.items()}, params.other_max_inscope),
-        "melanoma_cutoff": coverage_cutoff(
+        MELANOMA_KEY: coverage_cutoff(
             {s: probs[k & (y == mel), mel] for s, k in by_src.items()}, params.melanoma_coverage),
         "tuned_on": {
             "not_skin_categories": list(NOT_SKIN_TUNED),
@@ -337,7 +337,7 @@ def gate_figures(feats: Features, classes: Sequence[str], temperature: float, th
     sc = gate.scores(feats.pooled) if gate is not None else None
     said = answers(sc, probs, classes, threshold, cfg if gate is not None else None)
     st = np.array([a.status for a in said], dtype=object)
-    mel = list(classes).index(MELANOMA)
+    mel = list(classes).index(URGENT_CLASS)
     doctor = np.array([a.see_doctor for a in said])
     y = np.array([list(classes).index(lb) if lb in classes else -1 for lb in labels])
     right = probs.argmax(1) == y
@@ -435,8 +435,8 @@ def _fmt(r: dict[str, Any]) -> str:
 def summary_lines(cfg: dict[str, Any], threshold: float) -> list[str]:
     f = cfg["figures"]
     lines = [
-        f"not_skin_threshold {cfg['not_skin_threshold']:.4f}, other_threshold "
-        f"{cfg['other_threshold']:.4f}, melanoma_cutoff {cfg['melanoma_cutoff']:.4f}, "
+        f"{NOT_SKIN_KEY} {cfg[NOT_SKIN_KEY]:.4f}, {OTHER_KEY} {cfg[OTHER_KEY]:.4f}, "
+        f"{MELANOMA_KEY} {cfg[MELANOMA_KEY]:.4f}, "
         f"threshold {threshold:.4f}",
         f"not-skin held-out categories rejected: "
         f"{_fmt(f['not_skin_held_out_rejected']['all'])} (target >= 95%)",

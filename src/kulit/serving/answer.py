@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 
+from kulit.config import URGENT_CLASS
 from kulit.serving.shortlist import MAX_NAMED, SECTION, ShortlistRule
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ NAMING = frozenset({"answered", "shortlist", "uncertain"})
 
 # The urgency rule's two lists, the one place they are written.
 # `urgent` (red): a class that can kill when missed; see a doctor within one to two weeks.
-URGENT_CLASSES = frozenset({"Melanoma"})
+URGENT_CLASSES = frozenset({URGENT_CLASS})
 # `soon`: see a doctor or the puskesmas within days, because the condition spreads to others
 # and needs medicine on prescription: impetigo (antibiotics; very contagious), herpes (shingles
 # needs antivirals within about 3 days; simplex and shingles blisters are contagious) and
