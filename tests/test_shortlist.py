@@ -309,6 +309,16 @@ def test_melanoma_on_the_list_is_red_with_the_referral_route(shortlist_model: Pa
     assert "Tidak ada kondisi yang cukup cocok" not in html
 
 
+def test_about_and_model_card_show_the_measured_shortlist(shortlist_model: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    with TestClient(page_app(shortlist_model, SHORTLIST_PROBS)) as client:
+        about = client.get("/about?lang=id").text
+        card = client.get("/api/v1/model").json()
+    assert STRINGS["id"]["about_shortlist_title"] in about and "90,0% (9/10)" in about
+    assert card["shortlist"]["level"] == 0.9 and card["shortlist"]["cutoffs"]["Warts"] == 0.1
+
+
 @pytest.fixture(scope="module")
 def shortlist_server(shortlist_model: Path) -> Iterator[str]:
     with serve_on_loopback(page_app(shortlist_model, SHORTLIST_PROBS)) as url:

@@ -184,3 +184,38 @@ def band_rows(metrics: dict[str, Any], lang: str) -> dict[str, Any] | None:
                   within=_pct(a.get("within_one") or 0.0, lang),
                   kappa=fmt_num(float(a.get("kappa_linear") or 0.0), lang, 2))
     return {"labelled": labelled, "estimated": estimated, "agreement": agree}
+
+
+def shortlist_rows(section: dict[str, Any], lang: str) -> dict[str, Any] | None:
+    """The About page's shortlist section from card.shortlist (written by `kulit shortlist`):
+    per source and per skin-type band the coverage, mean list length and useful answers, and
+    the urgency lines; None without figures."""
+    figs = section.get("figures") if isinstance(section, dict) else None
+    if not isinstance(figs, dict):
+        return None
+    rows = []
+    for kind in ("per_source", "per_band"):
+        for g, f in (figs.get(kind) or {}).items():
+            if not isinstance(f, dict):
+                continue
+            name = (t(lang, "about_all") if g == ALL else
+                    t(lang, "about_sl_band", band=g) if kind == "per_band" else str(g))
+            size = f.get("mean_size")
+            rows.append({"name": name, "translate": kind == "per_source" and g != ALL,
+                         "n": f.get("n"),
+                         "cells": [_rate(f.get("coverage"), lang) or {"value": "", "ci": ""},
+                                   {"value": fmt_num(size, lang, 1) if _is_num(size) else "",
+                                    "ci": ""},
+                                   _rate(f.get("useful"), lang) or {"value": "", "ci": ""}]})
+    u = figs.get("urgency") or {}
+    urgent = []
+    for key, fig in (("about_sl_melanoma_urgent", (u.get("melanoma_urgent") or {}).get(ALL)),
+                     ("about_sl_other_urgent", (u.get("non_melanoma_urgent") or {}).get(ALL)),
+                     ("about_sl_not_skin_urgent", u.get("not_skin_urgent")),
+                     ("about_sl_people_urgent", u.get("people_urgent"))):
+        shown = _rate(fig, lang)
+        if shown is not None:
+            urgent.append({"label": t(lang, key), **shown})
+    level = section.get("level")
+    return {"rows": rows, "urgent": urgent,
+            "level": round(100 * float(level)) if _is_num(level) else 90}

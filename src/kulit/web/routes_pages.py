@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from kulit.errors import ImageError
 from kulit.serving.card import card_text
 from kulit.serving.i18n import fmt_pct
-from kulit.web.about import band_rows, confident_rows, metric_table, trust_rows
+from kulit.web.about import band_rows, confident_rows, metric_table, shortlist_rows, trust_rows
 from kulit.web.deps import PredictorDep, SettingsDep
 from kulit.web.inference import OVERLAY_FORMAT, analyse
 from kulit.web.rendering import (
@@ -71,7 +71,8 @@ def about(request: Request, lang: LangDep, settings: SettingsDep,
                   metrics=metric_table(card.metrics, lang.code),
                   confident=confident_rows(card.metrics, lang.code),
                   trust=trust_rows(card.gate, lang.code),
-                  bands=band_rows(card.metrics, lang.code))
+                  bands=band_rows(card.metrics, lang.code),
+                  shortlist=shortlist_rows(card.section("shortlist"), lang.code))
 
 
 def data_rows(data: dict[str, Any], lang: str) -> dict[str, Any]:

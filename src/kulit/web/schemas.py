@@ -171,6 +171,10 @@ class ModelCardResponse(BaseModel):
     limits: list[str | dict[str, str]]
     gate: GateCardResponse | None = Field(
         None, description="the trust gate, or null/{} when the model has none")
+    shortlist: dict[str, Any] | None = Field(
+        None, description="the conformal shortlist (`kulit shortlist`): level, method, "
+                          "cut-offs per class, and figures per source, per skin-type band "
+                          "and the urgency table; absent when not calibrated")
     schema_version: int
     served: ServedResponse
 
