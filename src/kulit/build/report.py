@@ -138,6 +138,8 @@ def render_report(metrics: dict[str, Any], *, title: str, card: dict[str, Any] |
     ]
     lines += render_per_source(m)
     lines += render_per_band(m)
+    if card is not None and (card.get("shortlist") or {}).get("figures"):
+        lines += render_shortlist(card["shortlist"])
     if m.get("unknown_classes"):
         lines += ["## Classes the model does not know", "",
                   "These images were left out of every number above. What the model called them:",
@@ -172,6 +174,19 @@ def render_report(metrics: dict[str, Any], *, title: str, card: dict[str, Any] |
                     lines.append(f"- {key}: {card_text(value, 'en')[0]}")
             lines.append("")
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def render_shortlist(section: dict[str, Any]) -> list[str]:
+    """The shortlist's figures (card.shortlist, written by `kulit shortlist`) as Markdown."""
+    from kulit.build.shortlist_fit import table_lines
+
+    cut = ", ".join(f"{c} {v:.3f}" for c, v in section.get("cutoffs", {}).items())
+    return ["## Shortlist (conformal, issue 20)", "",
+            f"Level {section.get('level')}, method `{section.get('method')}`, fitted on the val "
+            f"photos of {', '.join(section.get('tuned_on', {}).get('sources', []))}; cut-offs: "
+            f"{cut}. Coverage is the right condition on the list among photos given one; "
+            "useful is one or two conditions; each with its Wilson 95% interval.", "",
+            *table_lines(section), ""]
 
 
 def render_per_source(m: dict[str, Any]) -> list[str]:

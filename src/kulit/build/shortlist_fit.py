@@ -372,7 +372,7 @@ def table_lines(section: dict[str, Any]) -> list[str]:
     """The per-source and per-band table in Markdown (README, report.md, closing notes)."""
     f = section["figures"]
     lines = [
-        "| group | photos | coverage (target >= 90%) | mean size (<= 2.2) | "
+        "| group | photos | coverage (target >= 90%) | mean list length (<= 2.2) | "
         "useful: 1-2 conditions (>= 70%) | melanoma urgent (>= 99%) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
@@ -382,7 +382,7 @@ def table_lines(section: dict[str, Any]) -> list[str]:
             name = "all test photos" if g == ALL else f"{kind} {g}"
             m = mel.get(g)
             lines.append(f"| {name} | {b['n']} | {_pct(b['coverage'])} | "
-                         f"{b['mean_size'] if b['mean_size'] is not None else 'n/a'} | "
+                         f"{'n/a' if b['mean_size'] is None else format(b['mean_size'], '.2f')} | "
                          f"{_pct(b['useful'])} | {_pct(m) if m else 'n/a'} |")
     u = f["urgency"]
     lines += ["", f"not-skin photos marked urgent: {_pct(u['not_skin_urgent'])}; people "
