@@ -17,8 +17,10 @@ from kulit.config import TOP_K
 from kulit.errors import ImageError, KulitError, ensure_writable_dir, printable
 from kulit.serving.answer import Answer, answer_for
 from kulit.serving.decode_sandbox import DecodePool
-from kulit.serving.i18n import both
+from kulit.serving.i18n import both, t
 from kulit.serving.predict import Prediction, Predictor, heatmap_overlay
+
+LANG = "en"  # the language of the table; --json carries both
 
 
 def expand(paths: list[Path]) -> Iterator[Path]:
@@ -87,8 +89,8 @@ def run_predict(paths: list[Path], model: Path, *, json_out: bool = False, top_k
         ensure_writable_dir(heatmap_dir, "--heatmap-dir")
     ok = 0
     if not json_out:
-        print(f"model {predictor.model_id} ({len(predictor.classes)} conditions, "
-              f"uncertain below {predictor.card.threshold:.0%})")
+        print(t(LANG, "cli_model", model=predictor.model_id, n=len(predictor.classes),
+                threshold=f"{predictor.card.threshold:.0%}"))
     results = predict_files(predictor, files, top_k=top_k, heatmap=heatmap_dir is not None,
                             workers=workers, batch_size=batch_size)
     bar = tqdm(total=len(files), unit="photo", file=sys.stderr, disable=not sys.stderr.isatty(),
@@ -99,7 +101,8 @@ def run_predict(paths: list[Path], model: Path, *, json_out: bool = False, top_k
             if json_out:
                 print(json.dumps(_error_json(str(f), r)))
             else:
-                bar.write(printable(f"{f}: error: {r.message}"), file=sys.stderr)
+                bar.write(printable(t(LANG, "cli_error", file=f, message=r.message)),
+                          file=sys.stderr)
             continue
         ok += 1
         ans = answer_for(r, predictor.card)
@@ -108,14 +111,14 @@ def run_predict(paths: list[Path], model: Path, *, json_out: bool = False, top_k
             try:
                 heatmap_overlay(r.image, r.heatmap).save(heatmap_dir / name)
             except OSError as e:  # disk full, folder removed meanwhile: say so, go on
-                bar.write(printable(f"{f}: error: cannot write {heatmap_dir / name} "
-                                    f"({e.strerror or e})"), file=sys.stderr)
+                why = t(LANG, "cli_cannot_write", path=heatmap_dir / name, reason=e.strerror or e)
+                bar.write(printable(t(LANG, "cli_error", file=f, message=why)), file=sys.stderr)
         print(json.dumps(_json(str(f), ans, predictor.model_id)) if json_out
               else printable(_line(f, ans)))
     bar.close()
     predictor.decoder.close()
     if not json_out:
-        print(f"\n{ok} of {len(files)} predicted. {DISCLAIMER_EN}")
+        print(f"\n{t(LANG, 'cli_summary', ok=ok, total=len(files))} {DISCLAIMER_EN}")
     return 0 if ok else 1
 
 
@@ -133,16 +136,17 @@ def _error_json(source: str, err: ImageError) -> dict[str, object]:
 
 
 # the table's note per urgency (kulit.serving.answer): what the page's box says, in brief
-URGENCY_NOTE = {"urgent": "  -> URGENT: see a doctor within 2 weeks (a puskesmas can refer)",
-                "soon": "  -> see a doctor within a few days", "routine": "", "none": ""}
+URGENCY_NOTE = {"urgent": "cli_urgent", "soon": "cli_soon"}  # text keys; none for the rest
 
 
 def _line(f: Path, ans: Answer) -> str:
     tops = ", ".join(f"{c} {p:.0%}" for c, p in (ans.shortlist if ans.status == "shortlist"
                                                   else ans.top))
-    head = {"answered": ans.label, "uncertain": "UNCERTAIN", "shortlist": "ONE OF"}.get(
+    head = {"answered": ans.label, "uncertain": t(LANG, "cli_uncertain"),
+            "shortlist": t(LANG, "cli_shortlist")}.get(
         ans.status, ans.status.upper().replace("_", " "))
     if ans.status in ("not_skin", "retake"):
-        return f"{f}: {head} ({ans.quality or 'not a close-up of skin'}): " \
-               f"{both(f'advice_{ans.advice}')['en']}"
-    return f"{f}: {head} ({tops}){URGENCY_NOTE[ans.urgency]}"
+        return f"{f}: {head} ({ans.quality or t(LANG, 'cli_not_skin')}): " \
+               f"{t(LANG, f'advice_{ans.advice}')}"
+    note = f"  {t(LANG, URGENCY_NOTE[ans.urgency])}" if ans.urgency in URGENCY_NOTE else ""
+    return f"{f}: {head} ({tops}){note}"
