@@ -51,8 +51,10 @@ def test_slice_figures_counts_each_figure() -> None:
     assert f["n"] == 5
     assert (f["accuracy"]["k"], f["accuracy"]["n"]) == (2, 5)
     assert f["balanced_accuracy"] == pytest.approx((0.5 + 0.5 + 0.0) / 3)
-    lo, hi = f["balanced_accuracy_ci95"]
-    assert lo <= f["balanced_accuracy"] <= hi
+    assert f["balanced_accuracy_ci95"] is None  # 5 photos: too few to bootstrap honestly
+    big = slice_figures(y * 4, np.vstack([probs] * 4), CLASSES, 0.8, n_boot=200)
+    lo, hi = big["balanced_accuracy_ci95"]
+    assert lo < big["balanced_accuracy"] < hi
     assert f["top3_accuracy"]["k"] == 5  # C is second in its row; every true class in the top 3
     assert (f["confident"]["k"], f["confident"]["n"]) == (3, 5)
     assert (f["confident_right"]["k"], f["confident_right"]["n"]) == (2, 3)
@@ -92,6 +94,7 @@ def test_report_shows_every_band_with_its_interval() -> None:
                                                        "kappa_linear": 0.3}}}}
     text = "\n".join(render_per_band(m))
     assert "| atlas | I-II | 2 | 50.0% (" in text and "| atlas | V-VI |" in text
+    assert "(too few photos)" in text  # no bootstrap interval for 2 photos
     assert "| all | III-IV | 2 |" in text and "above 38°" in text
     assert "these 7 photos: same band 50.0%" in text
     assert render_per_band({}) == []

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 N_BINS = 15  # reliability / ECE bins, equal width over [0, 1]
+MIN_BOOTSTRAP_N = 10  # fewer photos in a slice: no bootstrap interval (Wilson ones still given)
 RISK_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(20))  # 0.0 .. 0.95
 _EPS = 1e-15  # floor on probabilities inside log()
 
@@ -381,10 +382,10 @@ def slice_figures(
     shortlists: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """The figures reported for a small slice of photos (e.g. one skin-type band), each with a
-    95% interval: top-1 and top-3 (Wilson), balanced accuracy (bootstrap), the share answered
-    confidently (top probability >= `threshold`) and how many of those are right (Wilson), and
-    with `shortlists` (class indices per photo) the shortlist's coverage and mean size.
-    Photos whose label is not one of `classes` are left out."""
+    95% interval: top-1 and top-3 (Wilson), balanced accuracy (bootstrap, from MIN_BOOTSTRAP_N
+    photos), the share answered confidently (top probability >= `threshold`) and how many of
+    those are right (Wilson), and with `shortlists` (class indices per photo) the shortlist's
+    coverage and mean size. Photos whose label is not one of `classes` are left out."""
     index = {c: i for i, c in enumerate(classes)}
     keep = [i for i, t in enumerate(y_true) if t in index]
     p = np.asarray(probs, np.float64).reshape(len(y_true), len(classes))[keep]
@@ -400,8 +401,9 @@ def slice_figures(
         "accuracy": rate(correct.astype(bool)),
         "top3_accuracy": rate(top3),
         "balanced_accuracy": balanced_accuracy(y, pred, len(classes)) if n else None,
+        # a bootstrap of a handful of photos gives a falsely narrow interval: none below this
         "balanced_accuracy_ci95": _bootstrap_ci(y, correct, len(classes), n_boot, seed)[
-            "balanced_accuracy"] if n else None,
+            "balanced_accuracy"] if n >= MIN_BOOTSTRAP_N else None,
         "confident": rate(sure),
         "confident_right": rate(correct[sure].astype(bool)),
     }

@@ -251,7 +251,7 @@ def band_table(groups: dict[str, Any], bands: list[str]) -> list[str]:
             bal = f.get("balanced_accuracy")
             row = (f"| {_md_cell(name)} | {band} | {f['n']} | {_rate(f['accuracy'])} | "
                    + (f"{_pct(bal)} ({_ci(f.get('balanced_accuracy_ci95'))})" if bal is not None
-                      else "n/a")
+                      else "n/a").replace("(n/a)", "(too few photos)")
                    + f" | {_rate(f['top3_accuracy'])} | {_rate(f['confident'])} | "
                    f"{_rate(f['confident_right'])} |")
             if shortlist:
