@@ -129,6 +129,12 @@ class CardMetricsResponse(SourceMetricsResponse):
     per_class: list[dict[str, Any]] | None = None
     per_source: dict[str, SourceMetricsResponse] | None = Field(
         None, description="the same numbers per data source (e.g. skin8, skin8-web)")
+    per_band: dict[str, Any] | None = Field(
+        None, description="figures per Fitzpatrick skin-type band (I-II, III-IV, V-VI): "
+                          "'labelled' by the data's manifest (atlas/), 'estimated' from the "
+                          "photo's colours (ITA) for every source; per group ('all', a source) "
+                          "and band: n, accuracy and top3_accuracy ({k, n, rate, ci95}), "
+                          "balanced_accuracy, confident, confident_right, shortlist")
 
 
 class GateCardResponse(BaseModel):
