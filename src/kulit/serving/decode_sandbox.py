@@ -49,7 +49,7 @@ class SandboxLimits:
 
     memory_mb: int = 512  # RLIMIT_AS of a worker: a decode needing more gets 413 decode_memory
     cpu_s: int = 2  # CPU seconds per decode (RLIMIT_CPU counts whole seconds); SIGXCPU ends it
-    deadline_s: float = 1.5  # wall clock per decode; past it the worker is killed (400)
+    deadline_s: float = 1.25  # wall clock per decode; past it the worker is killed (400)
     keep_mb: int = 16  # a worker holding more than this over its size at birth is replaced
     start_timeout_s: float = 60.0  # how long a caller waits for a worker to be ready
 

@@ -126,6 +126,8 @@ def decode_image(source: str | Path | bytes | BinaryIO, *, draft: int | None = N
         fp, name = source, "upload"
     if isinstance(source, bytes) and not source:
         raise ImageError(f"{name}: empty file, not an image", "not_image")
+    if isinstance(source, bytes):
+        refuse_floods(source, name)
     # HEIF only when pillow-heif registered it (Pillow loads its own plugins on demand)
     formats = [f for f in ACCEPTED_FORMATS if f != "HEIF" or f in Image.OPEN]
     try:
@@ -171,6 +173,38 @@ def decode_image(source: str | Path | bytes | BinaryIO, *, draft: int | None = N
     return img
 
 
+# Pillow walks JPEG markers, fill bytes and PNG chunks one at a time in Python: a 5 MB run of
+# 0xFF fill bytes or 200,000 markers or chunks takes seconds (issue 23). No camera writes more
+# than a few of each; these caps are far above any real file's.
+MAX_FILL_RUN = 65_536  # 0xFF bytes in a row (an ICC profile may hold short runs)
+MAX_JPEG_MARKERS = 20_000
+MAX_PNG_CHUNKS = 20_000
+
+
+def refuse_floods(data: bytes, name: str = "upload") -> None:
+    """ImageError ("unreadable") for a JPEG or PNG made of markers, fill bytes or chunks."""
+    if data[:2] == b"\xff\xd8":
+        if b"\xff" * MAX_FILL_RUN in data:
+            raise ImageError(f"{name}: unreadable JPEG (a flood of fill bytes)", "unreadable")
+        # an upper bound in two C passes: every 0xFF that is not byte stuffing (FF 00)
+        if data.count(b"\xff") - data.count(b"\xff\x00") > MAX_JPEG_MARKERS:
+            arr = np.frombuffer(data, np.uint8)
+            nxt = arr[1:]
+            markers = np.count_nonzero((arr[:-1] == 0xFF) & (nxt >= 0xC0) & (nxt != 0xFF)
+                                       & ((nxt < 0xD0) | (nxt > 0xD7)))
+            if markers > MAX_JPEG_MARKERS:
+                raise ImageError(f"{name}: unreadable JPEG (a flood of {markers:,} markers)",
+                                 "unreadable")
+    elif data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 12 * MAX_PNG_CHUNKS:
+        pos, n = 8, 0
+        while pos + 8 <= len(data) and n <= MAX_PNG_CHUNKS:
+            pos += 12 + int.from_bytes(data[pos:pos + 4], "big")
+            n += 1
+        if n > MAX_PNG_CHUNKS:
+            raise ImageError(f"{name}: unreadable PNG (over {MAX_PNG_CHUNKS:,} chunks)",
+                             "unreadable")
+
+
 def _reduce(img: Image.Image, draft: int) -> Image.Image:
     """Shrink a huge non-JPEG by a whole factor, short side still >= draft (a box filter)."""
     factor = min(img.size) // draft
@@ -206,7 +240,7 @@ def _open_regular(path: str | Path) -> BinaryIO:
     if not stat.S_ISREG(st.st_mode):
         raise ImageError(f"{path}: not a regular file (a pipe or device?)", code="not_image")
     try:
-        return open(path, "rb")  # noqa: SIM115 - closed by Pillow
+        return open(path, "rb")
     except OSError as e:
         raise ImageError(f"{path}: cannot read ({e.strerror or e})", "unreadable") from None
 

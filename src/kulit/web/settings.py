@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     decode_workers: Annotated[int, Field(ge=1, le=16)] = 2
     decode_memory_mb: Annotated[int, Field(ge=128)] = 512
     decode_cpu_s: Annotated[int, Field(ge=1)] = 2
-    decode_deadline_s: Annotated[float, Field(gt=0)] = 1.5
+    decode_deadline_s: Annotated[float, Field(gt=0)] = 1.25
     # ONNX Runtime, chosen by measurement on 2 cores (issue 15): one thread per run behind a cap
     # of 2 runs, idle threads not spinning (+26-37% throughput at concurrency 16)
     int8: bool = True  # serve the card's int8 file when it passed its check
