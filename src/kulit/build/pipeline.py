@@ -213,7 +213,7 @@ def shortlist_runner() -> Callable[..., list[str]] | None:
         from kulit.build.shortlist_fit import run_shortlist
     except ImportError:
         return None
-    return run_shortlist  # type: ignore[no-any-return]
+    return run_shortlist
 
 
 def run_shortlist_step(b: Build) -> str:
