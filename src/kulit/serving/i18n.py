@@ -102,5 +102,6 @@ def pair_notes(on_list: list[str], lang: str) -> list[dict[str, Any]]:
     for pair in _load().get("pairs", []):
         if set(pair.get("covers") or pair["classes"]) <= set(on_list):
             out.append({"classes": pair["classes"], "text": pair.get(lang) or pair["en"],
-                        "sources": pair.get("sources", [])})
+                        "sources": pair.get("sources", []),
+                        "covers": pair.get("covers") or pair["classes"]})
     return out

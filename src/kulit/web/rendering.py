@@ -136,17 +136,19 @@ def verdict(ans: Answer, lang: str, top: dict[str, Any], n_classes: int) -> str:
     return t(lang, f"verdict_{ans.status}")
 
 
-def device_result_context(classes: list[str], lang: str) -> dict[str, Any]:
-    """result.html as the on-device check fills it (static/device.js): every class's row and
-    condition card, the doctor, guidance and photo blocks empty and hidden. The same template
-    and partials as a server result, so both modes show one page; cached for offline use."""
+def device_result_context(classes: list[str], lang: str,
+                          guarantee: int | None = None) -> dict[str, Any]:
+    """result.html as the on-device check fills it (static/device.js): every class's row,
+    condition card and look-alike pair, the doctor, guidance, shortlist and photo blocks empty
+    and hidden. The same template and partials as a server result, so both modes show one page;
+    cached for offline use. `guarantee`: the card's shortlist coverage in tenths."""
     rows = [{"cls": c, "pct": "", "width": "0", "urgent": False, **condition_info(c, lang)}
             for c in classes]
     return {"kit": True, "answer_status": "", "rows": rows, "n_classes": len(classes),
             "uncertain": False, "verdict": "", "guidance": "", "doctor": "",
             "doctor_title": "", "doctor_urgent": False, "photo_uri": None, "overlay_uri": None,
             "explainable": False, "advice_text": "", "print_note": True, "checked_at": "",
-            "checked_at_text": ""}
+            "checked_at_text": "", "guarantee": guarantee, "pairs": pair_notes(classes, lang)}
 
 
 def result_context(result: Analysis, lang: str) -> dict[str, Any]:

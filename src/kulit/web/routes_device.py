@@ -17,6 +17,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from kulit.serving.device import device_config
 from kulit.serving.i18n import t
 from kulit.serving.model_dir import WEB_ONNX_FILE
+from kulit.serving.shortlist import SECTION, guarantee_tenths
 from kulit.web.deps import PredictorDep, SettingsDep
 from kulit.web.rendering import LangDep, device_result_context, render
 
@@ -93,7 +94,8 @@ def device_result(request: Request, lang: LangDep, settings: SettingsDep,
     """The result page the on-device check fills in the browser (the photo never comes here):
     result.html with every class's block, so both modes show the same page, offline too."""
     return render(request, "result.html", lang, settings, predictor,
-                  **device_result_context(list(predictor.classes), lang.code))
+                  **device_result_context(list(predictor.classes), lang.code,
+                                          guarantee_tenths(predictor.card.section(SECTION))))
 
 
 @router.get("/offline", include_in_schema=False)

@@ -320,6 +320,21 @@ function fillResult(stored) {
     });
     bars.querySelector("h2").textContent = tx("top_title", { n: listed.length });
   }
+  // rendering.result_context's guarantee and look-alike pairs (_shortlist.html)
+  const sl = $("#shortlist");
+  if (sl) {
+    const onList = new Set(a.shortlist.map(([c]) => c));
+    const pairs = a.status === "answered" || a.status === "shortlist";
+    let anyPair = false;
+    for (const li of sl.querySelectorAll("li[data-covers]")) {
+      li.hidden = !(pairs && li.dataset.covers.split("/").every((c) => onList.has(c)));
+      anyPair = anyPair || !li.hidden;
+    }
+    for (const el of sl.querySelectorAll("#pairs-title, ul.pairs")) el.hidden = !anyPair;
+    const g = $("#guarantee");
+    if (g) g.hidden = a.shortlist.length === 0;
+    sl.hidden = !(anyPair || (g && !g.hidden));
+  }
   $("#print-advice").textContent = tx("advice_" + a.advice);
   $("#print-note").hidden = guidance;
   $(".photo .base").src = stored.photo;
@@ -374,6 +389,7 @@ async function startUploadPage() {
   });
   show(offer);
   if (await isDownloaded(cfg)) { // chosen before: from the cache, no download
+    if (use.checked) document.documentElement.dataset.device = "loading"; // kulit.js waits
     await load();
     await ready();
     return;

@@ -170,6 +170,8 @@ window.addEventListener("kulit:page", kulitResultPage);
     }, function () { return { blob: file, decoded: false }; });
   }
 
+  window.kulitPrepare = prepare; // the same shrinking for both checks (and for the tests)
+
   function kb(n) { return Math.max(1, Math.round(n / 1024)); }
 
   // The server check, with the bytes sent shown; its answer replaces this page.
@@ -236,8 +238,13 @@ window.addEventListener("kulit:page", kulitResultPage);
     submit.disabled = true;
     submit.textContent = form.dataset.shrinking;
     var file = chosen();
-    var device = window.kulitDevice && window.kulitDevice.active();
-    prepare(file).then(function (p) {
+    // the check chosen on this device is still loading from its cache: wait, never upload
+    var loading = window.kulitDevice && document.documentElement.dataset.device === "loading";
+    var device;
+    (loading ? window.kulitDevice.ready.catch(function () {}) : Promise.resolve()).then(function () {
+      device = window.kulitDevice && window.kulitDevice.active();
+      return prepare(file);
+    }).then(function (p) {
       submit.textContent = form.dataset.submitting;
       if (device && p.decoded) return window.kulitDevice.checkAndShow(p.blob);
       if (device) { askServer(p.blob); return; } // never sent without asking
