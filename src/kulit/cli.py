@@ -305,8 +305,9 @@ def gate_cmd(
                            "written into it", metavar="DIR")
     ],
     data: Annotated[
-        Path, typer.Option(help="Data root holding skin8/, skin8-web/, not-skin/ and "
-                           "other-conditions/", metavar="DIR")
+        Path, typer.Option(help="Data root holding the skin sources (skin8/, skin8-web/, "
+                           "atlas/), not-skin/, other-conditions/ and atlas-other/",
+                           metavar="DIR")
     ] = Path("../shared/data"),
     split_csv: Annotated[
         Path | None, typer.Option("--split-csv", help="Multi-source split.csv (file,class,"
