@@ -124,20 +124,23 @@ def browser(model_dir: Path, photo: Path) -> dict:
                 sizes.clear()
                 t0 = time.perf_counter()
                 page.goto(base + "/?lang=en")
+                if visit == "first":  # the person chooses the download (issue 22)
+                    page.click("#device-download")
                 page.wait_for_selector("html[data-device=ready]", state="attached",
                                        timeout=120_000)
                 t_ready = time.perf_counter()
                 page.set_input_files("#image", str(photo))
                 t_pick = time.perf_counter()
                 page.click("#submit")
-                page.wait_for_selector("#device-result:not([hidden])", timeout=60_000)
+                page.wait_for_selector("html[data-device=result]", state="attached",
+                                       timeout=60_000)
                 t_ans = time.perf_counter()
                 out[visit] = {
                     "bytes_transferred": sum(sizes),
                     "load_to_ready_s": round(t_ready - t0, 3),
                     "photo_to_answer_s": round(t_ans - t_pick, 3),
                     "load_to_answer_s": round(t_ans - t0, 3),
-                    "status": page.get_attribute("#device-result", "data-status"),
+                    "status": page.get_attribute("#verdict", "data-status"),
                 }
                 page.goto("about:blank") if visit == "first" else None
             out["content_encoding"] = encodings
