@@ -145,10 +145,11 @@ def test_plain_install_needs_no_ray(photos: Path) -> None:
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[None]:
     ray = pytest.importorskip("ray")
-    import logging
+    from kulit.scale.cluster import start_local
 
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             object_store_memory=200 * 2**20, logging_level=logging.WARNING)
+    # ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", ...), started
+    # again if a busy machine makes the raylet miss Ray's 30 s registration window
+    start_local(num_cpus=2, object_store_memory=200 * 2**20)
     try:
         yield
     finally:
@@ -261,3 +262,27 @@ def test_interrupted_run_resumes_with_only_the_missing_photos(
         sorted((json.loads(line) for line in local_run), key=lambda r: r["source"])
     assert batch.run_ray_predict([photos], model, out=out) == 0  # nothing left to do
     assert set(out.glob("part-*.parquet")) == before | new
+
+
+@pytest.mark.ray
+def test_evaluate_on_ray_writes_what_the_local_engine_writes(
+        ray_cluster: None, model: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for c, name in enumerate(["Chickenpox", "Melanoma"]):
+        (data / name).mkdir(parents=True)
+        for i in range(6):
+            make_image(100 * c + i, (256, 240), cls=c).save(data / name / f"{i}.jpg")
+    (data / "Melanoma" / "broken.jpg").write_bytes(b"\xff\xd8 cut short")
+    outputs = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        r = runner.invoke(app, ["evaluate", "--model", str(model), "--data", str(data),
+                                "--split", "all", "--out", str(out), "--engine", engine])
+        assert r.exit_code == 0, r.output
+        outputs[engine] = out
+    assert (outputs["ray"] / "predictions.csv").read_text() == \
+        (outputs["local"] / "predictions.csv").read_text()
+    local, ray = (json.loads((outputs[e] / "metrics.json").read_text()) for e in outputs)
+    assert ray["skipped"] == local["skipped"] and len(local["skipped"]) == 1
+    assert {k: v for k, v in ray.items() if k != "run"} == \
+        {k: v for k, v in local.items() if k != "run"}

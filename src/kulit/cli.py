@@ -283,6 +283,8 @@ def evaluate(
         Path | None, typer.Option("--split-csv", help="split.csv from `kulit data`",
                                   metavar="FILE")
     ] = None,
+    engine: Annotated[str, typer.Option(help="local, or ray: predict on Ray Data")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster to join [a local one]")] = None,
 ) -> None:
     """Measure a model on labelled photos: metrics with 95% CIs, calibration, report.md."""
     from kulit.build.evaluate import evaluate_model
@@ -291,8 +293,14 @@ def evaluate(
     def show(i: int, n: int) -> None:
         print(f"\rpredicting {i}/{n}", end="\n" if i == n else "", file=sys.stderr, flush=True)
 
+    predict_all = None
+    if engine != "local" or address is not None:
+        from kulit.scale.cli import evaluate_on_engine
+
+        predict_all = evaluate_on_engine(engine, model, address=address)
     metrics = evaluate_model(model, data, split=split, split_csv=split_csv, out=out,
-                             progress=show if sys.stderr.isatty() else None)
+                             progress=show if sys.stderr.isatty() else None,
+                             predict_all=predict_all)
     for line in summary_lines(metrics, out):
         typer.echo(line)
 

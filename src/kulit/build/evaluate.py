@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,11 +104,13 @@ def evaluate_model(
     out: Path,
     n_boot: int = 1000,
     progress: Callable[[int, int], None] | None = None,
+    predict_all: Callable[[list[Path]], Iterable[Any]] | None = None,
 ) -> dict[str, Any]:
     """Predict every selected image, compute metrics, write the report into `out`; metrics.
 
     `split` "all" reads every image in `data`'s class folders (folder name = true label);
-    "test"/"val"/"train" read that split's rows of `split_csv`.
+    "test"/"val"/"train" read that split's rows of `split_csv`. `predict_all` (photos ->
+    Prediction or ImageError each, in order) runs them elsewhere, e.g. on Ray (kulit.scale).
     """
     from kulit.serving.predict import Prediction, Predictor
 
@@ -123,23 +125,27 @@ def evaluate_model(
     probs: list[np.ndarray] = []
     pred_rows: list[tuple[str, str, str, float, bool]] = []
     chunk = 256  # keep only probabilities: Predictions hold image crops
-    for start in range(0, len(entries), chunk):
-        part = entries[start: start + chunk]
-        results = predictor.predict_many([e[0] for e in part], top_k=3, batch_size=32)
-        for (path, rel, label, source), res in zip(part, results, strict=True):
-            if isinstance(res, ImageError):
-                skipped.append({"file": rel, "reason": res.message.split(": ", 1)[-1]})
-                continue
-            assert isinstance(res, Prediction)
-            y_true.append(label)
-            sources.append(source)
-            paths.append(path)
-            probs.append(res.probs)
-            # "uncertain" as the person is told it: the answer rule's status
-            pred_rows.append((rel, label, res.label, res.confidence,
-                              answer_for(res, card).status == "uncertain"))
-        if progress:
-            progress(min(start + chunk, len(entries)), len(entries))
+
+    def predict_here(files: list[Path]) -> Iterator[Prediction | ImageError]:
+        for start in range(0, len(files), chunk):
+            yield from predictor.predict_many(files[start: start + chunk], top_k=3,
+                                              batch_size=32)
+
+    results = (predict_all or predict_here)([e[0] for e in entries])
+    for i, ((path, rel, label, source), res) in enumerate(zip(entries, results, strict=True), 1):
+        if progress and (i % chunk == 0 or i == len(entries)):
+            progress(i, len(entries))
+        if isinstance(res, ImageError):
+            skipped.append({"file": rel, "reason": res.message.split(": ", 1)[-1]})
+            continue
+        assert isinstance(res, Prediction)
+        y_true.append(label)
+        sources.append(source)
+        paths.append(path)
+        probs.append(res.probs)
+        # "uncertain" as the person is told it: the answer rule's status
+        pred_rows.append((rel, label, res.label, res.confidence,
+                          answer_for(res, card).status == "uncertain"))
     if not probs:
         raise DataError(f"no readable image to evaluate in {data} ({len(skipped)} skipped)")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import shutil
 import sys
 import time
@@ -21,8 +22,6 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from kulit import DISCLAIMER_EN
 from kulit.errors import ImageError, KulitError, ensure_writable_dir
@@ -49,14 +48,14 @@ class Row:
 
     source: str
     line: str  # the JSON line of `kulit predict --json`
-    probs: list[float] | None  # calibrated probabilities, None for an unreadable photo
-    logits: list[float] | None
+    ok: bool  # False for a photo that could not be read (the line holds its error)
+    result: bytes | None  # the pickled Prediction or ImageError, when asked for (evaluate)
 
 
 class PredictActor:
     """One Predictor per actor, loaded once from the shipped model folder."""
 
-    def __init__(self, files_ref: list[Any], top_k: int, int8: bool) -> None:
+    def __init__(self, files_ref: list[Any], top_k: int, int8: bool, results: bool) -> None:
         import ray
 
         from kulit.serving.decode_sandbox import DecodePool
@@ -70,7 +69,7 @@ class PredictActor:
         # decoded in a sandboxed worker with hard limits, as `kulit predict` does: a hostile
         # file becomes its error row instead of taking the actor down (and its retries too)
         self.predictor.decoder = DecodePool(1)
-        self.top_k = top_k
+        self.top_k, self.results = top_k, results
 
     def __call__(self, batch: Any) -> Any:
         import pyarrow as pa
@@ -80,25 +79,23 @@ class PredictActor:
 
         sources: list[str] = []
         lines: list[str] = []
-        probs: list[list[float] | None] = []
-        logits: list[list[float] | None] = []
+        oks: list[bool] = []
+        results: list[bytes | None] = []
         for s, where in zip(batch.column("source").to_pylist(),
                             batch.column("where").to_pylist(), strict=True):
             r = self._predict(s, where)
             sources.append(s)
+            oks.append(not isinstance(r, ImageError))
             if isinstance(r, ImageError):
                 lines.append(json.dumps(_error_json(s, r)))
-                probs.append(None)
-                logits.append(None)
             else:
                 ans = answer_for(r, self.predictor.card)
                 lines.append(json.dumps(_json(s, ans, self.predictor.model_id)))
-                probs.append(r.probs.tolist())
-                logits.append(r.logits.astype(np.float64).tolist())
-        floats = pa.list_(pa.float64())
+                r.image = None  # the crop stays here; the rest is a few hundred bytes
+            results.append(pickle.dumps(r) if self.results else None)
         return pa.table({"source": pa.array(sources, pa.string()),
-                         "line": pa.array(lines, pa.string()),
-                         "probs": pa.array(probs, floats), "logits": pa.array(logits, floats)})
+                         "line": pa.array(lines, pa.string()), "ok": pa.array(oks, pa.bool_()),
+                         "result": pa.array(results, pa.binary())})
 
     def _predict(self, source: str, where: str) -> Any:
         try:
@@ -125,8 +122,10 @@ def _named(r: Any, source: str, where: str) -> Any:
 
 
 def predict_rows(sources: list[str], model_dir: Path, *, top_k: int = 3, int8: bool = True,
-                 opts: RayOptions | None = None) -> Generator[Row, None, None]:
-    """Every source's row, in the order given, computed on the connected Ray cluster."""
+                 opts: RayOptions | None = None, results: bool = False
+                 ) -> Generator[Row, None, None]:
+    """Every source's row, in the order given, computed on the connected Ray cluster;
+    `results` adds each pickled Prediction / ImageError (Ray's own workers: trusted)."""
     import pyarrow as pa
 
     import_ray()  # a clear message if ray is missing
@@ -148,14 +147,14 @@ def predict_rows(sources: list[str], model_dir: Path, *, top_k: int = 3, int8: b
                         "where": pa.array(where[i: i + per_block], pa.string())})
               for i in range(0, len(sources), per_block)]
     ds = ray.data.from_arrow(blocks).map_batches(
-        PredictActor, fn_constructor_args=([files_ref], top_k, int8),
+        PredictActor, fn_constructor_args=([files_ref], top_k, int8, results),
         batch_size=min(opts.batch_size, per_block), batch_format="pyarrow", num_cpus=1,
         compute=ray.data.ActorPoolStrategy(size=actors))
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         cols: dict[str, list[Any]] = batch.to_pydict()  # type: ignore[union-attr]
-        for s, line, p, lg in zip(cols["source"], cols["line"], cols["probs"], cols["logits"],
+        for s, line, ok, r in zip(cols["source"], cols["line"], cols["ok"], cols["result"],
                                   strict=True):
-            yield Row(s, line, p, lg)
+            yield Row(s, line, ok, r)
 
 
 class Progress:
@@ -212,7 +211,7 @@ def run_ray_predict(paths: list[Path], model: Path, *, top_k: int = 3, int8: boo
     rows = predict_rows(todo, model, top_k=top_k, int8=int8, opts=opts)
     try:
         for row in rows:
-            ok += row.probs is not None
+            ok += row.ok
             if writer is not None:
                 writer.add(row.line)
             else:
@@ -233,24 +232,17 @@ def run_ray_predict(paths: list[Path], model: Path, *, top_k: int = 3, int8: boo
 
 def ray_predict_fn(model: Path, opts: RayOptions | None = None
                    ) -> Callable[[list[Path]], Iterator[Any]]:
-    """For `kulit evaluate --engine ray`: photos -> Prediction or ImageError, in order."""
+    """For `kulit evaluate --engine ray`: photos -> Prediction or ImageError each, in order,
+    the same objects the local Predictor gives (without the crop)."""
 
     def predict_all(paths: list[Path]) -> Iterator[Any]:
-        from kulit.serving.card import load_card
-        from kulit.serving.predict import Prediction
-
-        card = load_card(model)
         started = connect((opts or RayOptions()).address)
+        rows = predict_rows([str(p) for p in paths], model, opts=opts, results=True)
         try:
-            for row in predict_rows([str(p) for p in paths], model, opts=opts):
-                if row.probs is None:
-                    err = json.loads(row.line)["error"]
-                    yield ImageError(err["message"], err["code"])
-                else:
-                    yield Prediction(classes=card.classes, probs=np.asarray(row.probs),
-                                     logits=np.asarray(row.logits), threshold=card.threshold,
-                                     source=row.source)
+            for row in rows:
+                yield pickle.loads(row.result or b"")
         finally:
+            rows.close()
             if started:
                 import_ray().shutdown()
 

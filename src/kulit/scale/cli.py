@@ -3,7 +3,9 @@ checked here so cli.py only hands them over."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from kulit.errors import KulitError
 
@@ -32,3 +34,14 @@ def predict_on_engine(engine: str, paths: list[Path], model: Path, *, top_k: int
     return run_ray_predict(paths, model, top_k=top_k, int8=int8, out=out,
                            opts=RayOptions(address=address, actors=workers,
                                            batch_size=batch_size))
+
+
+def evaluate_on_engine(engine: str, model: Path, *, address: str | None
+                       ) -> Callable[[list[Path]], Iterator[Any]]:
+    """`kulit evaluate --engine ray`: the photos' predictions, computed on Ray."""
+    check_engine(engine, address=address)
+    from kulit.scale import import_ray
+    from kulit.scale.batch import RayOptions, ray_predict_fn
+
+    import_ray()
+    return ray_predict_fn(model, RayOptions(address=address))

@@ -22,14 +22,29 @@ def connect(address: str | None) -> bool:
     ray = import_ray()
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING}
     if address is None and not os.environ.get("RAY_ADDRESS"):
-        kwargs.update(include_dashboard=False, _node_ip_address="127.0.0.1")
+        start_local()
+        return True
     try:
-        ray.init(address=address, **kwargs)
+        ray.init(address=address, logging_level=logging.WARNING)
     except ConnectionError as e:
         raise KulitError(f"cannot reach the Ray cluster at {address}: {e}") from None
     return True
+
+
+def start_local(num_cpus: int | None = None, tries: int = 3, **kwargs: Any) -> None:
+    """A Ray node on this machine only (127.0.0.1, no dashboard). Ray gives its raylet 30 s
+    to register, which a busy machine can miss: then it is started again."""
+    ray = import_ray()
+    for attempt in range(tries):
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                     logging_level=logging.WARNING, **kwargs)
+            return
+        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for this
+            ray.shutdown()
+            if "timed out during startup" not in str(e) or attempt == tries - 1:
+                raise KulitError(f"cannot start Ray on this machine: {e}") from None
 
 
 def model_files(model_dir: Path) -> dict[str, bytes]:

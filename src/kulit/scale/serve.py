@@ -8,6 +8,7 @@ Ray Serve's proxy takes HTTP on one address and spreads the requests over the re
 from __future__ import annotations
 
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -90,6 +91,8 @@ def run_serve(model: Path, *, host: str, port: int, replicas: int | None,
     from ray import serve
 
     started = connect(address)
+    # `kill`, systemd and docker stop with SIGTERM: stop the replicas as Ctrl+C does
+    signal.signal(signal.SIGTERM, _stop)
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(model, replicas=replicas, autoscale=bounds), name=APP_NAME,
@@ -104,3 +107,7 @@ def run_serve(model: Path, *, host: str, port: int, replicas: int | None,
         serve.shutdown()
         if started:
             ray.shutdown()
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
