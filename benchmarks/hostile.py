@@ -46,6 +46,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tests.hostile_files as hf  # noqa: E402  (the test suite's builders, at full size)
+from serve import BOUNDARY as PHOTO_BOUNDARY  # noqa: E402
 from serve import (  # noqa: E402
     REPO,
     MemorySampler,
@@ -276,7 +277,7 @@ def run_classes(base: str, pid: int, classes: list[tuple[str, bytes, int]]
 def mixed_load(base: str, pid: int, normal: list[bytes], hostile: list[tuple[str, bytes, str]],
                clients: int, duration: float, share: float, seed: int) -> dict[str, Any]:
     """`clients` threads for `duration` s; each request hostile with probability `share`."""
-    ct = f"multipart/form-data; boundary={BOUNDARY}"
+    photo_ct = f"multipart/form-data; boundary={PHOTO_BOUNDARY}"
     stop = time.monotonic() + duration
     lock = threading.Lock()
     normal_s: list[float] = []
@@ -294,7 +295,7 @@ def mixed_load(base: str, pid: int, normal: list[bytes], hostile: list[tuple[str
                 if is_hostile:
                     _, data, ctype = rng.choice(hostile)
                 else:
-                    data, ctype = rng.choice(normal), ct
+                    data, ctype = rng.choice(normal), photo_ct
                 t0 = time.perf_counter()
                 try:
                     r = client.post("/api/v1/predict", content=data,
@@ -318,6 +319,7 @@ def mixed_load(base: str, pid: int, normal: list[bytes], hostile: list[tuple[str
     mem.stop.set()
     bad = sum(n for k, n in statuses.items() if not k.split()[1].isdigit()
               or int(k.split()[1]) >= 500)
+    busy = sum(n for k, n in statuses.items() if k.split()[1] == "503")
     return {
         "clients": clients, "duration_s": duration, "hostile_share": share,
         "normal_requests": len(normal_s), "hostile_requests": len(hostile_s),
@@ -327,6 +329,7 @@ def mixed_load(base: str, pid: int, normal: list[bytes], hostile: list[tuple[str
         "hostile_p99_s": round(float(np.percentile(hostile_s, 99)), 3) if hostile_s else None,
         "hostile_max_s": round(max(hostile_s), 3) if hostile_s else None,
         "statuses": dict(sorted(statuses.items())), "status_5xx_or_failed": bad,
+        "status_503_busy": busy,
         "peak_rss_mb": round(mem.peak_rss_kb / 1024, 1),
     }
 

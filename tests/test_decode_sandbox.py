@@ -105,7 +105,7 @@ def test_a_decode_past_the_deadline_is_killed_and_the_worker_replaced() -> None:
 def test_a_decode_over_its_cpu_budget_is_stopped() -> None:
     with DecodePool(1, SandboxLimits(cpu_s=1, deadline_s=60)) as cpu:
         with pytest.raises(ImageError) as e:
-            cpu.reduce_for_model(many_scan_jpeg(1024, 20000), PRE, QL)
+            cpu.reduce_for_model(many_scan_jpeg(1024, 8000), PRE, QL)  # < MAX_JPEG_MARKERS
         assert e.value.code == "unreadable" and "limit" in e.value.message
         assert cpu.reduce_for_model(png(64, 64), PRE, QL).pixels.shape == (224, 224, 3)
 

@@ -145,7 +145,8 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     app.add_middleware(UploadGuard, max_uploads=settings.max_concurrent_uploads,
                        timeout=settings.upload_timeout_s,
                        per_client=settings.max_uploads_per_client,
-                       min_rate=settings.min_upload_kb_s * 1024, grace=settings.upload_grace_s)
+                       min_rate=settings.min_upload_kb_s * 1024, grace=settings.upload_grace_s,
+                       queue=settings.upload_queue_s)
     app.add_middleware(SecurityHeaders)
     # pages are mostly text and base64 JPEGs: compressed, a result page fits a phone's budget
     app.add_middleware(GZipMiddleware, minimum_size=1000, compresslevel=6)

@@ -22,11 +22,13 @@ class Settings(BaseSettings):
     top_k: Annotated[int, Field(ge=1, le=20)] = TOP_K  # conditions shown / returned by default
     default_lang: Literal["id", "en"] = "id"  # page language without ?lang= or a cookie
     device: bool = True  # offer the on-device check when the model dir has model-web.onnx
-    # Under load: uploads (POSTs) in flight at once, beyond which the answer is 503 at once,
-    # and from one client address (then 429); a body must arrive at no less than
-    # min_upload_kb_s after a grace of upload_grace_s, and whole within upload_timeout_s plus
-    # its declared size at that rate (then 408); request headers within header_timeout_s.
+    # Under load: uploads (POSTs) in flight at once, beyond which one waits for a slot (its
+    # body unread) up to upload_queue_s, then 503; and from one client address (then 429). A
+    # body must arrive at no less than min_upload_kb_s after a grace of upload_grace_s, and
+    # whole within upload_timeout_s plus its declared size at that rate (then 408); request
+    # headers within header_timeout_s.
     max_concurrent_uploads: Annotated[int, Field(ge=1)] = 16
+    upload_queue_s: Annotated[float, Field(ge=0)] = 10.0  # wait for a slot this long, then 503
     max_uploads_per_client: Annotated[int, Field(ge=1)] = 4
     upload_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     upload_grace_s: Annotated[float, Field(gt=0)] = 5.0

@@ -172,9 +172,10 @@ class UploadTimeout(Exception):
 class UploadGuard:
     """ASGI middleware on every POST (each is an upload), against slow and greedy clients.
 
-    - at most `max_uploads` in flight (then 503 at once, the body unread) and at most
-      `per_client` from one client address (then 429), so a few slow clients cannot take
-      every slot;
+    - at most `max_uploads` in flight; the next ones wait up to `queue` seconds for a slot,
+      their body unread (uvicorn stops reading a connection whose app is not receiving), then
+      get 503; and at most `per_client` from one client address (then 429 at once), so a few
+      slow clients cannot take every slot;
     - the body must keep up a minimum rate: after `grace` seconds, at least `min_rate` bytes a
       second on average; and it must be complete within `timeout` + its declared size at that
       rate (408 and the connection closed). A 1-byte-a-second upload is cut off after
@@ -183,30 +184,42 @@ class UploadGuard:
 
     def __init__(self, app: ASGIApp, max_uploads: int, timeout: float,
                  per_client: int | None = None, min_rate: float = 20 * 1024,
-                 grace: float = 5.0) -> None:
+                 grace: float = 5.0, queue: float = 0.0) -> None:
         self.app = app
         self.max_uploads = max_uploads
         self.per_client = per_client or max_uploads
         self.timeout = timeout
         self.min_rate = min_rate
         self.grace = grace
+        self.queue = queue
         self.in_flight = 0
+        self._slots: asyncio.Semaphore | None = None
         self.by_client: dict[str, int] = {}
 
     def body_deadline(self, declared: int | None) -> float:
         """Seconds the whole body may take: the timeout plus the declared size at min_rate."""
         return self.timeout + (declared or 0) / self.min_rate
 
+    async def _take_slot(self) -> bool:
+        """A slot among max_uploads, waiting up to `queue` seconds; False if none came."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_uploads)
+        if self.queue <= 0:
+            if self._slots.locked():
+                return False
+            await self._slots.acquire()
+            return True
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self.queue)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         client = (scope.get("client") or ("?", 0))[0]
-        if self.in_flight >= self.max_uploads:
-            busy = error_response("busy", "the server is busy; try again in a moment",
-                                  headers={"Retry-After": "1"})
-            await busy(scope, receive, send)
-            return
         if self.by_client.get(client, 0) >= self.per_client:
             many = error_response("too_many_uploads", f"at most {self.per_client} uploads at "
                                   "once from one address; try again when one has finished",
@@ -247,17 +260,28 @@ class UploadGuard:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        self.in_flight += 1
         self.by_client[client] = self.by_client.get(client, 0) + 1
         try:
-            await self.app(scope, timed_receive, tracked_send)
+            if not await self._take_slot():
+                busy = error_response("busy", "the server is busy; try again in a moment",
+                                      headers={"Retry-After": "1"})
+                await busy(scope, receive, send)
+                return
+            start = loop.time()  # the body's clock starts when it may be read
+            deadline = start + self.body_deadline(int(declared) if declared.isdigit() else None)
+            self.in_flight += 1
+            try:
+                await self.app(scope, timed_receive, tracked_send)
+            finally:
+                self.in_flight -= 1
+                assert self._slots is not None
+                self._slots.release()
         except UploadTimeout as e:
             if started:
                 raise
             slow = error_response("timeout", e.message, headers={"Connection": "close"})
             await slow(scope, receive, send)
         finally:
-            self.in_flight -= 1
             left = self.by_client[client] - 1
             if left:
                 self.by_client[client] = left
