@@ -12,10 +12,9 @@ import io
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 from sqlalchemy import select
 
+from kulit.build.skintone import estimate
 from kulit.clinic import vocab
 from kulit.clinic.models import Case, Clinic
 from kulit.clinic.store import PHOTO_SUFFIX, CaseStore, audit
@@ -24,39 +23,9 @@ from kulit.errors import KulitError, ensure_writable_dir
 MANIFEST = "manifest.csv"  # the name kulit.dataprep.split reads per source folder
 COLUMNS = ("file", "class", "source", "body_site", "skin_tone", "ita")
 SOURCE = "kulit clinic (consented cases, reviewer-confirmed diagnosis)"
-RING = 0.15  # the outer share of each side: skin around the lesion, which sits mid-crop
-
-# Individual Typology Angle bands (Chardon et al. 1991; Del Bino et al. 2006), lower bounds
-ITA_BANDS = ((55.0, "very_light"), (41.0, "light"), (28.0, "intermediate"), (10.0, "tan"),
-             (-30.0, "brown"), (-1e9, "dark"))
-
-
-def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
-    """sRGB (0-255, [..., 3]) -> CIELAB under D65."""
-    c = rgb.astype(np.float64) / 255.0
-    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-    m = np.array([[0.4124564, 0.3575761, 0.1804375],
-                  [0.2126729, 0.7151522, 0.0721750],
-                  [0.0193339, 0.1191920, 0.9503041]])
-    xyz = lin @ m.T / np.array([0.95047, 1.0, 1.08883])
-    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]),
-                     200 * (f[..., 1] - f[..., 2])], axis=-1)
-
-
-def skin_tone(img: Image.Image) -> tuple[str, float]:
-    """(ITA band, ITA in degrees) of the photo's outer ring: an estimate of the skin around
-    the lesion, for checking that training data covers dark skin. Lighting moves it; it is
-    not a Fitzpatrick type."""
-    arr = np.asarray(img.convert("RGB"))
-    h, w = arr.shape[:2]
-    dh, dw = max(1, int(h * RING)), max(1, int(w * RING))
-    mask = np.ones((h, w), bool)
-    mask[dh:h - dh, dw:w - dw] = False
-    lab = srgb_to_lab(arr[mask])
-    ita = float(np.degrees(np.arctan2(np.median(lab[:, 0]) - 50.0, np.median(lab[:, 2]))))
-    band = next(name for low, name in ITA_BANDS if ita > low)
-    return band, round(ita, 1)
+# skin_tone: kulit.build.skintone's band (I-II, III-IV, V-VI) of the skin around the lesion,
+# estimated from pixels (ITA°); empty when too little skin shows. A band describes a group of
+# photos, never one person.
 
 
 def exportable(case: Case) -> bool:
@@ -100,16 +69,15 @@ def export_cases(store: CaseStore, out: Path, clinic: str | None = None) -> list
                 continue
             cls = _safe_class(case.diagnosis or "")
             data = src.read_bytes()
-            with Image.open(io.BytesIO(data)) as img:
-                tone, ita = skin_tone(img)
+            tone = estimate(data)
             rel = f"{cls}/{case.id}{PHOTO_SUFFIX}"
             dest = out / rel
             dest.parent.mkdir(exist_ok=True)
             if not dest.is_file() or dest.read_bytes() != data:
                 dest.write_bytes(data)
             rows.append({"file": rel, "class": cls, "source": SOURCE,
-                         "body_site": case.body_site or "", "skin_tone": tone,
-                         "ita": f"{ita:g}"})
+                         "body_site": case.body_site or "", "skin_tone": tone.band or "",
+                         "ita": "" if tone.ita is None else f"{tone.ita:.1f}"})
             audit(db, "cli", "export", case, f"to {out.name}/{rel}")
     keep = {r["file"] for r in rows}
     removed = 0

@@ -221,7 +221,8 @@ def case_row(case: Any, lang: str) -> dict[str, Any]:
             "created": as_utc(case.created_at).strftime("%Y-%m-%d %H:%M UTC"),
             "status": case.status, "status_text": t(lang, f"clinic_status_{case.status}"),
             "names": names if case.status in ("answered", "shortlist", "uncertain") else [],
-            "urgency": case.urgency, "diagnosis": diag, "diagnosis_text": diag_text,
+            "urgency": t(lang, f"clinic_urgency_{case.urgency}") if case.urgency else "",
+            "diagnosis": diag, "diagnosis_text": diag_text,
             "referral": case.referral, "case": case}
 
 
