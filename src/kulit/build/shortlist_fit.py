@@ -78,13 +78,18 @@ def bin_cutoffs(true_probs: np.ndarray, bins: np.ndarray, level: float) -> dict[
     return out
 
 
-def fit_cutoffs(probs: np.ndarray, y: np.ndarray, source: np.ndarray, classes: Sequence[str],
-                level: float, method: str = "source-class") -> tuple[np.ndarray, dict[str, Any]]:
-    """Cut-offs [C] fitted on calibration photos, and each bin's own cut-off and size."""
+def check_args(level: float, method: str) -> None:
+    """One clear error for a level or method `fit_cutoffs` cannot use."""
     if method not in METHODS:
         raise DataError(f"unknown shortlist method {method!r}; one of {', '.join(METHODS)}")
     if not 0.5 <= level < 1:
         raise DataError(f"shortlist level must be in [0.5, 1), not {level}")
+
+
+def fit_cutoffs(probs: np.ndarray, y: np.ndarray, source: np.ndarray, classes: Sequence[str],
+                level: float, method: str = "source-class") -> tuple[np.ndarray, dict[str, Any]]:
+    """Cut-offs [C] fitted on calibration photos, and each bin's own cut-off and size."""
+    check_args(level, method)
     true_p = probs[np.arange(len(y)), y]
     names = np.asarray(classes)[y]
     if method == "source-class":
@@ -308,6 +313,7 @@ def fit_shortlist(model_dir: Path, data_root: Path, split_csv: Path, *,
     precision, served, temperature = md.served(card)
     if level is None:
         level = float(card.section(SECTION).get("level", DEFAULT_LEVEL))
+    check_args(level, method)  # before minutes of feature extraction
     t0 = time.perf_counter()
     photos = collect_photos(model_dir, data_root, split_csv, card.classes, cache, progress)
     t1 = time.perf_counter()
