@@ -98,6 +98,29 @@ def test_coverage_on_exchangeable_photos() -> None:
                                                    for s in ("sharp", "blurry")), abs=1e-6)
 
 
+def test_a_tiny_source_cell_takes_its_class_cut_off_over_every_source() -> None:
+    """7 melanomas from a third source cannot promise 90% by themselves; rather than listing
+    Melanoma for every photo, that cell uses Melanoma's cut-off over all sources."""
+    rng = np.random.default_rng(2)
+    n = 400
+    y = rng.integers(0, len(CLASSES), n)
+    p = rng.dirichlet(np.ones(len(CLASSES)), n) * 0.5
+    p[np.arange(n), y] += 0.5
+    source = np.array(["big"] * n, dtype=object)
+    mel = IDX["Melanoma"]
+    extra_p = np.full((7, len(CLASSES)), 0.5 / 7)
+    extra_p[:, mel] = 0.5
+    p2 = np.vstack([p, extra_p])
+    y2 = np.append(y, [mel] * 7)
+    s2 = np.append(source, ["tiny"] * 7)
+    cut, detail = fit_cutoffs(p2, y2, s2, CLASSES, 0.9, "source-class")
+    assert detail["tiny|Melanoma"] == {"cutoff": pytest.approx(detail["tiny|Melanoma"]["cutoff"]),
+                                       "n": 7, "own_cell": False}
+    assert cut[mel] > 0.3  # not 0: Melanoma is not put on every list
+    alone, _ = fit_cutoffs(p2, y2, s2, CLASSES, 0.9, "source-class", min_bin=1)
+    assert alone[mel] == 0.0  # what the tiny cell alone would have done
+
+
 def test_fit_refuses_a_bad_level_or_method() -> None:
     from kulit.errors import DataError
 

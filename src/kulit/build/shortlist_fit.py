@@ -50,6 +50,7 @@ METHODS = ("source-class", "class", "source", "pooled")
 # Fitzpatrick skin types grouped as the issue asks; a manifest column "fitzpatrick" (1-6)
 BANDS = {"I-II": (1, 2), "III-IV": (3, 4), "V-VI": (5, 6)}
 FITZ_COLUMN = "fitzpatrick"
+
 ALL = "all"
 
 
@@ -87,9 +88,16 @@ def check_args(level: float, method: str) -> None:
 
 
 def fit_cutoffs(probs: np.ndarray, y: np.ndarray, source: np.ndarray, classes: Sequence[str],
-                level: float, method: str = "source-class") -> tuple[np.ndarray, dict[str, Any]]:
-    """Cut-offs [C] fitted on calibration photos, and each bin's own cut-off and size."""
+                level: float, method: str = "source-class", min_bin: int | None = None
+                ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Cut-offs [C] fitted on calibration photos, and each bin's own cut-off and size.
+
+    "source-class": a (source, class) cell of fewer than `min_bin` photos (default: the fewest
+    that can promise the level at all, 10 at 0.9) would put its class on every list (e.g. the
+    7 atlas/ melanomas of a 3-source split); it takes its class's cut-off over every source."""
     check_args(level, method)
+    if min_bin is None:
+        min_bin = int(np.ceil(1 / (1 - level) - 1e-9))
     true_p = probs[np.arange(len(y)), y]
     names = np.asarray(classes)[y]
     if method == "source-class":
@@ -101,6 +109,11 @@ def fit_cutoffs(probs: np.ndarray, y: np.ndarray, source: np.ndarray, classes: S
     else:
         keys = np.full(len(y), ALL)
     per_bin = bin_cutoffs(true_p, keys, level)
+    if method == "source-class":
+        pooled = bin_cutoffs(true_p, np.array([f"{ALL}|{c}" for c in names]), level)
+        sizes = {k: int((keys == k).sum()) for k in per_bin}
+        per_bin = {k: (v if sizes[k] >= min_bin else pooled[f"{ALL}|{str(k).split('|', 1)[1]}"])
+                   for k, v in per_bin.items()}
     cut = np.ones(len(classes))
     for key, c in per_bin.items():
         if method in ("source-class", "class"):
@@ -113,6 +126,9 @@ def fit_cutoffs(probs: np.ndarray, y: np.ndarray, source: np.ndarray, classes: S
         cut = np.array([cut[i] if c in seen else 0.0 for i, c in enumerate(classes)])
     detail = {str(k): {"cutoff": round(v, 6), "n": int((keys == k).sum())}
               for k, v in per_bin.items()}
+    if method == "source-class":
+        for d in detail.values():
+            d["own_cell"] = d["n"] >= min_bin  # else its class's cut-off over every source
     return cut, detail
 
 
