@@ -158,7 +158,7 @@ def _train_parameters() -> list[inspect.Parameter]:
 
 
 def train_cmd(**options: Any) -> None:
-    """Train a head on a frozen ImageNet backbone: the paper's recipe or kulit's."""
+    """Train a head (and, in kulit's recipe, the backbone's last blocks): paper or kulit recipe."""
     from kulit.config import TrainConfig, make_config
     from kulit.training.train import train
 

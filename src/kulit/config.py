@@ -57,7 +57,7 @@ class TrainConfig:
     mask_logo: bool = True  # paint the logo corner out of every image (train and serve)
     dedupe: bool = True  # one image per duplicate group, so copies do not count twice
     seed: int = 0  # seeds every random choice
-    cache_dir: str = ".cache/kulit"  # frozen-backbone feature cache folder
+    cache_dir: str = ".cache/kulit"  # feature cache folder (the untrained part's outputs)
     cache: bool = True  # False recomputes the backbone every epoch (for the speed benchmark)
     threads: int = 2  # torch CPU threads
 
