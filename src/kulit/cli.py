@@ -105,13 +105,8 @@ def explain(
     as_json: Annotated[bool, typer.Option("--json", help="Print the steps as JSON")] = False,
 ) -> None:
     """Show the CNN's steps (patch, conv, sum, ReLU, flatten, dense, softmax) with the numbers."""
-    from kulit.explain.steps import (
-        explain_image,
-        paper_walkthrough,
-        parse_at,
-        resolve_model_dir,
-        to_json,
-    )
+    from kulit.explain.model import resolve_model_dir
+    from kulit.explain.steps import explain_image, paper_walkthrough, parse_at, to_json
     from kulit.explain.text import format_explanation
 
     if image is None:

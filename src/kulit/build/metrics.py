@@ -11,7 +11,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -93,7 +93,7 @@ def _balanced_accuracy_rows(
     hits = hits.reshape(n_rows, k)
     present = totals > 0
     recall = np.where(present, hits / np.maximum(totals, 1), 0.0)
-    return recall.sum(axis=1) / present.sum(axis=1)
+    return cast("np.ndarray", recall.sum(axis=1) / present.sum(axis=1))
 
 
 def balanced_accuracy(y: np.ndarray | Sequence[int], pred: np.ndarray | Sequence[int],
@@ -168,7 +168,7 @@ def selective_at(probs: np.ndarray, y_true: Sequence[str], classes: Sequence[str
     y = np.array([index[t] for t in y_true if t in index], dtype=np.int64)
     correct = (p.argmax(axis=1) == y).astype(float) if len(y) else np.zeros(0)
     row = _risk_coverage(p.max(axis=1) if len(y) else np.zeros(0), correct, [threshold])[0]
-    return clean_json(row)
+    return cast("dict[str, Any]", clean_json(row))
 
 
 def compute_metrics(
@@ -275,7 +275,7 @@ def compute_metrics(
         "reliability": {"n_bins": N_BINS, "bins": bins},
         "unknown_classes": unknown_classes,
     }
-    return clean_json(metrics)
+    return cast("dict[str, Any]", clean_json(metrics))
 
 
 
@@ -337,7 +337,7 @@ def metrics_by_group(
         share[name] = prediction_share(ys, p[rows], classes)
     if not names:
         return {}
-    return clean_json({"per_source": per, "prediction_share": share})
+    return cast("dict[str, Any]", clean_json({"per_source": per, "prediction_share": share}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,7 +414,7 @@ def slice_figures(
             "mean_size": float(np.mean([len(s) for s in sets])) if n else None,
             "one_or_two": rate([len(s) <= 2 for s in sets]),
         }
-    return clean_json(out)
+    return cast("dict[str, Any]", clean_json(out))
 
 
 def figures_by_slice(

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -36,10 +36,10 @@ from kulit.build.gate_fit import (
     Row,
     extract_features,
     outside_rows,
-    rate,
     read_split_rows,
     softmax,
 )
+from kulit.build.metrics import rate
 from kulit.errors import DataError
 from kulit.serving.answer import URGENT_CLASSES, Answer, Cutoffs, decide
 from kulit.serving.card import ModelCard
@@ -363,7 +363,7 @@ def fit_shortlist(model_dir: Path, data_root: Path, split_csv: Path, *,
         "figures": figs,
         "seconds": {"features": round(t1 - t0, 1), "fit": round(time.perf_counter() - t1, 1)},
     }
-    return _round(section)
+    return cast("dict[str, Any]", _round(section))
 
 
 def run_shortlist(model_dir: Path, data_root: Path, split_csv: Path, *,

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
@@ -74,7 +74,7 @@ def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
 def ita_degrees(lab: np.ndarray) -> np.ndarray:
     """ITA° = atan((L* - 50) / b*) * 180 / pi of CIELAB pixels [..., 3] (arctan2: b* ~ 0 safe)."""
     lab = np.asarray(lab, dtype=np.float64)
-    return np.degrees(np.arctan2(lab[..., 0] - 50.0, lab[..., 2]))
+    return cast("np.ndarray", np.degrees(np.arctan2(lab[..., 0] - 50.0, lab[..., 2])))
 
 
 def skin_mask(rgb: np.ndarray, rule: str = "rgb") -> np.ndarray:
@@ -83,7 +83,7 @@ def skin_mask(rgb: np.ndarray, rule: str = "rgb") -> np.ndarray:
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
     hi, lo = x.max(axis=-1), x.min(axis=-1)
     if rule == "rgb":
-        return (r > g) & (r >= b) & (hi - lo > 10) & (hi > 40) & (hi < 252)
+        return cast("np.ndarray", (r > g) & (r >= b) & (hi - lo > 10) & (hi > 40) & (hi < 252))
     if rule == "ycbcr":
         y = 0.299 * r + 0.587 * g + 0.114 * b
         cb = 128 - 0.168736 * r - 0.331264 * g + 0.5 * b
@@ -95,7 +95,8 @@ def skin_mask(rgb: np.ndarray, rule: str = "rgb") -> np.ndarray:
 def _outside_centre(shape: tuple[int, ...], frac: float) -> np.ndarray:
     h, w = shape[:2]
     yy, xx = np.mgrid[:h, :w]
-    return (np.abs(yy - (h - 1) / 2) > frac * h / 2) | (np.abs(xx - (w - 1) / 2) > frac * w / 2)
+    rim = (np.abs(yy - (h - 1) / 2) > frac * h / 2) | (np.abs(xx - (w - 1) / 2) > frac * w / 2)
+    return cast("np.ndarray", rim)
 
 
 def ita_of_pixels(rgb: np.ndarray, method: ItaMethod = METHOD) -> tuple[float | None, float]:

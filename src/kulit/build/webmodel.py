@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
@@ -46,7 +46,7 @@ def mask_from_normalize(p: Preprocessing) -> np.ndarray:
     out = normalize(black, p)  # [3, S, S]
     if float(np.min(p.mean)) <= 0.0:
         raise ModelError("cannot locate the mask box: the card's mean has a zero channel")
-    return (out[0] != 0.0).astype(np.float32)[:, :, None]
+    return cast("np.ndarray", (out[0] != 0.0).astype(np.float32)[:, :, None])
 
 
 def _const(name: str, arr: np.ndarray) -> Any:
@@ -183,7 +183,8 @@ def build_web_model(model_dir: Path, out: Path | None = None, weights: str = "in
 def check_web_model(model_dir: Path, web_model: Path | bytes, atol: float,
                     int8: bool = False) -> float:
     """Run both models on a few synthetic crops; raise if the probabilities differ by > atol."""
-    from kulit.serving.predict import Predictor, softmax
+    from kulit.serving.calibration import softmax
+    from kulit.serving.predict import Predictor
 
     pred = Predictor(model_dir, threads=1, int8=int8)  # the graph the browser model wraps
     web = web_session(web_model)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -16,11 +16,11 @@ bearer = HTTPBearer(auto_error=False, scheme_name="token",
 
 
 def get_store(request: Request) -> CaseStore:
-    return request.app.state.clinic_store
+    return cast("CaseStore", request.app.state.clinic_store)
 
 
 def get_clinic_settings(request: Request) -> ClinicSettings:
-    return request.app.state.clinic_settings
+    return cast("ClinicSettings", request.app.state.clinic_settings)
 
 
 def unauthorized(message: str = "send Authorization: Bearer <token>") -> ClinicError:

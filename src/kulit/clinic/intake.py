@@ -4,7 +4,7 @@ file. Shared by the API and the pages; run in the threadpool."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from kulit.clinic.auth import Actor
 from kulit.clinic.models import Case
@@ -20,7 +20,7 @@ def answer_record(ans: Answer) -> dict[str, Any]:
     """The answer as stored: every field `Answer.to_dict` gives (status, shortlist, urgency
     where the model has them) and the advice key, as plain JSON."""
     record = {**ans.to_dict(), "advice": ans.advice}
-    return json.loads(json.dumps(record, default=str))
+    return cast("dict[str, Any]", json.loads(json.dumps(record, default=str)))
 
 
 def save_case(store: CaseStore, predictor: Predictor, actor: Actor, data: bytes,

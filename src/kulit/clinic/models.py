@@ -4,6 +4,7 @@ module is their description for queries and for `alembic revision --autogenerate
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -80,7 +81,7 @@ class Case(Base):
     photo_name: Mapped[str] = mapped_column(String(64), unique=True)
     photo_sha256: Mapped[str] = mapped_column(String(64))
     # kulit's answer: the whole JSON as the API gave it, plus columns to filter on
-    answer: Mapped[dict] = mapped_column(JSON)
+    answer: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(32))
     label: Mapped[str | None] = mapped_column(String(64))
     confidence: Mapped[float] = mapped_column()

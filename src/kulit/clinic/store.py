@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Engine, Select, func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -183,7 +183,7 @@ class CaseStore:
         case = db.scalar(self._scope(actor, select(Case)).where(Case.id == case_id))
         if case is None:
             raise not_found(case_id)
-        return case
+        return cast("Case", case)
 
     def get(self, actor: Actor, case_id: str) -> Case:
         with self.session() as db:

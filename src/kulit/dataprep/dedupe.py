@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 from PIL import Image
@@ -35,7 +35,7 @@ def _dct_matrix(n: int) -> np.ndarray:
     i = np.arange(n)[None, :]
     m = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
     m[0] /= np.sqrt(2.0)
-    return m
+    return cast("np.ndarray", m)
 
 
 _DCT32 = _dct_matrix(32)
@@ -85,9 +85,10 @@ _POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 def _popcount(x: np.ndarray) -> np.ndarray:
     """Set bits per uint64 element (numpy >= 2 has it built in; a byte table otherwise)."""
     if hasattr(np, "bitwise_count"):
-        return np.bitwise_count(x)
+        return cast("np.ndarray", np.bitwise_count(x))
     x = np.ascontiguousarray(x, dtype=np.uint64)
-    return _POP8[x.view(np.uint8)].reshape(*x.shape, 8).sum(axis=-1, dtype=np.uint8)
+    return cast(
+        "np.ndarray", _POP8[x.view(np.uint8)].reshape(*x.shape, 8).sum(axis=-1, dtype=np.uint8))
 
 
 def _phash_blocks(phashes: Sequence[Sequence[int]]) -> Iterable[tuple[int, np.ndarray]]:
@@ -107,7 +108,7 @@ def phash_distances(phashes: Sequence[Sequence[int]]) -> np.ndarray:
     dist = np.empty((n, n), dtype=np.uint8)
     for start, d in _phash_blocks(phashes):
         dist[start : start + len(d)] = d
-    return np.minimum(dist, dist.T)
+    return cast("np.ndarray", np.minimum(dist, dist.T))
 
 
 def near_pairs(phashes: Sequence[Sequence[int]], threshold: int) -> list[tuple[int, int]]:

@@ -11,7 +11,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -103,12 +103,12 @@ def conv2d_valid(patch: np.ndarray, kernel: np.ndarray, stride: int = 1) -> np.n
     windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(0, 1))
     windows = windows[::stride, ::stride]  # Ho x Wo x C x kh x kw
     out = np.einsum("ijcab,abc->ijc", windows, k)
-    return out[:, :, 0] if flat else out
+    return cast("np.ndarray", out[:, :, 0] if flat else out)
 
 
 def relu(x: np.ndarray) -> np.ndarray:
     """max(0, x), elementwise."""
-    return np.maximum(np.asarray(x), 0)
+    return cast("np.ndarray", np.maximum(np.asarray(x), 0))
 
 
 def conv_steps(patch_hwc: np.ndarray, kernel: np.ndarray, stride: int = 1) -> dict[str, Any]:

@@ -137,7 +137,10 @@ def predict_rows(sources: list[str], model_dir: Path, *, top_k: int = 3, int8: b
     ctx.execution_options.preserve_order = True  # JSON lines come out in input order
     ctx.enable_progress_bars = False  # the driver shows one progress display, its own
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-run INFO lines
-    actors = opts.actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    actors = opts.actors
+    if not actors:
+        cpus = ray.cluster_resources().get("CPU", 1)  # type: ignore[no-untyped-call]
+        actors = max(1, int(cpus))
     files_ref = ray.put(model_files(model_dir))
     # at least 4 blocks per actor keeps every actor busy to the end; a block is a unit of retry
     per_block = max(1, min(ROWS_PER_BLOCK, len(sources) // (4 * actors)))

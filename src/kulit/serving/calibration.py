@@ -7,6 +7,7 @@ logits; serving, evaluation and the walkthrough turn logits into probabilities w
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 
@@ -20,7 +21,7 @@ def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
     z = np.asarray(z)
     z = z - z.max(axis=axis, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=axis, keepdims=True)
+    return cast("np.ndarray", e / e.sum(axis=axis, keepdims=True))
 
 
 def nll(logits: np.ndarray, y: np.ndarray, t: float = 1.0) -> float:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 from PIL import Image
@@ -187,7 +187,7 @@ class Predictor:
             raise ModelError(f"{self.model_dir}: this model does not export its first layer")
         _, x = self.prepare(source)
         with self._gate:
-            return self.session.run([FIRST_LAYER], {INPUT: x[None]})[0][0]
+            return cast("np.ndarray", self.session.run([FIRST_LAYER], {INPUT: x[None]})[0][0])
 
     def prepare(self, source: ImageSource) -> tuple[Image.Image, np.ndarray]:
         """Decode + preprocess one image exactly as training does. Raises ImageError."""
@@ -294,13 +294,13 @@ class Predictor:
         h = self.head
         hw = fmap.shape[1] * fmap.shape[2]
         if self.card.head == "linear":
-            return h["fc_w"][cls] / hw
+            return cast("np.ndarray", h["fc_w"][cls] / hw)
         # paper head: BN(affine) -> GAP -> fc1 -> ReLU -> (dropout) -> fc2
         pooled = h["bn_scale"] * fmap.reshape(fmap.shape[0], -1).mean(1) + h["bn_shift"]
         hidden = h["fc1_w"] @ pooled + h["fc1_b"]
         d_hidden = h["fc2_w"][cls] * (hidden > 0)
         d_pooled = h["fc1_w"].T @ d_hidden
-        return h["bn_scale"] * d_pooled / hw
+        return cast("np.ndarray", h["bn_scale"] * d_pooled / hw)
 
     def grad_cam(self, fmap: np.ndarray, cls: int) -> np.ndarray:
         """Grad-CAM for class `cls` on one feature map [K,h,w] -> [h,w] in [0,1]."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -84,7 +84,7 @@ class LiteFeatures(nn.Module):
         del net._fc, net._dropout, net._avg_pooling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.extract_features(x)
+        return cast("torch.Tensor", self.net.extract_features(x))
 
     def forward_stem(self, x: torch.Tensor, n_top: int) -> torch.Tensor:
         """Everything below the last `n_top` blocks (frozen and cacheable)."""
@@ -121,7 +121,7 @@ class LiteTop(nn.Module):
         for i, block in enumerate(self.blocks):
             # the same stochastic-depth schedule as EfficientNet.extract_features
             x = block(x, drop_connect_rate=self.rate * (self.first + i) / self.n_all)
-        return self.act(self.bn1(self.conv_head(x)))
+        return cast("torch.Tensor", self.act(self.bn1(self.conv_head(x))))
 
 
 def _lite_builder(variant: str) -> Callable[[int, Path | None, bool], Backbone]:
@@ -194,10 +194,10 @@ class TinyNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
+        return cast("torch.Tensor", self.features(x))
 
     def forward_stem(self, x: torch.Tensor, n_top: int) -> torch.Tensor:
-        return self.features[: 3 * (3 - n_top)](x)
+        return cast("torch.Tensor", self.features[: 3 * (3 - n_top)](x))
 
     def top(self, n_top: int) -> nn.Module:
         if not 0 < n_top <= 3:

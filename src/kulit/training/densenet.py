@@ -11,6 +11,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +44,7 @@ class _DenseLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(self.relu1(self.norm1(x)))
-        return self.conv2(self.relu2(self.norm2(x)))
+        return cast("torch.Tensor", self.conv2(self.relu2(self.norm2(x))))
 
 
 class _DenseBlock(nn.Module):
@@ -126,7 +127,8 @@ class DenseNet(nn.Module):
         out = F.relu(self.features(x))
         if self.classifier is None:
             return out
-        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
+        return cast(
+            "torch.Tensor", self.classifier(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)))
 
     # backbones.Backbone: the first layer is conv0, norm0, relu0; no partial fine-tuning
     def first_layer_split(self) -> tuple[Callable[[torch.Tensor], torch.Tensor],

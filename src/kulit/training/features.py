@@ -11,7 +11,7 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -46,9 +46,9 @@ class FeatureExtractor:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch)
         if self.n_top:  # cache what enters the trainable top, in half precision
-            return self.net.forward_stem(x, self.n_top).half().numpy()
+            return cast("np.ndarray", self.net.forward_stem(x, self.n_top).half().numpy())
         f = self.net(x)
-        return (f.mean((2, 3)) if self.pooled else f).numpy()
+        return cast("np.ndarray", (f.mean((2, 3)) if self.pooled else f).numpy())
 
 
 def view_tensors(s: SplitRow, pre: Preprocessing, views: int, seed: int, train: bool,

@@ -7,6 +7,8 @@ class score stays a linear function of the pooled features, which Grad-CAM relie
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -36,7 +38,7 @@ class PaperHead(nn.Module):
 
     def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
         pooled = self.bn(feature_map).mean(dim=(2, 3))
-        return self.fc2(self.drop(self.relu(self.fc1(pooled))))
+        return cast("torch.Tensor", self.fc2(self.drop(self.relu(self.fc1(pooled)))))
 
 
 class LinearHead(nn.Module):
@@ -50,4 +52,4 @@ class LinearHead(nn.Module):
         self.fc = nn.Linear(in_channels, num_classes)
 
     def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.drop(feature_map.mean(dim=(2, 3))))
+        return cast("torch.Tensor", self.fc(self.drop(feature_map.mean(dim=(2, 3)))))

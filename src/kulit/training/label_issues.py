@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -32,7 +33,8 @@ def out_of_fold_probs(features: np.ndarray, labels: np.ndarray, seed: int) -> np
     from sklearn.model_selection import StratifiedKFold
 
     folds = StratifiedKFold(N_FOLDS, shuffle=True, random_state=seed)
-    return cross_val_predict(clf, features, labels, cv=folds, method="predict_proba")
+    return cast(
+        "np.ndarray", cross_val_predict(clf, features, labels, cv=folds, method="predict_proba"))
 
 
 def find_issues(features: np.ndarray, labels: np.ndarray, seed: int, checked: np.ndarray,

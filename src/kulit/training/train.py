@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -90,7 +90,7 @@ class Trainable(nn.Module):
             x = self.top(x)
         if x.dim() == 2:  # cached pooled vectors become 1x1 maps: both heads take [N,C,h,w]
             x = x[:, :, None, None]
-        return self.head(x)
+        return cast("torch.Tensor", self.head(x))
 
     def train(self, mode: bool = True) -> Trainable:
         super().train(mode)
@@ -105,13 +105,13 @@ def _sampling_probs(y: np.ndarray, source: np.ndarray, keep: np.ndarray, balance
                     ) -> np.ndarray:
     """Per training photo, the chance to be drawn: equal mass per (class, source) cell."""
     if not balance:
-        return keep / keep.sum()
+        return cast("np.ndarray", keep / keep.sum())
     cell = np.array([f"{a}|{b}" for a, b in zip(y.tolist(), source.tolist(), strict=True)])
     p = np.zeros(len(y))
     for c in set(cell[keep].tolist()):
         members = keep & (cell == c)
         p[members] = 1.0 / members.sum()
-    return p / p.sum()
+    return cast("np.ndarray", p / p.sum())
 
 
 @torch.no_grad()

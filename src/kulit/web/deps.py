@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import Depends, Request
 
@@ -11,11 +11,11 @@ from kulit.web.settings import Settings
 
 
 def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    return cast("Settings", request.app.state.settings)
 
 
 def get_predictor(request: Request) -> Predictor:
-    return request.app.state.predictor
+    return cast("Predictor", request.app.state.predictor)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -17,13 +17,8 @@ from PIL import Image, ImageDraw, ImageFilter
 from starlette.concurrency import run_in_threadpool
 
 from kulit.errors import ImageError, KulitError
-from kulit.explain.steps import (
-    CHANNELS,
-    ModelExplanation,
-    explain_photo,
-    first_layer_grid,
-    parse_at,
-)
+from kulit.explain.model import ModelExplanation, first_layer_grid
+from kulit.explain.steps import CHANNELS, explain_photo, parse_at
 from kulit.serving.i18n import condition_name, fmt_num, fmt_pct, t
 from kulit.serving.predict import Predictor, heatmap_overlay
 from kulit.web.deps import PredictorDep, SettingsDep
