@@ -4,9 +4,11 @@
 
 Batch: the same seeded real skin8 photos through the local path (`kulit predict`'s
 `predict_files`, 2 single-thread workers, sandboxed decode) and through `--engine ray` with 1
-and 2 actors on a local Ray cluster of 2 CPUs started here. For each run: photos/s end to end
-(actor start included) and steady (first to last row), and the peak RSS of each predictor actor
-with its decode worker. The engine's overhead is local steady photos/s over Ray steady photos/s.
+and 2 actors on a local Ray cluster of 2 CPUs started here, in interleaved rounds (the best
+round of each counts: the neighbours' load changes by the minute). For each run: photos/s end
+to end (actor start included) and steady (first to last row), and the peak RSS of each
+predictor actor with its decode worker. The engine's overhead is local photos/s over Ray's
+photos/s at 2 actors, minus 1.
 Serving: POST /api/v1/predict at concurrency 16 (benchmarks/serve.py's client) against
 `kulit serve` (one uvicorn process) and `kulit serve --replicas 1|2` (Ray Serve), with each
 server's peak memory. Client, servers and Ray share this machine's CPUs; so do the other jobs
@@ -79,8 +81,12 @@ def local_run(files: list[str], model: Path) -> dict[str, Any]:
 
 
 def summarise(n: int, t0: float, ready: float, times: list[float]) -> dict[str, Any]:
-    steady = (n - 1) / (times[-1] - times[0]) if n > 1 and times[-1] > times[0] else None
-    return {"photos": n, "wall_s": round(times[-1] - t0, 2),
+    """Steady photos/s counts from the first arrival on: Ray hands over whole blocks (tens of
+    photos at once), so the photos of the first burst were computed before it and are left
+    out with its time."""
+    k = sum(t <= times[0] + 0.05 for t in times)  # the first burst
+    steady = (n - k) / (times[-1] - times[0]) if n > k and times[-1] > times[0] else None
+    return {"photos": n, "wall_s": round(times[-1] - t0, 2), "first_burst": k,
             "start_s": round(ready - t0, 2),
             "first_row_s": round(times[0] - t0, 2),
             "photos_per_s_end_to_end": round(n / (times[-1] - t0), 1),
@@ -90,14 +96,15 @@ def summarise(n: int, t0: float, ready: float, times: list[float]) -> dict[str, 
 class ActorMemory(threading.Thread):
     """Peak RSS of each predictor actor process plus its decode zygote and workers."""
 
-    def __init__(self) -> None:
+    def __init__(self, ignore: set[int]) -> None:
         super().__init__(daemon=True)
         self.stop = threading.Event()
         self.peak: dict[int, int] = {}
+        self.ignore = ignore  # a previous run's actors still shutting down
 
     def run(self) -> None:
         while not self.stop.wait(0.5):
-            for pid in actor_pids():
+            for pid in set(actor_pids()) - self.ignore:
                 kb = sum(proc_status_kb(p, "VmRSS") for p in descendants(pid))
                 self.peak[pid] = max(self.peak.get(pid, 0), kb)
 
@@ -117,7 +124,8 @@ def actor_pids() -> list[int]:
 def ray_run(files: list[str], model: Path, actors: int) -> dict[str, Any]:
     from kulit.scale.batch import RayOptions, predict_rows
 
-    mem = ActorMemory()
+    time.sleep(5)  # the previous run's actors are gone
+    mem = ActorMemory(ignore=set(actor_pids()))
     mem.start()
     t0 = time.perf_counter()
     times = []
@@ -144,12 +152,18 @@ def serve_level(model: Path, replicas: int | None, bodies: list[bytes], n: int,
     cmd = [str(kulit), "serve", "--model", str(model), "--port", str(port)]
     if replicas:
         cmd += ["--replicas", str(replicas)]
+    # one client address sends all 16 streams here: lift the per-client cap to the level
+    env = {**os.environ, "KULIT_MAX_UPLOADS_PER_CLIENT": "16"}
     with log.open("wb") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO,
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env,
                                 start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        health = wait_healthy(base, proc, log, timeout=300)
+        try:
+            health = wait_healthy(base, proc, log, timeout=300)
+        except SystemExit as e:  # did not start in time (a loaded machine): say so, go on
+            return {"server": f"ray serve, {replicas} replica(s)" if replicas
+                    else "uvicorn, 1 process", "error": str(e.code)}
         mem = MemorySampler(proc.pid)
         mem.start()
         mem.sample()
@@ -177,6 +191,7 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=400)
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--skip-serve", action="store_true")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "scale.json")
     args = ap.parse_args()
@@ -191,34 +206,46 @@ def main() -> None:
         "busy": busy_neighbours(), "load_avg_start": load_avg(), "batch": {}, "serve": [],
     }
     print(f"load {load_avg()}; busy: {len(result['busy'])} neighbour job(s)", flush=True)
-    result["batch"]["local"] = local_run(files, args.model)
-    print("local", result["batch"]["local"], flush=True)
     t0 = time.perf_counter()
     start_local(num_cpus=2)
-    result["batch"]["ray_init_s"] = round(time.perf_counter() - t0, 1)
-    result["batch"]["ray_idle_rss_mb"] = ray_processes_rss_mb()
-    for actors in (1, 2):
-        r = ray_run(files, args.model, actors)
-        result["batch"][f"ray_{actors}_actor"] = r
-        print(f"ray {actors} actor(s)", r, flush=True)
+    batch = result["batch"]
+    batch["ray_init_s"] = round(time.perf_counter() - t0, 1)
+    batch["ray_idle_rss_mb"] = ray_processes_rss_mb()
+    # interleaved rounds (the neighbours' load changes by the minute); the best round counts
+    runs: dict[str, list[dict[str, Any]]] = {"local": [], "ray_1_actor": [], "ray_2_actor": []}
+    for _ in range(args.rounds):
+        for name in runs:
+            r = (local_run(files, args.model) if name == "local"
+                 else ray_run(files, args.model, int(name.split("_")[1])))
+            r["load_avg"] = load_avg()
+            runs[name].append(r)
+            print(name, r, flush=True)
     ray.shutdown()
-    local = result["batch"]["local"]["photos_per_s_steady"]
-    two = result["batch"]["ray_2_actor"]["photos_per_s_steady"]
-    result["batch"]["overhead_2_actors_steady"] = round(local / two - 1, 3)
-    result["batch"]["overhead_2_actors_end_to_end"] = round(
-        result["batch"]["local"]["photos_per_s_end_to_end"]
-        / result["batch"]["ray_2_actor"]["photos_per_s_end_to_end"] - 1, 3)
+    batch["rounds"] = runs
+    best = {name: max(rs, key=lambda r: r["photos_per_s_steady"] or 0) for name, rs in runs.items()}
+    batch["best"] = best
+    for key in ("photos_per_s_steady", "photos_per_s_end_to_end"):
+        batch[f"overhead_2_actors_{key.removeprefix('photos_per_s_')}"] = round(
+            best["local"][key] / best["ray_2_actor"][key] - 1, 3)
     if not args.skip_serve:
         bodies = [multipart(name, data) for name, data in sample_photos(64, args.seed)]
         log = Path("/tmp") / f"kulit-scale-serve-{os.getpid()}.log"
+        save(result, args.out)
         for replicas in (None, 1, 2):
             r = serve_level(args.model, replicas, bodies, args.requests, log)
+            r["load_avg"] = load_avg()
             result["serve"].append(r)
             print(r, flush=True)
+            save(result, args.out)
     result["load_avg_end"] = load_avg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    save(result, args.out)
     print(f"wrote {args.out}")
+
+
+def save(result: dict[str, Any], out: Path) -> None:
+    """Written after each part, so a run cut short keeps what it measured."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -286,3 +287,51 @@ def test_evaluate_on_ray_writes_what_the_local_engine_writes(
     assert ray["skipped"] == local["skipped"] and len(local["skipped"]) == 1
     assert {k: v for k, v in ray.items() if k != "run"} == \
         {k: v for k, v in local.items() if k != "run"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--replicas", "2", "--clinic"], "run in one process"),
+    (["--replicas", "1", "--autoscale", "1,2"], "not both"),
+    (["--autoscale", "3,1"], "need 1 <= MIN <= MAX"),
+    (["--autoscale", "two"], "expected MIN,MAX"),
+])
+def test_replica_options_are_checked(args: list[str], message: str) -> None:
+    r = runner.invoke(app, ["serve", *args])
+    assert r.exit_code == 2 and message in r.output
+
+
+@pytest.mark.ray
+def test_ray_serve_replica_carries_pages_api_and_docs(ray_cluster: None, model: Path,
+                                                      photos: Path) -> None:
+    import httpx
+    from fastapi.testclient import TestClient
+    from ray import serve
+
+    from kulit.scale.serve import APP_NAME, build_app
+    from kulit.web.app import create_app
+    from kulit.web.settings import Settings
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    photo = (photos / "p07.jpg").read_bytes()
+    with TestClient(create_app(Settings(model_dir=model))) as local:
+        want = local.post("/api/v1/predict", files={"image": ("p.jpg", photo, "image/jpeg")})
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(build_app(model, replicas=1), name=APP_NAME, route_prefix="/")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+            page = c.get("/?lang=en")
+            assert page.status_code == 200 and "content-security-policy" in page.headers
+            assert "not a diagnosis" in page.text.lower()
+            assert c.get("/docs").status_code == 200
+            assert c.get("/static/kulit.css").status_code == 200
+            got = c.post("/api/v1/predict", files={"image": ("p.jpg", photo, "image/jpeg")})
+            assert got.status_code == 200
+            strip = ("timing_ms", "request_id")
+            assert {k: v for k, v in got.json().items() if k not in strip} == \
+                {k: v for k, v in want.json().items() if k not in strip}
+            bad = c.post("/api/v1/predict", files={"image": ("x.jpg", b"nope", "image/jpeg")})
+            assert bad.status_code in (400, 415, 422) and "error" in bad.json()
+    finally:
+        serve.shutdown()

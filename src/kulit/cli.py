@@ -279,7 +279,8 @@ def evaluate(
                                   metavar="FILE")
     ] = None,
     engine: Annotated[str, typer.Option(help="local, or ray: predict on Ray Data")] = "local",
-    address: Annotated[str | None, typer.Option(help="Ray cluster to join [a local one]")] = None,
+    address: Annotated[str | None, typer.Option(
+        help="Ray cluster to join (default: start one here)")] = None,
 ) -> None:
     """Measure a model on labelled photos: metrics with 95% CIs, calibration, report.md."""
     from kulit.build.evaluate import evaluate_model
@@ -357,12 +358,14 @@ def predict_cmd(
     batch_size: Annotated[int, typer.Option(help="Images per ONNX run (with --workers 1)")] = 32,
     workers: Annotated[
         int | None, typer.Option(help="Parallel single-thread workers, one photo each [CPU "
-                                 "count]; 1 = batches on all threads", min=1)
+                                 "count]; 1 = batches on all threads; the actors with "
+                                 "--engine ray", min=1)
     ] = None,
     int8: Annotated[bool, typer.Option(help="Use the model's int8 file if it has one")] = True,
     engine: Annotated[str, typer.Option(help="local, or ray: Ray Data over an actor pool "
                                         "(also reads CSV/text lists of paths or URIs)")] = "local",
-    address: Annotated[str | None, typer.Option(help="Ray cluster to join [a local one]")] = None,
+    address: Annotated[str | None, typer.Option(
+        help="Ray cluster to join (default: start one here)")] = None,
     out: Annotated[Path | None, typer.Option(help="--engine ray: write Parquet here; a rerun "
                                              "does only what is missing", metavar="DIR")] = None,
 ) -> None:
@@ -404,7 +407,7 @@ def serve(
     autoscale: Annotated[str | None, typer.Option(
         metavar="MIN,MAX", help="Ray Serve: MIN to MAX replicas, following the load")] = None,
     address: Annotated[str | None, typer.Option(
-        help="With --replicas/--autoscale: Ray cluster to join [a local one]")] = None,
+        help="With --replicas/--autoscale: Ray cluster to join (default: one here)")] = None,
 ) -> None:
     """Serve the web app and JSON API (torch-free). Not a diagnosis."""
     if replicas is not None or autoscale is not None or address is not None:
