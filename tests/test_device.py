@@ -56,6 +56,14 @@ def python_rule(probs: np.ndarray, classes: list[str], card_threshold: float,
             "shortlist": [[c, p] for c, p in a.shortlist]}
 
 
+def same_answer(js: dict[str, Any], py: dict[str, Any]) -> bool:
+    """The browser's answer says what the server's does: every field, the shortlist's classes
+    in order (its probabilities are float32 in the browser, float64 here: not compared)."""
+    names = lambda sl: [c for c, _ in sl]  # noqa: E731
+    return all(names(js[k]) == names(v) if k == "shortlist" else js[k] == v
+               for k, v in py.items())
+
+
 def card_shortlist(card: Any) -> dict[str, Any] | None:
     """The card's shortlist as device_config hands it to the browser (None: not calibrated)."""
     from kulit.serving.shortlist import SECTION, ShortlistRule
@@ -309,7 +317,7 @@ def browser_vs_server(server: str, browser: Any, model_dir: Path
         diffs.append(max(float(np.abs(np.array(got["probs"]) - probs).max()),
                          *(abs(got["gate"][k] - scores[k]) for k in SCORERS)))
         a = got["answer"]
-        same.append({k: a[k] for k in want} == want)
+        same.append(same_answer(a, want))
         statuses.append(a["status"])
     ctx.close()
     print(f"parity ({pred.precision}): {len(photos)} photos, max |dP| {max(diffs):.2g}, median "
@@ -333,10 +341,16 @@ def test_browser_parity_with_server_as_shipped(device_server: str, browser: Any,
     """As shipped (the server's static int8 graph in both): onnxruntime-web's int8 kernels
     round a few requantisations differently from the x86 ones, so probabilities move a little;
     the answer (status and advice) must still be the same on at least 95% of photos."""
+    from tests.test_web_modes import server_kernels_off_graph
+
     diffs, same, _ = browser_vs_server(device_server, browser, device_model_dir)
     if Predictor(device_model_dir).precision == "fp32":  # no int8 file passed: exact again
         assert max(diffs) < 1e-3 and all(same)
         return
+    off = server_kernels_off_graph(device_model_dir)
+    if off > 0.02:  # an int8 file quantised with full-range weights (issue 22, docs/device.md)
+        pytest.xfail(f"the served int8 file's x86 kernels saturate (median |dP| {off:.3f} from "
+                     f"its own graph; same answer {np.mean(same):.0%}): re-quantise it")
     assert np.mean(same) >= 0.95 and np.median(diffs) < 0.01 and max(diffs) < 0.1
 
 
@@ -407,7 +421,7 @@ def test_js_rule_equals_python_rule(device_server: str, browser: Any, device_mod
     for (probs, gate, issue), a in zip(RULE_CASES, got, strict=True):
         want = python_rule(np.array(probs), rule["classes"], rule["threshold"], gate,
                            cutoffs, issue, shortlist)
-        assert {k: a[k] for k in want} == want, (probs, gate, issue)
+        assert same_answer(a, want), (probs, gate, issue)
 
 
 @pytest.mark.e2e

@@ -338,12 +338,16 @@ def test_a_16mb_phone_photo_gets_a_result_in_both_modes(server: str, browser: An
 def test_the_check_is_offered_not_pushed(server: str, browser: Any) -> None:
     """Offered with its size; on Save-Data flagged; nothing downloads unasked. Over plain HTTP
     (not a secure context) the page says why the check is not there."""
-    ctx, page = new_page(browser)
+    ctx, page = new_page(browser, bypass_csp=True)  # bypass_csp: axe is an inline script
     page.add_init_script("""Object.defineProperty(navigator, 'connection',
         {value: {saveData: true, effectiveType: '3g'}});""")
     models: list[str] = []
     page.on("request", lambda r: models.append(r.url) if "/device/model-web" in r.url
             or r.url.endswith(".wasm") else None)
+    fetched: list[str] = []  # from the network (the page's or the service worker's requests)
+    ctx.on("response", lambda r: fetched.append(r.url.split("?")[0].rsplit("/", 1)[-1])
+           if not r.from_service_worker and ("/device/ort/" in r.url or "model-web" in r.url)
+           else None)
     page.goto(f"{server}/?lang=id")
     page.wait_for_selector("#device-download", state="visible")
     offer = page.text_content("#device-offer-text")
@@ -353,9 +357,14 @@ def test_the_check_is_offered_not_pushed(server: str, browser: Any) -> None:
     assert page.locator("#privacy-device").is_hidden()
     page.wait_for_timeout(500)
     assert models == []
+    if AXE.is_file():
+        assert serious_axe_violations(page) == []
     page.click("#device-download")
     page.wait_for_selector("#device-progress progress", state="attached")
     page.wait_for_selector("html[data-device=ready]", state="attached", timeout=120_000)
+    page.wait_for_timeout(1500)  # the pages kept for offline use
+    # onnxruntime-web's two scripts, its WASM and the model: each downloaded once
+    assert sorted(fetched) == sorted(set(fetched)) and len(fetched) == 4, fetched
     assert page.locator("#privacy-device").is_visible()
     assert page.locator("#privacy-server").is_hidden()
     ctx.close()
