@@ -17,6 +17,7 @@ in-process when no pool is given (training tools, tests), so both paths give the
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import signal
@@ -25,7 +26,7 @@ import struct
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -76,6 +77,55 @@ def reduce_for_model(source: DecodeSource | Image.Image, pre: Preprocessing,
     return ModelInput(np.ascontiguousarray(np.asarray(crop, dtype=np.uint8)), quality)
 
 
+MAX_REPLY = 4 * 1024 * 1024  # a reply is a small JSON head and at most a crop's pixels
+
+
+def encode_reply(kind: str, reply: tuple[Any, ...], retire: bool) -> bytes:
+    """A worker's answer as a JSON head, a newline and raw array bytes (no pickle)."""
+    head: dict[str, Any] = {"status": reply[0], "retire": retire}
+    payload = b""
+    if reply[0] != "ok":
+        head.update(code=reply[1], message=reply[2])
+    else:
+        if kind == "model":
+            arr = np.ascontiguousarray(reply[1].pixels, dtype=np.uint8)
+            head["quality"] = asdict(reply[1].quality)
+        else:  # patch: (pixels, (x, y), (w, h), name)
+            patch, at, size, name = reply[1]
+            arr = np.ascontiguousarray(patch, dtype=np.int64)
+            head.update(at=[int(v) for v in at], size=[int(v) for v in size], name=name)
+        head["shape"] = list(arr.shape)
+        payload = arr.tobytes()
+    return json.dumps(head).encode() + b"\n" + payload
+
+
+def decode_reply(kind: str, data: bytes) -> tuple[Any, bool]:
+    """(value or the ImageError to raise, retire) from `encode_reply`'s bytes; ValueError,
+    KeyError or TypeError if they are not what a worker writes."""
+    raw, _, payload = data.partition(b"\n")
+    head = json.loads(raw)
+    retire = bool(head["retire"])
+    if head["status"] != "ok":
+        return ImageError(str(head["message"])[:1000], str(head["code"])[:40]), retire
+    shape = tuple(int(v) for v in head["shape"])
+    if kind == "model":
+        if len(shape) != 3 or shape[2] != 3:
+            raise ValueError(f"a crop of shape {shape}")
+        pixels = np.frombuffer(payload, np.uint8).reshape(shape).copy()
+        q = head["quality"]
+        issue = q["issue"]
+        quality = Quality(int(q["width"]), int(q["height"]), float(q["sharpness"]),
+                          float(q["brightness"]), float(q["dark_clipped"]),
+                          float(q["bright_clipped"]), None if issue is None else str(issue))
+        return ModelInput(pixels, quality), retire
+    if shape != (4, 4, 3):
+        raise ValueError(f"a patch of shape {shape}")
+    patch = np.frombuffer(payload, np.int64).reshape(shape).copy()
+    name = head["name"]
+    return (patch, tuple(int(v) for v in head["at"]), tuple(int(v) for v in head["size"]),
+            None if name is None else str(name)), retire
+
+
 def _portable(source: DecodeSource) -> str | bytes:
     """What goes down the pipe: a path as text (the worker opens it), anything else as bytes."""
     if isinstance(source, (str, Path)):
@@ -103,6 +153,7 @@ class _Zygote:
                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
         finally:
             theirs.close()
+        self.timeout = limits.start_timeout_s
         self.ctl.settimeout(limits.start_timeout_s)
         try:
             self.ready = self.ctl.recv(1) == b"R"
@@ -115,7 +166,14 @@ class _Zygote:
         msg, fds, _, _ = socket.recv_fds(self.ctl, 4, 1)
         if len(msg) != 4 or len(fds) != 1:
             raise OSError("the decode zygote did not hand over a worker")
-        return _Worker(struct.unpack("i", msg)[0], Connection(fds[0]))
+        worker = _Worker(struct.unpack("i", msg)[0], Connection(fds[0]))
+        try:  # it warms up first (its first decode would otherwise run against the deadline)
+            if worker.conn.poll(self.timeout) and worker.conn.recv_bytes(16) == b"ready":
+                return worker
+        except (EOFError, OSError):
+            pass
+        worker.kill()
+        raise OSError("a decode worker did not come up")
 
     def close(self) -> None:
         self.ctl.close()  # it sees EOF and exits
@@ -247,18 +305,22 @@ class DecodePool:
                 if attempt:
                     raise
                 continue
-            return self._wait(w, name)
+            return self._wait(w, kind, name)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _wait(self, w: _Worker, name: str) -> Any:
+    def _wait(self, w: _Worker, kind: str, name: str) -> Any:
         keep = False
         try:
             if not w.conn.poll(self.limits.deadline_s):
                 raise ImageError(f"{name}: " + DECODE_TIMEOUT_MESSAGE.format(
                     s=self.limits.deadline_s), "decode_timeout")
             try:
-                reply, retire = w.conn.recv()
+                data = w.conn.recv_bytes(MAX_REPLY)
             except (EOFError, OSError):  # its CPU limit (SIGXCPU), the OOM killer, a crash
+                raise ImageError(f"{name}: {STOPPED_MESSAGE}", "unreadable") from None
+            try:
+                value, retire = decode_reply(kind, data)
+            except (ValueError, KeyError, TypeError):  # not what a worker writes: drop it
                 raise ImageError(f"{name}: {STOPPED_MESSAGE}", "unreadable") from None
             keep = not retire
         finally:
@@ -266,10 +328,9 @@ class DecodePool:
                 self._idle.put(w)
             else:
                 self._replace(w)
-        if reply[0] == "ok":
-            return reply[1]
-        _, code, message = reply
-        raise ImageError(message, code)
+        if isinstance(value, ImageError):
+            raise value
+        return value
 
     def reduce_for_model(self, source: DecodeSource, pre: Preprocessing,
                          limits: QualityLimits) -> ModelInput:

@@ -83,21 +83,34 @@ def _jobs() -> dict[str, Callable[..., Any]]:
     return {"model": reduce_for_model, "patch": load_rgb_patch}
 
 
-def _warm_up() -> None:
-    """Decode one tiny picture of each format, so the codecs' libraries are loaded before the
-    first fork (and shared by every worker)."""
+def _samples() -> list[bytes]:
+    """One tiny picture in each accepted format (encoded once, in the zygote: an encoder such
+    as HEIF's x265 needs far more memory than a worker's limit allows)."""
     import io
 
     from PIL import Image
 
-    from kulit.serving.preprocess import ACCEPTED_FORMATS, decode_image
+    from kulit.serving.preprocess import ACCEPTED_FORMATS
 
+    out = []
     for fmt in ACCEPTED_FORMATS:
         buf = io.BytesIO()
         try:
             Image.new("RGB", (16, 16), (120, 80, 60)).save(buf, fmt)
-            decode_image(buf.getvalue())
         except Exception:  # noqa: BLE001 - a missing encoder only leaves that codec cold
+            continue
+        out.append(buf.getvalue())
+    return out
+
+
+def _warm_up(samples: list[bytes]) -> None:
+    """Decode the samples, so the codecs' libraries and pages are loaded before real work."""
+    from kulit.serving.preprocess import decode_image
+
+    for data in samples:
+        try:
+            decode_image(data)
+        except Exception:  # noqa: BLE001 - a codec that fails here fails on the real file too
             continue
 
 
@@ -112,13 +125,17 @@ def _is_memory(e: BaseException) -> bool:
 
 
 def run_worker(conn: Connection, memory_mb: int, cpu_s: int, keep_mb: int,
-               jobs: dict[str, Callable[..., Any]]) -> None:
+               jobs: dict[str, Callable[..., Any]], samples: list[bytes]) -> None:
     """A worker's loop, in the forked child: limits, then one job at a time."""
     from kulit.errors import KulitError
+    from kulit.serving.decode_sandbox import encode_reply
     from kulit.serving.preprocess import DECODE_MEMORY_MESSAGE
 
     _set_limits(memory_mb)
+    _warm_up(samples)  # touch the codecs' pages here, so the first real job is not slow
+    _trim()
     born = rss_bytes()
+    conn.send_bytes(b"ready")
     while True:
         try:
             job = conn.recv()
@@ -146,7 +163,7 @@ def run_worker(conn: Connection, memory_mb: int, cpu_s: int, keep_mb: int,
         _trim()
         retire = out_of_memory or rss_bytes() > born + keep_mb * MB
         try:
-            conn.send((reply, retire))
+            conn.send_bytes(encode_reply(kind, reply, retire))
         except (OSError, ValueError):
             return
         if retire:
@@ -157,7 +174,8 @@ def zygote(ctl: socket.socket, memory_mb: int, cpu_s: int, keep_mb: int) -> None
     """Warm up, then fork a worker for each b"S" on `ctl`; send back its pid and socket."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the workers
     jobs = _jobs()
-    _warm_up()
+    samples = _samples()
+    _warm_up(samples)
     gc.collect()
     gc.freeze()  # the workers share these pages instead of copying them when gc runs
     ctl.sendall(b"R")
@@ -176,7 +194,8 @@ def zygote(ctl: socket.socket, memory_mb: int, cpu_s: int, keep_mb: int) -> None
                 ctl.close()
                 mine.close()
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                run_worker(Connection(theirs.detach()), memory_mb, cpu_s, keep_mb, jobs)
+                run_worker(Connection(theirs.detach()), memory_mb, cpu_s, keep_mb, jobs,
+                           samples)
             except BaseException:  # noqa: BLE001 - a worker never returns into the zygote
                 code = 1
             finally:
