@@ -110,7 +110,7 @@ def class_list(predictor: Predictor, lang: str) -> list[dict[str, str]]:
 
 def doctor_box(ans: Answer, lang: str, top_name: str) -> tuple[str, str, str]:
     """(text, title, kind) of the see-a-doctor box by the answer's urgency; kind "urgent"
-    (red: Melanoma behind it), "soon" (amber), "note" (gentle); text "" = no box."""
+    (red: an urgent class behind it), "soon" (amber), "note" (gentle); text "" = no box."""
     if not ans.see_doctor:
         return "", "", ""
     if ans.urgency == "urgent":
