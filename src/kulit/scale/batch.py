@@ -139,7 +139,7 @@ def predict_rows(sources: list[str], model_dir: Path, *, top_k: int = 3, int8: b
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-run INFO lines
     actors = opts.actors
     if not actors:
-        cpus = ray.cluster_resources().get("CPU", 1)  # type: ignore[no-untyped-call]
+        cpus = ray.cluster_resources().get("CPU", 1)  # type: ignore[no-untyped-call, unused-ignore]
         actors = max(1, int(cpus))
     files_ref = ray.put(model_files(model_dir))
     # at least 4 blocks per actor keeps every actor busy to the end; a block is a unit of retry

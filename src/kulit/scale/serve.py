@@ -104,7 +104,7 @@ def run_serve(model: Path, *, host: str, port: int, replicas: int | None,
         while True:
             time.sleep(3600)
     finally:
-        serve.shutdown()  # type: ignore[no-untyped-call]
+        serve.shutdown()  # type: ignore[no-untyped-call, unused-ignore]
         if started:
             ray.shutdown()
 
