@@ -103,9 +103,9 @@ def test_predict_matches_the_predictor(client: TestClient, onnx_model_dir: Path)
     probs = [t["probability"] for t in body["top"]]
     assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
     assert body["confidence"] == body["top"][0]["probability"]
-    assert body["uncertain"] == expected.uncertain
-    assert body["label"] == (None if expected.uncertain else expected.label)
-    assert body["see_doctor"] == expected.uncertain  # no Melanoma-named classes here
+    assert body["uncertain"] == expected.below_threshold
+    assert body["label"] == (None if expected.below_threshold else expected.label)
+    assert body["see_doctor"] == expected.below_threshold  # no Melanoma-named classes here
 
 
 def test_top_k_query(client: TestClient) -> None:
@@ -596,7 +596,8 @@ def test_melanoma_in_the_list_is_flagged_only_above_the_cutoff(
         assert ('class="urgent"' in en) is flagged
         assert (STRINGS["en"]["see_doctor_melanoma_possible"].format(pct="20%") in en) is flagged
         if flagged:
-            assert re.search(r'<details class="condition" id="cond-2" open>\s*<summary><span '
+            assert re.search(r'<details class="condition" id="cond-2" data-class="Melanoma" open>'
+                             r'\s*<summary><span '
                              r'class="cond-name">Melanoma', en)
 
 

@@ -73,7 +73,9 @@ def test_upload_result_language_and_errors(server: str, browser, tmp_path: Path)
     expect(page.locator("#upload-error")).to_be_hidden()
     page.click("#submit")
     page.wait_for_url("**/predict**")
-    expect(page.locator(".bar-row")).to_have_count(3)
+    # the model's top 3, or its shortlist when it gives one (2 to all 8 conditions)
+    expect(page.locator(".bar-row").first).to_be_visible()
+    assert 1 <= page.locator(".bar-row").count() <= 8
     expect(page.locator(".disclaimer-box")).to_contain_text(DISCLAIMER_ID)
     expect(page.locator("footer")).to_contain_text(DISCLAIMER_ID)
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
@@ -102,8 +104,11 @@ def test_upload_result_language_and_errors(server: str, browser, tmp_path: Path)
     page.set_input_files("#image", str(a_photo(tmp_path)))
     page.click("#submit")
     page.wait_for_url("**/predict**")
-    expect(page.locator(".bar-row")).to_have_count(3)
-    expect(page.locator("#top-title")).to_have_text("The 3 closest conditions")
+    # the model's top 3, or its shortlist when it gives one (2 to all 8 conditions)
+    expect(page.locator(".bar-row").first).to_be_visible()
+    assert 1 <= page.locator(".bar-row").count() <= 8
+    n = page.locator(".bar-row").count()
+    expect(page.locator("#top-title")).to_have_text(f"The {n} closest conditions")
     expect(page.locator(".disclaimer-box")).to_contain_text(DISCLAIMER_EN)
 
     # A text file: the browser says so before sending anything.
@@ -163,7 +168,9 @@ def test_without_javascript_the_server_reports_the_error(server: str, browser,
     # "not a skin photo" to a model with a trust gate, so a real photo when the data is here).
     page.set_input_files("#image", str(a_photo(tmp_path)))
     page.click("#submit")
-    expect(page.locator(".bar-row")).to_have_count(3)
+    # the model's top 3, or its shortlist when it gives one (2 to all 8 conditions)
+    expect(page.locator(".bar-row").first).to_be_visible()
+    assert 1 <= page.locator(".bar-row").count() <= 8
     expect(page.locator(".disclaimer-box")).to_contain_text(DISCLAIMER_EN)
     context.close()
 

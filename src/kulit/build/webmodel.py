@@ -7,8 +7,9 @@ the Grad-CAM maps of a linear head. The mirror TTA is already inside the served 
 
 The served graph is the one the server runs (`kulit.serving.model_dir.served_file`): the static
 int8 file when it passed `kulit quantize`'s check, so browser and server give the same
-answers. Without one, conv weights of model.onnx are stored as int8 per output channel with a
-DequantizeLinear in front (weight-only: activations stay float32), to keep the download small.
+answers. Without one, the browser runs model.onnx as it is (fp32, the same numbers as the
+server); `weights="int8-weights"` stores conv weights as int8 per output channel with a
+DequantizeLinear in front instead (a smaller download that no longer matches exactly).
 Needs `onnx`.
 
 The JSON the page's answer rule runs on (`device_config`) is served, so it lives in
@@ -33,7 +34,7 @@ from kulit.serving.model_dir import HEAD_FILE, WEB_ONNX_FILE, served_file
 from kulit.serving.preprocess import Preprocessing, normalize, normalize_affine
 
 WEB_OUTPUTS = ("probs", "gate", "cam")  # gate only with gate.npz, cam only with a linear head
-WEIGHTS = ("int8", "fp32")
+WEIGHTS = ("int8", "fp32", "int8-weights")  # int8: the served graph, int8 if served
 MIN_QUANT_SIZE = 256  # smaller conv kernels stay float32: too few bytes to matter
 
 
@@ -95,7 +96,7 @@ def build_web_model(model_dir: Path, out: Path | None = None, weights: str = "in
         raise ModelError(f"weights must be one of {WEIGHTS}, not {weights!r}")
     model_dir = Path(model_dir)
     card = load_card(model_dir)
-    precision, src, temperature = served_file(model_dir, card, int8=weights == "int8")
+    precision, src, temperature = served_file(model_dir, card, int8=weights != "fp32")
     if not src.is_file():
         raise ModelError(f"{model_dir} is not a kulit model: {src.name} is missing")
     m = onnx.load(str(src))
@@ -166,7 +167,9 @@ def build_web_model(model_dir: Path, out: Path | None = None, weights: str = "in
     # benchmarks/device.py)
     check_web_model(model_dir, m.SerializeToString(), atol=1e-4, int8=precision == "int8")
     kind = "static int8, the server's" if precision == "int8" else weights
-    if weights == "int8" and precision == "fp32":
+    # the browser runs the graph the server serves; weight-only int8 (a smaller download that
+    # no longer matches the server's numbers exactly) only when asked for by name
+    if weights == "int8-weights" and precision == "fp32":
         _quantise_weights(g)
         onnx.checker.check_model(m)
         kind = "weight-only int8"
