@@ -92,6 +92,7 @@ CREATE_BODY = {
 
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"model": ErrorResponse, "description": d}
-    for s, d in [(401, "no or unknown bearer token"), (403, "the caller's role may not"),
+    for s, d in [(400, "a body that is not valid JSON or form data"),
+                 (401, "no or unknown bearer token"), (403, "the caller's role may not"),
                  (404, "no such case in the caller's scope"), (422, "bad field")]
 }
