@@ -90,7 +90,7 @@ PROBES = {"thumbnail_250_roundtrip": thumbnail_roundtrip, "plain_frame_60": plai
 
 def style_probe(model: Path, rows: list) -> dict:
     """Does the answer survive a web-photo look? Agreement with the original top-1 per probe."""
-    from kulit.build.gate_fit import wilson
+    from kulit.build.slices import wilson
     from kulit.serving.predict import Predictor
 
     pred = Predictor(model)

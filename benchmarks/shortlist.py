@@ -63,7 +63,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from kulit.build import shortlist_fit as sf
-    from kulit.build.gate_fit import softmax
+    from kulit.build.photos import softmax
     from kulit.serving.model_dir import ModelDir
     from kulit.serving.shortlist import DEFAULT_LEVEL, SECTION, ShortlistRule
 

@@ -74,7 +74,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "trust.json")
     args = ap.parse_args()
 
-    from kulit.build.gate_fit import collect_rows, extract_features, gate_figures, summary_lines
+    from kulit.build.gate_fit import gate_figures, summary_lines
+    from kulit.build.photos import collect_rows, extract_features
     from kulit.serving.card import load_card
     from kulit.serving.gate import load_gate
     from kulit.serving.model_dir import served_file

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kulit.build.metrics import figures_by_slice, rate, slice_figures, slice_rows, wilson
 from kulit.build.report import render_per_band
+from kulit.build.slices import figures_by_slice, rate, slice_figures, slice_rows, wilson
 
 CLASSES = ["A", "B", "C", "D"]
 

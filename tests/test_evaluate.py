@@ -133,7 +133,7 @@ def test_bad_probs_shape_raises() -> None:
         compute_metrics(Y, P[:, :3], CLASSES)
 
 
-def test_bootstrap_ci_is_seeded_and_contains_the_estimate() -> None:
+def testbootstrap_ci_is_seeded_and_contains_the_estimate() -> None:
     rng = np.random.default_rng(1)
     n, k = 300, 5
     y_idx = rng.integers(0, k, n)

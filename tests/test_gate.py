@@ -9,23 +9,17 @@ import numpy as np
 import pytest
 
 from kulit.build.gate_fit import (
-    NOT_SKIN_TUNED,
-    OTHER_FOLDERS,
-    OTHER_TUNED,
-    SKIN_FOLDERS,
-    Features,
     GateParams,
-    Row,
     accuracy_threshold,
     coverage_cutoff,
     fit_gate,
     fit_logistic,
     gate_figures,
-    outside_rows,
-    read_split_rows,
     rejection_threshold,
-    wilson,
 )
+from kulit.build.photos import SKIN_FOLDERS, Features, Row, outside_rows, read_split_rows
+from kulit.build.slices import wilson
+from kulit.config import NOT_SKIN_TUNED, OTHER_FOLDERS, OTHER_TUNED
 from kulit.serving.gate import Gate, load_gate, save_gate
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from kulit.build.gate_fit import rate
+from kulit.build.slices import rate
 from kulit.serving.card import load_card, save_card
 from kulit.serving.i18n import STRINGS
 from kulit.web.app import create_app

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from kulit.build.metrics import figures_by_slice
+from kulit.build.slices import figures_by_slice
 from kulit.serving.card import load_card, save_card
 from kulit.serving.i18n import STRINGS
 from kulit.web.app import create_app

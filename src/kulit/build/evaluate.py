@@ -16,14 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from kulit.build.metrics import (
-    compute_metrics,
-    figures_by_slice,
-    max_share_ratio,
-    metrics_by_group,
-    selective_at,
-)
+from kulit.build.metrics import compute_metrics, max_share_ratio, metrics_by_group, selective_at
 from kulit.build.report import write_report
+from kulit.build.slices import figures_by_slice
 from kulit.errors import DataError, ImageError
 from kulit.serving.answer import answer_for
 from kulit.serving.model_dir import METRICS, PREDICTIONS_CSV, SHORTLIST, ModelDir

@@ -11,8 +11,6 @@ folders and lists live in kulit.config.
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,13 +19,20 @@ from typing import Any
 
 import numpy as np
 
-from kulit.build.metrics import rate, wilson  # noqa: F401 (wilson: still imported from here)
+from kulit.build.metrics import round_floats
+from kulit.build.photos import (
+    SKIN_FOLDERS,
+    Features,
+    collect_rows,
+    extract_features,
+    softmax,
+)
+from kulit.build.slices import rate
 from kulit.config import (
     NOT_SKIN_FOLDER,
     NOT_SKIN_TUNED,
     OTHER_FOLDERS,
     OTHER_TUNED,
-    SOURCES,
     URGENT_CLASS,
 )
 from kulit.errors import DataError
@@ -35,137 +40,7 @@ from kulit.serving import calibration
 from kulit.serving.answer import MELANOMA_KEY, NOT_SKIN_KEY, OTHER_KEY, Answer, Cutoffs, decide
 from kulit.serving.card import load_card
 from kulit.serving.gate import Gate, GateScores, write_gate_file
-from kulit.serving.model_dir import ModelDir, file_sha256, served_file
-
-# the data folders and the tuned / held-out lists live in config (one home for each fact)
-SKIN_FOLDERS = SOURCES
-
-
-@dataclass(frozen=True)
-class Row:
-    """One photo: its path relative to the data root, label, split and source folder."""
-
-    file: str  # "<folder>/<label>/<name>", relative to the data root
-    label: str  # one of the model's classes, a not-skin category or an other condition
-    split: str  # train / val / test for skin photos; "tune" / "held_out" for the others
-    source: str  # folder name: skin8, skin8-web, atlas, not-skin, other-conditions, atlas-other
-
-
-def _md5_split(name: str, val: float = 0.2, test: float = 0.1) -> str:
-    u = int(hashlib.md5(name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return "test" if u < test else "val" if u < test + val else "train"
-
-
-def dev_split_rows(data_root: Path, folders: Sequence[str] = SKIN_FOLDERS) -> list[Row]:
-    """A deterministic 70/20/10 split by md5 of each file name, for development only.
-
-    Near copies are not grouped here; the real split comes from `kulit data` (--split-csv).
-    """
-    rows = []
-    for folder in folders:
-        for r in _manifest(data_root / folder):
-            rows.append(Row(f"{folder}/{r['file']}", r["class"], _md5_split(r["file"]), folder))
-    return rows
-
-
-def read_split_rows(split_csv: Path) -> list[Row]:
-    """Rows of a multi-source split.csv (file,class,split,group,source,origin)."""
-    with open(split_csv, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"file", "class", "split", "source"} - set(reader.fieldnames or [])
-        if missing:
-            raise DataError(f"{split_csv}: missing column(s) {', '.join(sorted(missing))}")
-        return [Row(r["file"], r["class"], r["split"], r["source"]) for r in reader]
-
-
-def _manifest(folder: Path) -> list[dict[str, str]]:
-    path = folder / "manifest.csv"
-    if not path.is_file():
-        raise DataError(f"{folder}: manifest.csv is missing")
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def outside_rows(data_root: Path) -> list[Row]:
-    """not-skin and other-condition photos (every folder of OTHER_FOLDERS), marked "tune" or
-    "held_out" by the fixed lists."""
-    rows = []
-    folders = [(NOT_SKIN_FOLDER, NOT_SKIN_TUNED)] + [(f, OTHER_TUNED) for f in OTHER_FOLDERS]
-    for folder, tuned in folders:
-        for r in _manifest(data_root / folder):
-            split = "tune" if r["label"] in tuned else "held_out"
-            rows.append(Row(f"{folder}/{r['file']}", r["label"], split, folder))
-    return rows
-
-
-# ---------------------------------------------------------------- features
-
-
-@dataclass
-class Features:
-    """Per photo, in row order: pooled last-conv features and raw logits (plain view)."""
-
-    rows: list[Row]
-    pooled: np.ndarray  # [N, D]
-    logits: np.ndarray  # [N, C]
-    ok: np.ndarray  # [N] bool: decoded fine
-
-    def select(self, keep: np.ndarray) -> Features:
-        idx = np.flatnonzero(keep)
-        return Features([self.rows[i] for i in idx], self.pooled[idx], self.logits[idx],
-                        self.ok[idx])
-
-
-def extract_features(model_dir: Path, data_root: Path, rows: Sequence[Row],
-                     cache: Path | None = None, batch_size: int = 32, threads: int = 1,
-                     progress: Callable[[int, int], None] | None = None) -> Features:
-    """Run the served ONNX model (int8 if it passed its check, `model_dir.served_file`) once per
-    photo; reuse a cache keyed by that file's sha256."""
-    from kulit.errors import ImageError
-    from kulit.serving.predict import Predictor
-
-    model_sha = file_sha256(served_file(Path(model_dir), load_card(Path(model_dir)))[1])
-    cached: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    if cache is not None and cache.is_file():
-        with np.load(cache, allow_pickle=False) as z:
-            if "model_sha256" in z.files and str(z["model_sha256"]) == model_sha:
-                cached = {f: (p, lg) for f, p, lg in zip(z["files"], z["pooled"], z["logits"],
-                                                          strict=True)}
-    todo = [r.file for r in rows if r.file not in cached]
-    bad: set[str] = set()
-    if todo:
-        pred = Predictor(model_dir, threads=threads)  # what serving runs
-        for i in range(0, len(todo), batch_size):
-            chunk, xs = [], []
-            for f in todo[i: i + batch_size]:
-                try:
-                    xs.append(pred.prepare(data_root / f)[1])
-                    chunk.append(f)
-                except ImageError:
-                    bad.add(f)
-            if xs:
-                logits, fmap = pred.run(np.stack(xs), features=True)
-                if fmap is None:
-                    raise DataError(f"{model_dir}: the model has no 'features' output")
-                for f, p, lg in zip(chunk, fmap.mean(axis=(2, 3)), logits, strict=True):
-                    cached[f] = (p.astype(np.float32), lg.astype(np.float32))
-            if progress:
-                progress(min(i + batch_size, len(todo)), len(todo))
-        if cache is not None:
-            files = sorted(cached)
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(cache, model_sha256=np.array(model_sha), files=np.array(files),
-                     pooled=np.stack([cached[f][0] for f in files]),
-                     logits=np.stack([cached[f][1] for f in files]))
-    dim = next(iter(cached.values()))[0].shape[0] if cached else 0
-    n_cls = next(iter(cached.values()))[1].shape[0] if cached else 0
-    pooled = np.stack([cached[r.file][0] if r.file in cached else np.zeros(dim, np.float32)
-                       for r in rows]) if rows else np.zeros((0, dim), np.float32)
-    logits = np.stack([cached[r.file][1] if r.file in cached else np.zeros(n_cls, np.float32)
-                       for r in rows]) if rows else np.zeros((0, n_cls), np.float32)
-    ok = np.array([r.file in cached for r in rows], bool)
-    return Features(list(rows), pooled, logits, ok)
-
+from kulit.serving.model_dir import ModelDir, served_file
 
 # ---------------------------------------------------------------- fitting and cut-offs
 
@@ -223,10 +98,6 @@ def accuracy_threshold(conf_by_group: dict[str, np.ndarray],
             own = 1.0 if len(ok) == 0 else float(conf[order][ok[-1]])
         t = max(t, own)
     return t
-
-
-def softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
-    return calibration.softmax(np.asarray(logits, np.float64) / temperature, axis=-1)
 
 
 def answers(scores: GateScores | None, probs: np.ndarray, classes: Sequence[str],
@@ -372,26 +243,6 @@ def gate_figures(feats: Features, classes: Sequence[str], temperature: float, th
     }
 
 
-def collect_rows(data_root: Path, split_csv: Path | None) -> tuple[list[Row], str]:
-    """Skin rows from split.csv (or the md5 dev split) plus the not-skin / other rows."""
-    if split_csv is not None:
-        skin, how = read_split_rows(split_csv), str(split_csv)
-    else:
-        skin, how = dev_split_rows(data_root), "dev split: md5 of file name, 70/20/10"
-    skin = [r for r in skin if r.source in SKIN_FOLDERS]
-    return skin + outside_rows(data_root), how
-
-
-def _round(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return round(obj, 6)
-    if isinstance(obj, dict):
-        return {k: _round(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_round(v) for v in obj]
-    return obj
-
-
 def run_gate(model_dir: Path, data_root: Path, split_csv: Path | None = None,
              cache: Path | None = None, params: GateParams = GateParams(),
              progress: Callable[[int, int], None] | None = None) -> list[str]:
@@ -418,7 +269,7 @@ def run_gate(model_dir: Path, data_root: Path, split_csv: Path | None = None,
     cfg["tuned_on"]["threshold_before"] = card.gate.get("tuned_on", {}).get(
         "threshold_before", card.threshold)
     cfg["figures"] = figures
-    ModelDir(model_dir).write_gate(lambda path: write_gate_file(gate, path), _round(cfg),
+    ModelDir(model_dir).write_gate(lambda path: write_gate_file(gate, path), round_floats(cfg),
                                    temperature, threshold, card)
     return summary_lines(cfg, threshold) + [
         f"features {t1 - t0:.0f} s, fit {time.perf_counter() - t1:.1f} s; wrote "

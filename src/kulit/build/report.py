@@ -178,7 +178,7 @@ def render_report(metrics: dict[str, Any], *, title: str, card: dict[str, Any] |
 
 def render_shortlist(section: dict[str, Any]) -> list[str]:
     """The shortlist's figures (card.shortlist, written by `kulit shortlist`) as Markdown."""
-    from kulit.build.shortlist_fit import table_lines
+    from kulit.build.shortlist_text import table_lines
 
     cut = ", ".join(f"{c} {v:.3f}" for c, v in section.get("cutoffs", {}).items())
     return ["## Shortlist (conformal, issue 20)", "",

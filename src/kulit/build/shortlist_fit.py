@@ -1,7 +1,7 @@
 """Fit the shortlist (`kulit shortlist`): conformal cut-offs for the served file, and its figures.
 
 Build side only (crepes, the conformal library). The served model (int8 when it passed its
-check, `served_file`) is run once per photo through `gate_fit.extract_features`; the non-
+check, `served_file`) is run once per photo through `photos.extract_features`; the non-
 conformity score of a photo is 1 - P(its true class). Cut-offs are fitted on the validation
 photos of every skin source in split.csv, with crepes' Mondrian conformal classifier:
 
@@ -31,7 +31,8 @@ from typing import Any, cast
 
 import numpy as np
 
-from kulit.build.gate_fit import (
+from kulit.build.metrics import round_floats
+from kulit.build.photos import (
     Features,
     Row,
     extract_features,
@@ -39,7 +40,9 @@ from kulit.build.gate_fit import (
     read_split_rows,
     softmax,
 )
-from kulit.build.metrics import rate
+from kulit.build.shortlist_text import ALL, summary_lines
+from kulit.build.slices import rate
+from kulit.dataprep.fitzpatrick import BANDS, bands_of
 from kulit.errors import DataError
 from kulit.serving.answer import URGENT_CLASSES, Answer, Cutoffs, decide
 from kulit.serving.card import ModelCard
@@ -47,11 +50,6 @@ from kulit.serving.gate import load_gate
 from kulit.serving.shortlist import DEFAULT_LEVEL, SECTION, ShortlistRule
 
 METHODS = ("source-class", "class", "source", "pooled")
-# Fitzpatrick skin types grouped as the issue asks; a manifest column "fitzpatrick" (1-6)
-BANDS = {"I-II": (1, 2), "III-IV": (3, 4), "V-VI": (5, 6)}
-FITZ_COLUMN = "fitzpatrick"
-
-ALL = "all"
 
 
 # ---------------------------------------------------------------- the conformal fit
@@ -144,27 +142,6 @@ class Photos:
     band: np.ndarray  # Fitzpatrick band or ""
 
 
-def _fitz_bands(data_root: Path, source: str) -> dict[str, str]:
-    """file -> band for a source whose manifest has a Fitzpatrick column ({} if none)."""
-    path = data_root / source / "manifest.csv"
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if FITZ_COLUMN not in (reader.fieldnames or []):
-            return {}
-        out = {}
-        for r in reader:
-            try:
-                v = int(float(r[FITZ_COLUMN]))
-            except ValueError:
-                continue
-            for band, types in BANDS.items():
-                if v in types:
-                    out[f"{source}/{r['file']}"] = band
-        return out
-
-
 def external_rows(data_root: Path, classes: Sequence[str], known: set[str]) -> list[Row]:
     """Every photo of a labelled source beside skin8/ that the split does not hold and whose
     labels the model knows (atlas/ for a model trained without it): all of it is test."""
@@ -196,12 +173,9 @@ def collect_photos(model_dir: Path, data_root: Path, split_csv: Path, classes: S
         raise DataError(f"{len(missing)} photo(s) of the split are not under {data_root}, "
                         f"e.g. {missing[0]}")
     feats = extract_features(model_dir, data_root, rows, cache=cache, progress=progress)
-    bands: dict[str, str] = {}
-    for s in sorted({r.source for r in split + ext}):
-        bands.update(_fitz_bands(data_root, s))
     role = np.array([r.split if i < len(split) else "test" if i < len(split) + len(ext)
                      else "outside" for i, r in enumerate(rows)], dtype=object)
-    band = np.array([bands.get(r.file, "") for r in rows], dtype=object)
+    band = np.array([b or "" for b in bands_of(data_root / r.file for r in rows)], dtype=object)
     return Photos(feats, role, band)
 
 
@@ -306,16 +280,6 @@ def figures(photos: Photos, said: Sequence[Answer], cut: np.ndarray, probs: np.n
 # ---------------------------------------------------------------- the build step
 
 
-def _round(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return round(obj, 6)
-    if isinstance(obj, dict):
-        return {k: _round(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_round(v) for v in obj]
-    return obj
-
-
 def fit_shortlist(model_dir: Path, data_root: Path, split_csv: Path, *,
                   level: float | None = None, method: str = "source-class",
                   cache: Path | None = None,
@@ -363,7 +327,7 @@ def fit_shortlist(model_dir: Path, data_root: Path, split_csv: Path, *,
         "figures": figs,
         "seconds": {"features": round(t1 - t0, 1), "fit": round(time.perf_counter() - t1, 1)},
     }
-    return cast("dict[str, Any]", _round(section))
+    return cast("dict[str, Any]", round_floats(section))
 
 
 def run_shortlist(model_dir: Path, data_root: Path, split_csv: Path, *,
@@ -381,39 +345,3 @@ def run_shortlist(model_dir: Path, data_root: Path, split_csv: Path, *,
         lines.append(f"voided (measured with the previous shortlist): {', '.join(removed)}; "
                      "run `kulit evaluate` again")
     return lines + [f"wrote card.json section {SECTION!r} in {model_dir}"]
-
-
-def _pct(r: dict[str, Any]) -> str:
-    if r.get("rate") is None:
-        return "n/a"
-    lo, hi = r["ci95"]
-    return f"{r['rate']:.1%} ({lo:.0%}-{hi:.0%}, {r['k']}/{r['n']})"
-
-
-def table_lines(section: dict[str, Any]) -> list[str]:
-    """The per-source and per-band table in Markdown (README, report.md, closing notes)."""
-    f = section["figures"]
-    lines = [
-        "| group | photos | coverage (target >= 90%) | mean list length (<= 2.2) | "
-        "useful: 1-2 conditions (>= 70%) | melanoma urgent (>= 99%) |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    mel = f["urgency"]["melanoma_urgent"]
-    for kind, groups in (("source", f["per_source"]), ("skin type", f["per_band"])):
-        for g, b in groups.items():
-            name = "all test photos" if g == ALL else f"{kind} {g}"
-            m = mel.get(g)
-            lines.append(f"| {name} | {b['n']} | {_pct(b['coverage'])} | "
-                         f"{'n/a' if b['mean_size'] is None else format(b['mean_size'], '.2f')} | "
-                         f"{_pct(b['useful'])} | {_pct(m) if m else 'n/a'} |")
-    u = f["urgency"]
-    lines += ["", f"not-skin photos marked urgent: {_pct(u['not_skin_urgent'])}; people "
-              f"photos: {_pct(u['people_urgent'])}; non-melanoma skin test photos: "
-              f"{_pct(u['non_melanoma_urgent'][ALL])}; retake: never (by rule)"]
-    return lines
-
-
-def summary_lines(section: dict[str, Any]) -> list[str]:
-    cut = ", ".join(f"{c} {v:.3f}" for c, v in section["cutoffs"].items())
-    return [f"shortlist level {section['level']:.0%} ({section['method']}), cut-offs: {cut}",
-            *table_lines(section)]
