@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 
 from kulit.build.evaluate import PREDICTIONS_CSV, evaluate_model
 from kulit.build.metrics import compute_metrics, expected_calibration_error
-from kulit.build.report import METRICS_JSON, PLOTS, REPORT_MD, write_report
+from kulit.build.report import write_report
 from kulit.cli import app
 from kulit.serving.calibration import fit_temperature, softmax
+from kulit.serving.model_dir import METRICS_JSON, PLOTS, REPORT_MD
 from tests.conftest import make_image
 
 REQUIRED_KEYS = {

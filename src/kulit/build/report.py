@@ -1,6 +1,5 @@
-"""report.md, metrics.json and the three plots from computed metrics (see `kulit.build.metrics`).
-
-Rendering only: nothing here computes a metric. matplotlib is imported only when plotting.
+"""report.md, metrics.json and the three plots (`kulit.build.plots`) from computed metrics
+(see `kulit.build.metrics`). Rendering only: nothing here computes a metric.
 """
 
 from __future__ import annotations
@@ -9,22 +8,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from kulit.build.metrics import N_BINS, clean_json, round_floats
+from kulit.build.plots import REPORT_THRESHOLDS, num, write_plots
 from kulit.errors import DataError
 from kulit.serving.card import card_text
-from kulit.serving.model_dir import METRICS_JSON, PLOTS, REPORT_MD
-
-REPORT_THRESHOLDS = (0.0, 0.3, 0.5, 0.7, 0.9)  # rows of the risk-coverage table in report.md
+from kulit.serving.model_dir import METRICS_JSON, REPORT_MD
 
 
 def _pct(x: float | None, digits: int = 1) -> str:
     return "n/a" if x is None else f"{100 * x:.{digits}f}%"
-
-
-def _num(x: float | None, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
 
 
 def _ci(ci: list[float] | None) -> str:
@@ -69,10 +61,10 @@ def render_report(metrics: dict[str, Any], *, title: str, card: dict[str, Any] |
         f"| accuracy | {_pct(m['accuracy'])} | {_ci(ci.get('accuracy'))} |",
         f"| balanced accuracy (mean recall over classes present) | "
         f"{_pct(m['balanced_accuracy'])} | {_ci(ci.get('balanced_accuracy'))} |",
-        f"| macro F1 (classes present) | {_num(m['macro_f1'])} | |",
+        f"| macro F1 (classes present) | {num(m['macro_f1'])} | |",
         f"| top-3 accuracy | {_pct(m['top3_accuracy'])} | |",
-        f"| expected calibration error ({N_BINS} bins) | {_num(m['ece'])} | |",
-        f"| negative log-likelihood | {_num(m['nll'])} | |",
+        f"| expected calibration error ({N_BINS} bins) | {num(m['ece'])} | |",
+        f"| negative log-likelihood | {num(m['nll'])} | |",
         "",
         "## Per class",
         "",
@@ -86,12 +78,12 @@ def render_report(metrics: dict[str, Any], *, title: str, card: dict[str, Any] |
         pct = "n/a" if r["percent"] is None else f"{r['percent']:.1f}%"
         lines.append(
             f"| {_md_cell(r['class'])} | {r['correct']} | {r['wrong']} | {r['total']} | {pct} | "
-            f"{_num(r['precision'], 2)} | {_num(r['recall'], 2)} | {_num(r['f1'], 2)} |"
+            f"{num(r['precision'], 2)} | {num(r['recall'], 2)} | {num(r['f1'], 2)} |"
         )
     n_correct = sum(r["correct"] for r in m["per_class"])
     lines.append(
         f"| **all** | {n_correct} | {m['n'] - n_correct} | {m['n']} | {_pct(m['accuracy'])} | "
-        f"| | {_num(m['macro_f1'], 2)} (macro) |"
+        f"| | {num(m['macro_f1'], 2)} (macro) |"
     )
     classes = m["classes"]
     lines += [
@@ -130,7 +122,7 @@ def render_report(metrics: dict[str, Any], *, title: str, card: dict[str, Any] |
     lines += [
         "## Calibration",
         "",
-        f"Expected calibration error {_num(m['ece'])} over {N_BINS} equal-width bins of the top "
+        f"Expected calibration error {num(m['ece'])} over {N_BINS} equal-width bins of the top "
         "probability (0 is perfect: among answers given with 80% confidence, 80% are right).",
         "",
         "![reliability diagram](reliability.png)",
@@ -208,8 +200,8 @@ def render_per_source(m: dict[str, Any]) -> list[str]:
         at = s.get("at_threshold") or {}
         lines.append(
             f"| {_md_cell(name)} | {s['n']} | {_pct(s['accuracy'])} | "
-            f"{_pct(s['balanced_accuracy'])} | {_num(s['macro_f1'])} | "
-            f"{_pct(s['top3_accuracy'])} | {_num(s['ece'])} | "
+            f"{_pct(s['balanced_accuracy'])} | {num(s['macro_f1'])} | "
+            f"{_pct(s['top3_accuracy'])} | {num(s['ece'])} | "
             f"{_pct(at.get('coverage'))} | {_pct(at.get('accuracy'))} |"
         )
     share = m.get("prediction_share") or {}
@@ -256,7 +248,7 @@ def band_table(groups: dict[str, Any], bands: list[str]) -> list[str]:
                    f"{_rate(f['confident_right'])} |")
             if shortlist:
                 sl = f.get("shortlist") or {}
-                row += f" {_rate(sl.get('coverage'))} | {_num(sl.get('mean_size'), 2)} |"
+                row += f" {_rate(sl.get('coverage'))} | {num(sl.get('mean_size'), 2)} |"
             lines.append(row)
     return lines
 
@@ -289,101 +281,8 @@ def render_per_band(m: dict[str, Any]) -> list[str]:
     if a.get("n"):
         lines += [f"Estimate against the labelled type on these {a['n']} photos: same band "
                   f"{_pct(a['exact'])}, within one band {_pct(a['within_one'])}, Cohen's kappa "
-                  f"(linear) {_num(a['kappa_linear'])}.", ""]
+                  f"(linear) {num(a['kappa_linear'])}.", ""]
     return lines
-
-
-def _plot_confusion(metrics: dict[str, Any], path: Path) -> None:
-    from matplotlib.figure import Figure
-
-    classes = metrics["classes"]
-    cm = np.asarray(metrics["confusion_matrix"], dtype=float).reshape(len(classes), len(classes))
-    # colour by share of the true class so small classes are as visible as large ones
-    rows = cm.sum(axis=1, keepdims=True)
-    share = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
-    side = max(5.0, 0.75 * len(classes) + 2.5)
-    fig = Figure(figsize=(side, side * 0.9))
-    ax = fig.add_subplot()
-    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=9,
-                    color="white" if share[i, j] > 0.55 else "black")
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"Confusion matrix (counts, n={metrics['n']}; colour = share of true class)",
-                 fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
-def _plot_reliability(metrics: dict[str, Any], path: Path) -> None:
-    from matplotlib.figure import Figure
-
-    bins = metrics["reliability"]["bins"]
-    width = 1.0 / len(bins)
-    fig = Figure(figsize=(5.5, 5))
-    ax = fig.add_subplot()
-    full = [b for b in bins if b["count"]]
-    ax.bar([b["lo"] for b in full], [b["accuracy"] for b in full], width=width, align="edge",
-           color="#4c72b0", edgecolor="black", linewidth=0.5, label="accuracy")
-    ax.plot([b["confidence"] for b in full], [b["accuracy"] for b in full], "o", color="#dd8452",
-            markersize=4, label="mean confidence")
-    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
-    for b in full:  # image count per bin, inside the foot of its bar
-        ax.text(b["lo"] + width / 2, 0.015, str(b["count"]), ha="center", fontsize=7,
-                color="white" if b["accuracy"] > 0.05 else "black")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence (top probability)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"Reliability (ECE {_num(metrics['ece'])}, n={metrics['n']})")
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
-def _plot_risk_coverage(metrics: dict[str, Any], path: Path) -> None:
-    from matplotlib.figure import Figure
-
-    pts = [r for r in metrics["risk_coverage"] if r["accuracy"] is not None]
-    fig = Figure(figsize=(6, 4.5))
-    ax = fig.add_subplot()
-    ax.plot([r["coverage"] for r in pts], [r["accuracy"] for r in pts], "o-", color="#4c72b0",
-            markersize=3)
-    last: tuple[float, float] | None = None
-    for r in pts:
-        xy = (r["coverage"], r["accuracy"])
-        near = last is not None and abs(xy[0] - last[0]) + abs(xy[1] - last[1]) < 0.06
-        if round(r["threshold"], 2) in REPORT_THRESHOLDS and not near:
-            ax.annotate(f"≥{r['threshold']:.1f}", xy, textcoords="offset points",
-                        xytext=(4, -10), fontsize=8)
-            last = xy
-    at = metrics.get("at_threshold")
-    if at and at.get("accuracy") is not None:
-        ax.plot([at["coverage"]], [at["accuracy"]], "*", color="#c44e52", markersize=12,
-                label=f"model's threshold {at['threshold']:.2f}")
-        ax.legend(loc="lower left", fontsize=8)
-    ax.set_xlim(0, 1.02)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("coverage (share of images answered)")
-    ax.set_ylabel("accuracy on answered images")
-    ax.set_title("Risk-coverage: answering only above a confidence threshold", fontsize=10)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
-def write_plots(metrics: dict[str, Any], out_dir: Path) -> None:
-    """confusion_matrix.png, reliability.png and risk_coverage.png (matplotlib, Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    _plot_confusion(metrics, out_dir / PLOTS[0])
-    _plot_reliability(metrics, out_dir / PLOTS[1])
-    _plot_risk_coverage(metrics, out_dir / PLOTS[2])
 
 
 def write_report(metrics: dict[str, Any], out_dir: Path, *, title: str,
@@ -415,8 +314,8 @@ def summary_lines(metrics: dict[str, Any], out: Path) -> list[str]:
         f"accuracy {_pct(m['accuracy'])} (95% CI {_ci(ci['accuracy'])}), "
         f"balanced accuracy {_pct(m['balanced_accuracy'])} "
         f"(95% CI {_ci(ci['balanced_accuracy'])})",
-        f"macro F1 {_num(m['macro_f1'])}, top-3 {_pct(m['top3_accuracy'])}, "
-        f"ECE {_num(m['ece'])}",
+        f"macro F1 {num(m['macro_f1'])}, top-3 {_pct(m['top3_accuracy'])}, "
+        f"ECE {num(m['ece'])}",
         f"report: {Path(out) / REPORT_MD}",
     ]
     return lines
