@@ -143,7 +143,8 @@ def export_web_cmd(
         DEFAULT_MODEL_DIR),
     weights: Annotated[str, typer.Option(
         help="int8: the served graph (the int8 file when it is served); fp32: model.onnx; "
-             "int8-weights: weight-only int8 (smaller download, not the server's numbers)")] = "int8",
+             "int8-weights: weight-only int8 (smaller download, not the server's numbers)"),
+    ] = "int8",
 ) -> None:
     """Build model-web.onnx (uint8 photo in, probabilities + gate out) for the on-device check."""
     from kulit.build.webmodel import build_web_model
