@@ -35,6 +35,7 @@ from serve import (  # noqa: E402
     REPO,
     busy_neighbours,
     free_port,
+    run_clients,
     sample_photos,
     stop_server,
     wait_healthy,
@@ -101,13 +102,7 @@ def run(base: str, path: str, photos: list[tuple[str, bytes]], n: int, conc: int
                 lat[i] = 1000 * (time.perf_counter() - t)
                 codes[i] = r.status_code
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(conc)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = run_clients(lambda _: worker(), conc)
     ok = [c for c in codes if c in (200, 201)]
     return {"requests": n, "concurrency": conc, "ok": len(ok),
             "errors": {str(c): codes.count(c) for c in sorted(set(codes)) if c not in (200, 201)},

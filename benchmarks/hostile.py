@@ -56,6 +56,7 @@ from serve import (  # noqa: E402
     free_port,
     multipart,
     proc_status_kb,
+    run_clients,
     sample_photos,
     start_server,
     wait_healthy,
@@ -190,11 +191,7 @@ def run(base: str, cases: list[tuple[str, str, bytes, str]], rounds: int, conc: 
                                     "code": code, "seconds": time.perf_counter() - t0,
                                     "bytes": len(data)})
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(conc)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_clients(worker, conc)
     return results
 
 
@@ -311,11 +308,7 @@ def mixed_load(base: str, pid: int, normal: list[bytes], hostile: list[tuple[str
                     (hostile_s if is_hostile else normal_s).append(dt)
                     statuses[("hostile " if is_hostile else "normal ") + status] += 1
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_clients(worker, clients)
     mem.sample()
     mem.stop.set()
     bad = sum(n for k, n in statuses.items() if not k.split()[1].isdigit()

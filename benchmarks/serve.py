@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,17 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+def run_clients(worker: Callable[[int], None], n: int) -> float:
+    """Run worker(0) ... worker(n-1) in n threads at once; the wall time until all are done."""
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
+
 def run_level(base: str, bodies: list[bytes], n: int, conc: int, server_pid: int,
               mem: MemorySampler) -> dict[str, Any]:
     """Send n requests from conc threads; each thread takes the next request index until done."""
@@ -209,13 +221,7 @@ def run_level(base: str, bodies: list[bytes], n: int, conc: int, server_pid: int
     mem.reset()
     cpu0 = sum(proc_cpu_s(p) for p in mem.pids)
     me0 = os.times()
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(conc)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = run_clients(lambda _: worker(), conc)
     me1 = os.times()
     mem.sample()
     server_cpu = sum(proc_cpu_s(p) for p in mem.pids) - cpu0

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,3 +161,13 @@ def browser() -> Iterator[Any]:
         b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+@pytest.fixture(scope="module")
+def client(onnx_model_dir: Path) -> Iterator[TestClient]:
+    """The app on the tiny test model (a module that needs other settings defines its own)."""
+    from kulit.web.app import create_app
+    from kulit.web.settings import Settings
+
+    with TestClient(create_app(Settings(model_dir=onnx_model_dir))) as c:
+        yield c

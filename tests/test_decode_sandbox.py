@@ -65,12 +65,6 @@ def pool() -> Iterator[DecodePool]:
         yield p
 
 
-@pytest.fixture(scope="module")
-def client(onnx_model_dir: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(model_dir=onnx_model_dir))) as c:
-        yield c
-
-
 def post(client: TestClient, data: bytes, url: str = "/api/v1/predict"):
     return client.post(url, files={"image": ("x", data, "application/octet-stream")})
 

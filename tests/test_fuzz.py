@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -154,15 +152,6 @@ def test_the_multipart_reader_reads_a_clean_upload() -> None:
 # The whole server ----------------------------------------------------------------------------
 
 from fastapi.testclient import TestClient  # noqa: E402
-
-from kulit.web.app import create_app  # noqa: E402
-from kulit.web.settings import Settings  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def client(onnx_model_dir: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(model_dir=onnx_model_dir))) as c:
-        yield c
 
 
 @FUZZ

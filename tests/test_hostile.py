@@ -47,12 +47,6 @@ BAD_PNGS = {"ztxt_before": ztxt_bomb("before"), "ztxt_after": ztxt_bomb("after")
             "itxt": itxt_bomb(), "short_ihdr": short_ihdr()}
 
 
-@pytest.fixture(scope="module")
-def client(onnx_model_dir: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(model_dir=onnx_model_dir))) as c:
-        yield c
-
-
 def post(client: TestClient, data: bytes, url: str = "/api/v1/predict"):
     return client.post(url, files={"image": ("x.png", data, "image/png")})
 
