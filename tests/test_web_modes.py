@@ -280,8 +280,11 @@ def test_one_result_page_in_both_modes(server: str, browser: Any) -> None:
     assert dev.locator(".main-nav").is_hidden()
     dev_ctx.close()
     # the README's first screen: the server's result page on a phone, at a fixed time
+    # the committed figure never carries a data set's photo: every image on the page is blanked
     srv.evaluate("""() => { const t = document.querySelector('#checked-at');
-        t.textContent = '2 Desember 2026 pukul 10.00 WIB'; window.scrollTo(0, 0); }""")
+        t.textContent = '2 Desember 2026 pukul 10.00 WIB';
+        for (const img of document.querySelectorAll('img')) img.style.visibility = 'hidden';
+        window.scrollTo(0, 0); }""")
     FIGURE.parent.mkdir(parents=True, exist_ok=True)
     srv.screenshot(path=str(FIGURE))
     srv_ctx.close()
