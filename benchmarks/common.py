@@ -6,8 +6,6 @@ Metric formulas stay in `kulit.build.evaluate`; this module only resamples and s
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -26,26 +24,20 @@ def filter_split(split_csv: Path, source: str, out_dir: Path) -> Path:
     The report's `root` is rewritten relative to `out_dir`, so `load_split` still finds the
     photos; `filtered_to` records the source. Every split must keep some rows of it.
     """
-    from kulit.dataprep.split import REPORT_JSON, SPLITS, read_report
+    from kulit.dataprep.split import REPORT_JSON, SPLITS, load_split, read_report, split_csv_text
 
     split_csv = Path(split_csv)
-    text = split_csv.read_text(encoding="utf-8")
-    reader = csv.DictReader(io.StringIO(text))
-    fields = list(reader.fieldnames or [])
-    if "source" not in fields:
+    every = load_split(split_csv, check_files=False)
+    if not any(r.source for r in every):
         raise ValueError(f"{split_csv} has no source column (re-run `kulit data`)")
-    rows = [r for r in reader if r["source"] == source]
-    have = {r["split"] for r in rows}
+    rows = [r for r in every if r.source == source]
+    have = {r.split for r in rows}
     if not rows or not set(SPLITS) <= have:
         raise ValueError(f"{split_csv}: source {source!r} has rows in splits {sorted(have)}, "
                          f"need all of {', '.join(SPLITS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    (out_dir / split_csv.name).write_text(buf.getvalue(), encoding="utf-8")
+    (out_dir / split_csv.name).write_text(split_csv_text(rows), encoding="utf-8")
     report = read_report(split_csv.parent)
     root = (split_csv.parent / report.get("root", ".")).resolve()
     report["root"] = os.path.relpath(root, out_dir.resolve())

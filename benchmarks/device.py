@@ -14,7 +14,6 @@ Writes benchmarks/results/device.json.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import socket
 import subprocess
@@ -27,6 +26,7 @@ import numpy as np
 from sklearn.metrics import balanced_accuracy_score
 
 from kulit.build.webmodel import WEB_INPUT, WEB_ONNX_FILE, web_session
+from kulit.dataprep.split import load_split
 from kulit.serving.predict import Predictor, softmax
 from kulit.serving.preprocess import load_and_preprocess
 
@@ -39,16 +39,16 @@ def accuracy(model_dir: Path, data_root: Path, split_csv: Path, split: str) -> d
     served = Predictor(model_dir, threads=2)
     fp32 = Predictor(model_dir, threads=2, int8=False)
     web = web_session(model_dir / WEB_ONNX_FILE, threads=2)
-    rows = [r for r in csv.DictReader(split_csv.open()) if r["split"] == split]
+    rows = [r for r in load_split(split_csv, data_root) if r.split == split]
     classes = served.classes
     y, p32, ps, p8 = [], [], [], []
     for r in rows:
-        crop, x = load_and_preprocess(data_root / r["file"], served.card.preprocessing)
+        crop, x = load_and_preprocess(r.path, served.card.preprocessing)
         for pred, out in ((fp32, p32), (served, ps)):
             logits, _ = pred.run(x[None])
             out.append(softmax(logits.astype(np.float64) / pred.temperature)[0])
         p8.append(web.run(["probs"], {WEB_INPUT: np.asarray(crop, np.uint8)[None]})[0][0])
-        y.append(classes.index(r["class"]))
+        y.append(classes.index(r.label))
     p32, ps, p8 = np.array(p32), np.array(ps), np.array(p8)
     ba32 = balanced_accuracy_score(y, p32.argmax(1))
     bas = balanced_accuracy_score(y, ps.argmax(1))
@@ -168,9 +168,8 @@ def main() -> None:
                     if p.is_file() and not p.name.startswith(".")}
     res["files"].update({p.name: p.stat().st_size for p in a.model.glob(WEB_ONNX_FILE + "*")})
     if not a.skip_browser:
-        photo = a.photo or next(
-            a.data_root / r["file"] for r in csv.DictReader(a.split_csv.open())
-            if r["split"] == a.split)
+        photo = a.photo or next(r.path for r in load_split(a.split_csv, a.data_root)
+                                if r.split == a.split)
         res["browser"] = browser(a.model, photo)
         print(json.dumps(res["browser"], indent=1))
     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -821,11 +821,11 @@ def test_export_is_read_back_by_kulit_data(env: Env, tmp_path: Path,
     assert skin_row["skin_tone"] in ("I-II", "III-IV") and float(skin_row["ita"]) > 10
     # `kulit data` takes the export as one more source
     result = build_split([tiny_dataset, out], seed=0)
-    clinic_rows = [r for r in result.rows if r[0].startswith("clinic-export/")]
-    assert {Path(r[0]).stem for r in clinic_rows} == got
-    assert {r[4] for r in clinic_rows} == {"clinic-export"}  # source
-    assert {r[5] for r in clinic_rows} == {"kulit clinic"}  # origin, from manifest.csv
-    assert {r[1] for r in clinic_rows} <= {"Psoriasis", "Warts"}
+    clinic_rows = [r for r in result.rows if r.file.startswith("clinic-export/")]
+    assert {Path(r.file).stem for r in clinic_rows} == got
+    assert {r.source for r in clinic_rows} == {"clinic-export"}
+    assert {r.origin for r in clinic_rows} == {"kulit clinic"}  # from manifest.csv
+    assert {r.label for r in clinic_rows} <= {"Psoriasis", "Warts"}
     # an erased case leaves the training data at the next export
     gone = sorted(expected)[0]
     assert env.client.delete(f"/api/v1/cases/{gone}", headers=env.auth("hw2")

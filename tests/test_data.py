@@ -23,6 +23,7 @@ from kulit.dataprep.split import (
     REPORT_JSON,
     REPORT_MD,
     SPLIT_CSV,
+    SplitRow,
     build_split,
     dihedral_phashes,
     image_phashes,
@@ -121,8 +122,8 @@ def result(folder: Path):
     return build_split(folder, seed=0)
 
 
-def rows_by_file(result) -> dict[str, tuple[str, str, str, str]]:
-    return {r[0]: r for r in result.rows}
+def rows_by_file(result) -> dict[str, SplitRow]:
+    return {r.file: r for r in result.rows}
 
 
 # --- pHash ------------------------------------------------------------------------------------
@@ -262,7 +263,8 @@ def test_exact_duplicate_found_and_kept_in_its_group(result) -> None:
     ]
     assert exact["n_extra_copies"] == 2
     rows = rows_by_file(result)
-    assert rows["photos/cats/cat00.png"][2:] == rows["photos/cats/cat00_copy.png"][2:]
+    one, copy = rows["photos/cats/cat00.png"], rows["photos/cats/cat00_copy.png"]
+    assert (one.split, one.group, one.source) == (copy.split, copy.group, copy.source)
 
 
 def test_near_duplicates_grouped_into_one_split(result) -> None:
@@ -276,11 +278,11 @@ def test_near_duplicates_grouped_into_one_split(result) -> None:
     }
     assert [set(g["files"]) for g in near["groups"]] == [members]
     rows = rows_by_file(result)
-    assert len({rows[f][3] for f in members}) == 1
-    assert len({rows[f][2] for f in members}) == 1
+    assert len({rows[f].group for f in members}) == 1
+    assert len({rows[f].split for f in members}) == 1
     # distinct textures are never merged
-    others = [r for r in result.rows if r[0] not in members and "cat00" not in r[0]]
-    assert len({r[3] for r in others}) == len(others)
+    others = [r for r in result.rows if r.file not in members and "cat00" not in r.file]
+    assert len({r.group for r in others}) == len(others)
 
 
 def test_label_conflict_left_out(result) -> None:
@@ -293,26 +295,27 @@ def test_label_conflict_left_out(result) -> None:
     assert "photos/cats/conflict.png" not in rows and "photos/dogs/conflict_too.png" not in rows
 
 
-def test_split_is_grouped_stratified_and_counted(result) -> None:
+def test_split_is_grouped_stratified_and_counted(result, folder: Path) -> None:
     report = result.report
     group_splits: dict[str, set[str]] = {}
-    for _, _, split, group, source, _ in result.rows:
-        assert source == "photos"
-        group_splits.setdefault(group, set()).add(split)
+    for r in result.rows:
+        assert r.source == "photos"
+        assert r.path == folder.resolve().parent / r.file
+        group_splits.setdefault(r.group, set()).add(r.split)
     assert all(len(s) == 1 for s in group_splits.values())
     assert report["n_groups"] == len(group_splits)
     # 14 dogs: round(2.8) = 3 val, round(1.4) = 1 test
     assert report["counts"]["dogs"] == {"train": 10, "val": 3, "test": 1, "total": 14}
     for label, counts in report["counts"].items():
-        assert counts["total"] == sum(1 for r in result.rows if r[1] == label)
+        assert counts["total"] == sum(1 for r in result.rows if r.label == label)
         assert counts["val"] >= 1 and counts["test"] >= 1
     assert sum(report["split_counts"].values()) == report["n_files"] == len(result.rows)
-    assert [r[0] for r in result.rows] == sorted(r[0] for r in result.rows)
+    assert [r.file for r in result.rows] == sorted(r.file for r in result.rows)
 
 
 def test_fractions_are_honoured(folder: Path) -> None:
     everything_train = build_split(folder, seed=1, val_frac=0.0, test_frac=0.0)
-    assert {r[2] for r in everything_train.rows} == {"train"}
+    assert {r.split for r in everything_train.rows} == {"train"}
     half = build_split(folder, seed=1, val_frac=0.5, test_frac=0.0)
     assert half.report["counts"]["dogs"]["val"] == 7
     with pytest.raises(DataError, match="fraction"):

@@ -17,9 +17,16 @@ from kulit.build.gate_fit import (
     gate_figures,
     rejection_threshold,
 )
-from kulit.build.photos import SKIN_FOLDERS, Features, Row, outside_rows, read_split_rows
+from kulit.build.photos import (
+    SKIN_FOLDERS,
+    Features,
+    outside_rows,
+    photo_row,
+    read_split_rows,
+)
 from kulit.build.slices import wilson
 from kulit.config import NOT_SKIN_TUNED, OTHER_FOLDERS, OTHER_TUNED
+from kulit.dataprep.split import SplitRow
 from kulit.serving.gate import Gate, load_gate, save_gate
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -102,7 +109,7 @@ def synthetic_features(rng: np.random.Generator, d: int = 24) -> Features:
     style: DermNet (skin8, other-conditions) +2, Atlas (atlas, atlas-other) -2, web 0."""
     rows, pooled, logits = [], [], []
 
-    def add(row: Row, x: np.ndarray, lg: np.ndarray) -> None:
+    def add(row: SplitRow, x: np.ndarray, lg: np.ndarray) -> None:
         rows.append(row)
         pooled.append(x)
         logits.append(lg)
@@ -117,14 +124,14 @@ def synthetic_features(rng: np.random.Generator, d: int = 24) -> Features:
                 x[2] += STYLE[source]
                 lg = rng.normal(0, 1, len(CLASSES))
                 lg[k] += strength
-                add(Row(f"{source}/{CLASSES[k]}/{split}{i}.jpg", CLASSES[k], split, source),
-                    x, lg)
+                add(photo_row(DATA, f"{source}/{CLASSES[k]}/{split}{i}.jpg", CLASSES[k], split,
+                              source), x, lg)
     for label in ("animals", "people"):
         for i in range(60):
             x = rng.normal(0, 1, d)
             x[0] += 6.0
             split = "tune" if label in NOT_SKIN_TUNED else "held_out"
-            add(Row(f"not-skin/{label}/{i}.jpg", label, split, "not-skin"), x,
+            add(photo_row(DATA, f"not-skin/{label}/{i}.jpg", label, split, "not-skin"), x,
                 rng.normal(0, 1, len(CLASSES)))
     for folder, label in (("other-conditions", "acne-vulgaris"), ("other-conditions", "keloid"),
                           ("atlas-other", "acne"), ("atlas-other", "scabies")):
@@ -133,7 +140,7 @@ def synthetic_features(rng: np.random.Generator, d: int = 24) -> Features:
             x[1] += 2.5
             x[2] += STYLE[folder]
             split = "tune" if label in OTHER_TUNED else "held_out"
-            add(Row(f"{folder}/{label}/{i}.jpg", label, split, folder), x,
+            add(photo_row(DATA, f"{folder}/{label}/{i}.jpg", label, split, folder), x,
                 rng.normal(0, 1, len(CLASSES)))
     return Features(rows, np.array(pooled), np.array(logits), np.ones(len(rows), bool))
 
@@ -235,11 +242,13 @@ def test_read_split_rows_accepts_the_multi_source_format(tmp_path: Path) -> None
         w = csv.writer(f)
         w.writerow(["file", "class", "split", "group", "source", "origin"])
         w.writerow(["skin8-web/Herpes/x.jpg", "Herpes", "val", "g1", "skin8-web", "web"])
-    assert read_split_rows(path) == [Row("skin8-web/Herpes/x.jpg", "Herpes", "val", "skin8-web")]
+    assert read_split_rows(path, tmp_path) == [SplitRow(
+        tmp_path / "skin8-web/Herpes/x.jpg", "skin8-web/Herpes/x.jpg", "Herpes", "val", "g1",
+        "skin8-web", "web")]
     bad = tmp_path / "old.csv"
     bad.write_text("file,class,split,group\nHerpes/x.jpg,Herpes,val,g\n")
     with pytest.raises(Exception, match="source"):
-        read_split_rows(bad)
+        read_split_rows(bad, tmp_path)
 
 
 def test_wilson_interval() -> None:

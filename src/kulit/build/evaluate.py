@@ -19,26 +19,24 @@ import numpy as np
 from kulit.build.metrics import compute_metrics, max_share_ratio, metrics_by_group, selective_at
 from kulit.build.report import write_report
 from kulit.build.slices import figures_by_slice
+from kulit.dataprep.split import SplitRow
 from kulit.errors import DataError, ImageError
 from kulit.serving.answer import answer_for
 from kulit.serving.model_dir import METRICS, PREDICTIONS_CSV, SHORTLIST, ModelDir
 
 EVAL_SPLITS = ("test", "val", "train", "all")
 
-# (image path, file relative to the data folder, true label, data source or "")
-Entry = tuple[Path, str, str, str]
-
 
 # ---------------------------------------------------------------------------------------------
 # End to end
 
 
-def list_class_folders(data: Path) -> tuple[list[Entry], list[dict[str, str]]]:
-    """(path, file relative to data, label, "") for every file in `data`'s class folders.
+def list_class_folders(data: Path) -> tuple[list[SplitRow], list[dict[str, str]]]:
+    """A row (split "all", no group or source) for every file in `data`'s class folders.
 
     Hidden entries and top-level files are ignored; nested folders are listed as skipped.
     """
-    entries: list[Entry] = []
+    entries: list[SplitRow] = []
     skipped: list[dict[str, str]] = []
     try:
         class_dirs = sorted(p for p in data.iterdir()
@@ -51,7 +49,7 @@ def list_class_folders(data: Path) -> tuple[list[Entry], list[dict[str, str]]]:
                 if f.is_dir():
                     skipped.append({"file": rel, "reason": "nested folder, not read"})
                 else:
-                    entries.append((f, rel, d.name, ""))
+                    entries.append(SplitRow(f, rel, d.name, "all", ""))
     except OSError as e:
         raise DataError(f"cannot list data folder {data}: {e.strerror or e}") from None
     if not class_dirs:
@@ -60,7 +58,7 @@ def list_class_folders(data: Path) -> tuple[list[Entry], list[dict[str, str]]]:
 
 
 def _select(data: Path, split: str, split_csv: Path | None
-            ) -> tuple[list[Entry], list[dict[str, str]]]:
+            ) -> tuple[list[SplitRow], list[dict[str, str]]]:
     if split not in EVAL_SPLITS:
         raise DataError(f"unknown split {split!r}: use one of {', '.join(EVAL_SPLITS)}")
     if not data.exists():
@@ -74,12 +72,12 @@ def _select(data: Path, split: str, split_csv: Path | None
             f"--split {split} needs --split-csv FILE (the split.csv written by `kulit data`); "
             "or use --split all to evaluate every image in the class folders"
         )
-    from kulit.dataprep.split import load_split
+    from kulit.dataprep.split import load_split  # looked up when run: tests swap it
 
     rows = [r for r in load_split(Path(split_csv), data) if r.split == split]
     if not rows:
         raise DataError(f"split file {split_csv} has no {split!r} rows")
-    return [(r.path, r.file, r.label, getattr(r, "source", "") or "") for r in rows], []
+    return rows, []
 
 
 def _write_predictions(path: Path, rows: list[tuple[str, str, str, float, bool]]) -> None:
@@ -126,20 +124,19 @@ def evaluate_model(
             yield from predictor.predict_many(files[start: start + chunk], top_k=3,
                                               batch_size=32)
 
-    results = (predict_all or predict_here)([e[0] for e in entries])
-    for i, ((path, rel, label, source), res) in enumerate(zip(entries, results, strict=True), 1):
+    results = (predict_all or predict_here)([e.path for e in entries])
+    for i, (entry, res) in enumerate(zip(entries, results, strict=True), 1):
         if progress and (i % chunk == 0 or i == len(entries)):
             progress(i, len(entries))
         if isinstance(res, ImageError):
-            skipped.append({"file": rel, "reason": res.message.split(": ", 1)[-1]})
+            skipped.append({"file": entry.file, "reason": res.message.split(": ", 1)[-1]})
             continue
         assert isinstance(res, Prediction)
-        y_true.append(label)
-        sources.append(source)
-        paths.append(path)
+        y_true.append(entry.label)
+        sources.append(entry.source)
+        paths.append(entry.path)
         probs.append(res.probs)
-        # "uncertain" as the person is told it: the answer rule's status
-        pred_rows.append((rel, label, res.label, res.confidence,
+        pred_rows.append((entry.file, entry.label, res.label, res.confidence,
                           answer_for(res, card).status == "uncertain"))
     if not probs:
         raise DataError(f"no readable image to evaluate in {data} ({len(skipped)} skipped)")

@@ -1,6 +1,7 @@
 """The photos the build steps run the served model on (`kulit gate`, `kulit shortlist`): rows of
-the split and of the not-skin / other-condition folders, and one pass of the served file over
-them (pooled features and logits, cached by the file's sha256)."""
+the split and of the not-skin / other-condition folders (all `SplitRow`s, the split's one row
+type), and one pass of the served file over them (pooled features and logits, cached by the
+file's sha256)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from kulit.config import NOT_SKIN_FOLDER, NOT_SKIN_TUNED, OTHER_FOLDERS, OTHER_TUNED, SOURCES
+from kulit.dataprep.split import SplitRow, load_split
 from kulit.errors import DataError
 from kulit.serving import calibration
 from kulit.serving.card import load_card
@@ -22,14 +24,10 @@ from kulit.serving.model_dir import file_sha256, served_file
 SKIN_FOLDERS = SOURCES
 
 
-@dataclass(frozen=True)
-class Row:
-    """One photo: its path relative to the data root, label, split and source folder."""
-
-    file: str  # "<folder>/<label>/<name>", relative to the data root
-    label: str  # one of the model's classes, a not-skin category or an other condition
-    split: str  # train / val / test for skin photos; "tune" / "held_out" for the others
-    source: str  # folder name: skin8, skin8-web, atlas, not-skin, other-conditions, atlas-other
+def photo_row(data_root: Path, file: str, label: str, split: str, source: str) -> SplitRow:
+    """A photo beside split.csv (a dev split's, a not-skin or other-condition folder's): the
+    split's row type, with no duplicate group."""
+    return SplitRow(Path(data_root) / file, file, label, split, "", source)
 
 
 def _md5_split(name: str, val: float = 0.2, test: float = 0.1) -> str:
@@ -37,7 +35,7 @@ def _md5_split(name: str, val: float = 0.2, test: float = 0.1) -> str:
     return "test" if u < test else "val" if u < test + val else "train"
 
 
-def dev_split_rows(data_root: Path, folders: Sequence[str] = SKIN_FOLDERS) -> list[Row]:
+def dev_split_rows(data_root: Path, folders: Sequence[str] = SKIN_FOLDERS) -> list[SplitRow]:
     """A deterministic 70/20/10 split by md5 of each file name, for development only.
 
     Near copies are not grouped here; the real split comes from `kulit data` (--split-csv).
@@ -45,18 +43,18 @@ def dev_split_rows(data_root: Path, folders: Sequence[str] = SKIN_FOLDERS) -> li
     rows = []
     for folder in folders:
         for r in _manifest(data_root / folder):
-            rows.append(Row(f"{folder}/{r['file']}", r["class"], _md5_split(r["file"]), folder))
+            rows.append(photo_row(data_root, f"{folder}/{r['file']}", r["class"],
+                                  _md5_split(r["file"]), folder))
     return rows
 
 
-def read_split_rows(split_csv: Path) -> list[Row]:
-    """Rows of a multi-source split.csv (file,class,split,group,source,origin)."""
-    with open(split_csv, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"file", "class", "split", "source"} - set(reader.fieldnames or [])
-        if missing:
-            raise DataError(f"{split_csv}: missing column(s) {', '.join(sorted(missing))}")
-        return [Row(r["file"], r["class"], r["split"], r["source"]) for r in reader]
+def read_split_rows(split_csv: Path, data_root: Path) -> list[SplitRow]:
+    """Rows of a multi-source split.csv (file,class,split,group,source,origin), read by the one
+    reader (`load_split`); every row must name its source folder."""
+    rows = load_split(split_csv, data_root, check_files=False)
+    if not all(r.source for r in rows):
+        raise DataError(f"{split_csv}: no source column (re-run `kulit data`)")
+    return rows
 
 
 def _manifest(folder: Path) -> list[dict[str, str]]:
@@ -67,7 +65,7 @@ def _manifest(folder: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def outside_rows(data_root: Path) -> list[Row]:
+def outside_rows(data_root: Path) -> list[SplitRow]:
     """not-skin and other-condition photos (every folder of OTHER_FOLDERS), marked "tune" or
     "held_out" by the fixed lists."""
     rows = []
@@ -75,7 +73,7 @@ def outside_rows(data_root: Path) -> list[Row]:
     for folder, tuned in folders:
         for r in _manifest(data_root / folder):
             split = "tune" if r["label"] in tuned else "held_out"
-            rows.append(Row(f"{folder}/{r['file']}", r["label"], split, folder))
+            rows.append(photo_row(data_root, f"{folder}/{r['file']}", r["label"], split, folder))
     return rows
 
 
@@ -83,7 +81,7 @@ def outside_rows(data_root: Path) -> list[Row]:
 class Features:
     """Per photo, in row order: pooled last-conv features and raw logits (plain view)."""
 
-    rows: list[Row]
+    rows: list[SplitRow]
     pooled: np.ndarray  # [N, D]
     logits: np.ndarray  # [N, C]
     ok: np.ndarray  # [N] bool: decoded fine
@@ -94,7 +92,7 @@ class Features:
                         self.ok[idx])
 
 
-def extract_features(model_dir: Path, data_root: Path, rows: Sequence[Row],
+def extract_features(model_dir: Path, data_root: Path, rows: Sequence[SplitRow],
                      cache: Path | None = None, batch_size: int = 32, threads: int = 1,
                      progress: Callable[[int, int], None] | None = None) -> Features:
     """Run the served ONNX model (int8 if it passed its check, `model_dir.served_file`) once per
@@ -149,10 +147,10 @@ def softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
     return calibration.softmax(np.asarray(logits, np.float64) / temperature, axis=-1)
 
 
-def collect_rows(data_root: Path, split_csv: Path | None) -> tuple[list[Row], str]:
+def collect_rows(data_root: Path, split_csv: Path | None) -> tuple[list[SplitRow], str]:
     """Skin rows from split.csv (or the md5 dev split) plus the not-skin / other rows."""
     if split_csv is not None:
-        skin, how = read_split_rows(split_csv), str(split_csv)
+        skin, how = read_split_rows(split_csv, data_root), str(split_csv)
     else:
         skin, how = dev_split_rows(data_root), "dev split: md5 of file name, 70/20/10"
     skin = [r for r in skin if r.source in SKIN_FOLDERS]

@@ -34,15 +34,16 @@ import numpy as np
 from kulit.build.metrics import round_floats
 from kulit.build.photos import (
     Features,
-    Row,
     extract_features,
     outside_rows,
+    photo_row,
     read_split_rows,
     softmax,
 )
 from kulit.build.shortlist_text import ALL, summary_lines
 from kulit.build.slices import rate
 from kulit.dataprep.fitzpatrick import BANDS, bands_of
+from kulit.dataprep.split import SplitRow
 from kulit.errors import DataError
 from kulit.serving.answer import URGENT_CLASSES, Answer, Cutoffs, decide
 from kulit.serving.card import ModelCard
@@ -142,7 +143,7 @@ class Photos:
     band: np.ndarray  # Fitzpatrick band or ""
 
 
-def external_rows(data_root: Path, classes: Sequence[str], known: set[str]) -> list[Row]:
+def external_rows(data_root: Path, classes: Sequence[str], known: set[str]) -> list[SplitRow]:
     """Every photo of a labelled source beside skin8/ that the split does not hold and whose
     labels the model knows (atlas/ for a model trained without it): all of it is test."""
     rows = []
@@ -153,14 +154,15 @@ def external_rows(data_root: Path, classes: Sequence[str], known: set[str]) -> l
             reader = csv.DictReader(f)
             col = "class" if "class" in (reader.fieldnames or []) else "label"
             got = [r for r in reader if r.get(col) in classes]
-        rows += [Row(f"{folder.name}/{r['file']}", r[col], "test", folder.name) for r in got]
+        rows += [photo_row(data_root, f"{folder.name}/{r['file']}", r[col], "test", folder.name)
+                 for r in got]
     return rows
 
 
 def collect_photos(model_dir: Path, data_root: Path, split_csv: Path, classes: Sequence[str],
                    cache: Path | None = None,
                    progress: Callable[[int, int], None] | None = None) -> Photos:
-    split = [r for r in read_split_rows(split_csv) if r.label in classes
+    split = [r for r in read_split_rows(split_csv, data_root) if r.label in classes
              and r.split in ("val", "test")]
     if not split:
         raise DataError(f"{split_csv}: no val or test photos of the model's classes")

@@ -27,30 +27,37 @@ REPORT_VERSION = 2
 
 @dataclass(frozen=True)
 class SplitRow:
-    """One line of split.csv, with the image's absolute path resolved against the data root."""
+    """One photo of split.csv, with its absolute path: the one row type every step reads the
+    split into. The build steps use it for the photos they add beside the split too (a not-skin
+    or other-condition folder's, split "tune" / "held_out", no group)."""
 
-    path: Path
-    file: str
-    label: str
-    split: str
-    group: str
+    path: Path  # the image, resolved against the data root
+    file: str  # "<folder>/<class>/<name>", relative to the data root
+    label: str  # the class column
+    split: str  # train / val / test
+    group: str  # duplicate group: copies of one photo share it ("" outside split.csv)
     source: str = ""  # data folder the file came from (e.g. "skin8-web")
     origin: str = ""  # the folder manifest's source, shortened (e.g. "DermNet NZ")
+
+    def csv_values(self) -> tuple[str, str, str, str, str, str]:
+        """The row as split.csv writes it (SPLIT_COLUMNS + SOURCE_COLUMNS)."""
+        return self.file, self.label, self.split, self.group, self.source, self.origin
 
 
 @dataclass
 class DataResult:
     """Everything `build_split` decided: the split rows and the report written beside them."""
 
-    rows: list[tuple[str, str, str, str, str, str]]  # split.csv rows, sorted by file
+    rows: list[SplitRow]  # split.csv rows, sorted by file
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def _split_csv_text(rows: Sequence[Sequence[str]]) -> str:
+def split_csv_text(rows: Sequence[SplitRow]) -> str:
+    """split.csv's text: the header, then one line per row in the order given."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(SPLIT_COLUMNS + SOURCE_COLUMNS)
-    writer.writerows(rows)
+    writer.writerows(r.csv_values() for r in rows)
     return buf.getvalue()
 
 
@@ -123,7 +130,7 @@ def write_outputs(result: DataResult, out_dir: Path) -> None:
     # the folders' parent, relative to the output folder: no absolute path in any output
     result.report["root"] = Path(
         os.path.relpath(Path(result.report["root"]).resolve(), out_dir.resolve())).as_posix()
-    csv_text = _split_csv_text(result.rows)
+    csv_text = split_csv_text(result.rows)
     result.report["split_sha256"] = hashlib.sha256(csv_text.encode()).hexdigest()
     json_text = json.dumps(result.report, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     try:

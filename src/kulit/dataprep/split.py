@@ -19,6 +19,7 @@ import io
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from kulit.dataprep.files import (
     load_split,
     read_report,
     render_report_md,
+    split_csv_text,
     summary_lines,
     write_outputs,
 )
@@ -56,7 +58,7 @@ __all__ = [
     "PHASH_THRESHOLD", "REPORT_JSON", "REPORT_MD", "SPLIT_CSV", "SPLITS", "DataResult",
     "FileCheck", "SplitRow", "build_split", "dihedral_phashes", "image_phashes",
     "inspect_file", "inspect_files", "load_split", "read_report", "render_report_md",
-    "run_data", "scan_folder",
+    "run_data", "scan_folder", "split_csv_text",
 ]
 
 def _round_half_up(x: float) -> int:
@@ -169,6 +171,61 @@ def _scan_sources(
     return checks, origin, scans
 
 
+@dataclass
+class _Groups:
+    """Duplicate groups of the usable files: each file's group id and what the report lists."""
+
+    group_of: dict[int, str]  # index into the usable files -> group id (not for conflicts)
+    info: dict[str, tuple[str, int]]  # group id -> (class + tab + source, number of files)
+    exact: list[list[str]]  # files with the same bytes, per group of two or more
+    near: list[dict[str, Any]] = field(default_factory=list)  # near copies, one class
+    conflicts: list[dict[str, Any]] = field(default_factory=list)  # copies across classes
+
+
+def _group(usable: Sequence[FileCheck], threshold: int) -> _Groups:
+    """Group exact and near copies; a group whose files disagree on the class is left out."""
+    exact: dict[str, list[str]] = {}
+    for c in usable:
+        exact.setdefault(c.sha256, []).append(c.file)
+    out = _Groups({}, {}, sorted(sorted(v) for v in exact.values() if len(v) > 1))
+    for members in group_duplicates(usable, threshold):
+        gid = min(usable[i].sha256 for i in members)[:12]
+        files = sorted(usable[i].file for i in members)
+        labels = sorted({usable[i].label for i in members})
+        if len(labels) > 1:
+            out.conflicts.append({"group": gid, "classes": labels, "files": files})
+            continue
+        if len({usable[i].sha256 for i in members}) > 1:
+            out.near.append({"group": gid, "class": labels[0], "files": files})
+        for i in members:
+            out.group_of[i] = gid
+        # stratify by class and source: the group's source is its first file's folder
+        out.info[gid] = (f"{labels[0]}\t{_source(files[0])}", len(members))
+    return out
+
+
+def _source(file: str) -> str:
+    """The data folder a file of the split came from: its path's first part."""
+    return file.split("/", 1)[0]
+
+
+def _class_warnings(classes: list[str], scans: Sequence[FolderScan], unknown: list[str]
+                    ) -> tuple[list[str], list[str]]:
+    """Class folders left out of the class list, and the warnings `kulit data` prints."""
+    class_dirs = sorted({d for scan in scans for d in scan.class_dirs})
+    empty_dirs = {d for scan in scans for d in scan.empty_classes}
+    empty = sorted(set(class_dirs) - set(classes))
+    warnings_: list[str] = []
+    for label in empty:
+        why = "is empty" if label in empty_dirs else "has no usable image"
+        warnings_.append(f"class folder {label} {why}; left out of the class list")
+    if len(classes) < 2:
+        warnings_.append(f"only {len(classes)} class left; a classifier needs at least 2")
+    for file in unknown:
+        warnings_.append(f"excluded file {file} is not in the data folders")
+    return empty, warnings_
+
+
 def build_split(
     roots: Path | Sequence[Path],
     seed: int = 0,
@@ -187,129 +244,97 @@ def build_split(
     if not roots:
         raise DataError("no data folder given")
     checks, origin_of, scans = _scan_sources(roots, workers, progress)
-    common = Path(os.path.commonpath([r.resolve().parent for r in roots]))
-    source_of = {c.file: c.file.split("/", 1)[0] for c in checks}
     excluded_set = set(exclude)
-    excluded = sorted(c.file for c in checks if c.file in excluded_set)
-    unknown = sorted(excluded_set - {c.file for c in checks})
     usable = [c for c in checks if c.ok and c.file not in excluded_set]
-    rejected = [
-        {"file": c.file, "class": c.label, "code": c.reason_code, "reason": c.reason}
-        for c in checks
-        if not c.ok
-    ]
     where = ", ".join(str(r) for r in roots)
     if not usable:
         raise DataError(f"no usable image in {where}: all {len(checks)} files were rejected")
 
-    groups = group_duplicates(usable, threshold)
-    group_of: dict[int, str] = {}
-    group_info: dict[str, tuple[str, int]] = {}
-    exact: dict[str, list[str]] = {}
-    for c in usable:
-        exact.setdefault(c.sha256, []).append(c.file)
-    exact_groups = sorted(sorted(v) for v in exact.values() if len(v) > 1)
-    near_groups: list[dict[str, Any]] = []
-    conflicts: list[dict[str, Any]] = []
-    for members in groups:
-        gid = min(usable[i].sha256 for i in members)[:12]
-        files = sorted(usable[i].file for i in members)
-        labels = sorted({usable[i].label for i in members})
-        n_contents = len({usable[i].sha256 for i in members})
-        if len(labels) > 1:
-            conflicts.append({"group": gid, "classes": labels, "files": files})
-            continue
-        if n_contents > 1:
-            near_groups.append({"group": gid, "class": labels[0], "files": files})
-        for i in members:
-            group_of[i] = gid
-        # stratify by class and source: the group's source is its first file's folder
-        group_info[gid] = (f"{labels[0]}\t{source_of[files[0]]}", len(members))
-
-    split_of = assign_splits(group_info, seed, val_frac, test_frac)
+    groups = _group(usable, threshold)
+    split_of = assign_splits(groups.info, seed, val_frac, test_frac)
+    parent = {r.resolve().name: r.resolve().parent for r in roots}
     rows = sorted(
-        (c.file, c.label, split_of[group_of[i]], group_of[i], source_of[c.file],
-         origin_of[c.file])
-        for i, c in enumerate(usable)
-        if i in group_of
+        (SplitRow(parent[_source(c.file)] / c.file, c.file, c.label, split_of[gid], gid,
+                  _source(c.file), origin_of[c.file])
+         for i, c in enumerate(usable) if (gid := groups.group_of.get(i)) is not None),
+        key=lambda r: r.file,
     )
     if not rows:
         raise DataError(f"no usable image in {where}: every image is in a label conflict")
+    fractions = {"train": round(1.0 - val_frac - test_frac, 6), "val": val_frac,
+                 "test": test_frac}
+    report = _report(roots, rows, checks, usable, groups, scans, excluded_set,
+                     seed=seed, fractions=fractions, threshold=threshold)
+    return DataResult(rows=rows, report=report)
 
-    classes = sorted({r[1] for r in rows})
-    class_dirs = sorted({d for scan in scans for d in scan.class_dirs})
-    empty_dirs = {d for scan in scans for d in scan.empty_classes}
-    empty = sorted(set(class_dirs) - set(classes))
-    warnings_: list[str] = []
-    for label in empty:
-        why = "is empty" if label in empty_dirs else "has no usable image"
-        warnings_.append(f"class folder {label} {why}; left out of the class list")
-    if len(classes) < 2:
-        warnings_.append(f"only {len(classes)} class left; a classifier needs at least 2")
-    for file in unknown:
-        warnings_.append(f"excluded file {file} is not in the data folders")
-    counts = _counts(rows, classes)
-    sources = sorted({r[4] for r in rows})
-    split_counts = {s: sum(1 for r in rows if r[2] == s) for s in SPLITS}
-    split_groups = {s: len({r[3] for r in rows if r[2] == s}) for s in SPLITS}
+
+def _report(roots: Sequence[Path], rows: list[SplitRow], checks: list[FileCheck],
+            usable: list[FileCheck], groups: _Groups, scans: Sequence[FolderScan],
+            exclude: set[str], *, seed: int, fractions: dict[str, float], threshold: int
+            ) -> dict[str, Any]:
+    """data_report.json: what was used, left out, grouped and split, and why."""
+    classes = sorted({r.label for r in rows})
+    unknown = sorted(exclude - {c.file for c in checks})
+    empty, warnings_ = _class_warnings(classes, scans, unknown)
+    sources = sorted({r.source for r in rows})
     sha_of = {c.file: c.sha256 for c in usable}
-    report: dict[str, Any] = {
+    return {
         "version": REPORT_VERSION,
         "data_dir": " + ".join(r.resolve().name for r in roots),
-        "root": str(common),  # written relative to the output folder
+        # the folders' common parent, written relative to the output folder
+        "root": str(Path(os.path.commonpath([r.resolve().parent for r in roots]))),
         "sources": {
             src: {
-                "counts": _counts([r for r in rows if r[4] == src], classes),
+                "counts": _counts([r for r in rows if r.source == src], classes),
                 "origins": {
-                    o: sum(1 for r in rows if r[4] == src and r[5] == o)
-                    for o in sorted({r[5] for r in rows if r[4] == src})
+                    o: sum(1 for r in rows if r.source == src and r.origin == o)
+                    for o in sorted({r.origin for r in rows if r.source == src})
                 },
             }
             for src in sources
         },
         "classes": classes,
         "seed": seed,
-        "fractions": {
-            "train": round(1.0 - val_frac - test_frac, 6),
-            "val": val_frac,
-            "test": test_frac,
-        },
+        "fractions": fractions,
         "n_files_scanned": len(checks),
         "n_files": len(rows),
-        "n_groups": len(group_info),
-        "counts": counts,
-        "split_counts": split_counts,
-        "split_groups": split_groups,
+        "n_groups": len(groups.info),
+        "counts": _counts(rows, classes),
+        "split_counts": {s: sum(1 for r in rows if r.split == s) for s in SPLITS},
+        "split_groups": {s: len({r.group for r in rows if r.split == s}) for s in SPLITS},
         "exact_duplicates": {
-            "n_groups": len(exact_groups),
-            "n_extra_copies": sum(len(g) - 1 for g in exact_groups),
-            "groups": exact_groups,
+            "n_groups": len(groups.exact),
+            "n_extra_copies": sum(len(g) - 1 for g in groups.exact),
+            "groups": groups.exact,
         },
         "near_duplicates": {
             "phash_threshold": threshold,
-            "n_groups": len(near_groups),
-            "n_files": sum(len(g["files"]) for g in near_groups),
-            "groups": near_groups,
+            "n_groups": len(groups.near),
+            "n_files": sum(len(g["files"]) for g in groups.near),
+            "groups": groups.near,
         },
         "label_conflicts": {
-            "n_groups": len(conflicts),
-            "n_files": sum(len(g["files"]) for g in conflicts),
-            "groups": conflicts,
+            "n_groups": len(groups.conflicts),
+            "n_files": sum(len(g["files"]) for g in groups.conflicts),
+            "groups": groups.conflicts,
         },
-        "excluded": excluded,
-        "rejected": rejected,
+        "excluded": sorted(c.file for c in checks if c.file in exclude),
+        "rejected": [
+            {"file": c.file, "class": c.label, "code": c.reason_code, "reason": c.reason}
+            for c in checks
+            if not c.ok
+        ],
         "ignored": [f"{scan.root.resolve().name}/{i}" for scan in scans for i in scan.ignored],
         "empty_classes": empty,
         "warnings": warnings_,
-        "data_hash": compute_data_hash((r[0], sha_of[r[0]], r[1]) for r in rows),
+        "data_hash": compute_data_hash((r.file, sha_of[r.file], r.label) for r in rows),
     }
-    return DataResult(rows=rows, report=report)
 
 
-def _counts(rows: Sequence[Sequence[str]], classes: Sequence[str]) -> dict[str, dict[str, int]]:
+def _counts(rows: Sequence[SplitRow], classes: Sequence[str]) -> dict[str, dict[str, int]]:
     """class -> {train, val, test, total} file counts."""
     counts = {
-        label: {s: sum(1 for r in rows if r[1] == label and r[2] == s) for s in SPLITS}
+        label: {s: sum(1 for r in rows if r.label == label and r.split == s) for s in SPLITS}
         for label in classes
     }
     for label in classes:
