@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import subprocess
 import sys
 
@@ -31,9 +30,6 @@ def test_predict_returns_calibrated_topk(predictor):
     probs = [q for _, q in p.top]
     assert probs == sorted(probs, reverse=True)
     assert p.below_threshold == (p.confidence < 0.5)
-    d = p.to_dict()
-    assert d["below_threshold"] == p.below_threshold and len(d["top"]) == 3
-    json.dumps(d)
 
 
 def test_batch_equals_single(predictor):

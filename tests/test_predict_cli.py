@@ -90,3 +90,23 @@ def test_parallel_workers_print_what_the_serial_path_prints(onnx_model_dir, tmp_
             assert [t["label"] for t in x["top"]] == [t["label"] for t in y["top"]]
             assert np.allclose([t["probability"] for t in x["top"]],
                                [t["probability"] for t in y["top"]], atol=1e-5)
+
+
+def test_cli_api_and_explain_give_one_answer_json(onnx_model_dir, client, tmp_path):
+    """`kulit predict --json`, /api/v1/predict and /api/v1/explain carry the same answer fields
+    (Answer.to_dict), "uncertain" included: one function, one meaning."""
+    from kulit.serving.answer import answer_for
+
+    f = tmp_path / "a.jpg"
+    make_image(7, (90, 70), 1).save(f)
+    r = runner.invoke(app, ["predict", "--model", str(onnx_model_dir), str(f), "--json"])
+    assert r.exit_code == 0, r.output
+    cli = json.loads(r.stdout.splitlines()[0])
+    photo = {"image": ("a.jpg", f.read_bytes(), "image/jpeg")}
+    api = client.post("/api/v1/predict", files=photo).json()
+    explained = client.post("/api/v1/explain", files=photo).json()["model"]
+    pred = Predictor(onnx_model_dir)
+    want = answer_for(pred.predict_one(f), pred.card).to_dict()
+    assert want["uncertain"] == (want["status"] == "uncertain")
+    for got in (cli, api, explained):
+        assert {k: got[k] for k in want} == want

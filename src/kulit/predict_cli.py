@@ -17,7 +17,7 @@ from kulit.config import TOP_K
 from kulit.errors import ImageError, KulitError, ensure_writable_dir, printable
 from kulit.serving.answer import Answer, answer_for
 from kulit.serving.decode_sandbox import DecodePool
-from kulit.serving.i18n import both, t
+from kulit.serving.i18n import t
 from kulit.serving.predict import Prediction, Predictor, heatmap_overlay
 
 LANG = "en"  # the language of the table; --json carries both
@@ -125,8 +125,6 @@ def run_predict(paths: list[Path], model: Path, *, json_out: bool = False, top_k
 def _json(source: str, ans: Answer, model_id: str) -> dict[str, object]:
     """One JSON line: the same answer fields as the web API (status, label, advice ...)."""
     return {"source": source, "model": model_id, **ans.to_dict(),
-            "uncertain": ans.status == "uncertain",
-            "advice": both(f"advice_{ans.advice}"),
             "disclaimer": DISCLAIMER_EN, "disclaimer_id": DISCLAIMER_ID}
 
 

@@ -137,7 +137,7 @@ def evaluate_model(
         paths.append(entry.path)
         probs.append(res.probs)
         pred_rows.append((entry.file, entry.label, res.label, res.confidence,
-                          answer_for(res, card).status == "uncertain"))
+                          answer_for(res, card).uncertain))
     if not probs:
         raise DataError(f"no readable image to evaluate in {data} ({len(skipped)} skipped)")
 

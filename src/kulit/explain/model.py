@@ -88,7 +88,6 @@ def explain_model(predictor: Any, image: str | Path | bytes | Any) -> ModelExpla
     `Predictor.predict_one` (and so `kulit predict`) returns for the same photo.
     """
     from kulit.serving.answer import answer_for
-    from kulit.serving.i18n import both
 
     card = predictor.card
     # One network pass gives the answer, the heatmap's feature map and the first layer.
@@ -126,19 +125,8 @@ def explain_model(predictor: Any, image: str | Path | bytes | Any) -> ModelExpla
                         "maps": [np.round(p, 3).tolist() for p in previews]},
         },
         "softmax": soft,
-        "top": [{"label": c, "probability": round(p, 6)} for c, p in pred.top],
-        "status": answer.status,
-        "label": answer.label,
-        "confidence": round(pred.confidence, 6),
         "threshold": float(card.threshold),
-        "uncertain": answer.status == "uncertain",  # the answer rule's, as everywhere
-        "see_doctor": answer.see_doctor,
-        "melanoma_alert": answer.melanoma_alert,
-        "quality": answer.quality,
-        "shortlist": [{"class": c, "probability": round(p, 6)} for c, p in answer.shortlist],
-        "shortlist_level": answer.shortlist_level,
-        "urgency": answer.urgency,
-        "advice": both(f"advice_{answer.advice}"),
+        **answer.to_dict(),  # the one answer-to-JSON, as the API and `kulit predict --json`
         "heatmap": None if pred.heatmap is None else np.round(pred.heatmap, 3).tolist(),
         "check": {"against": "kulit predict",
                   "max_abs_diff": diff, "agrees": True},

@@ -2,7 +2,7 @@
 
 `decide` turns calibrated probabilities, the card's threshold, the shortlist cut-offs
 (kulit.serving.shortlist), the trust gate's scores and the photo-quality issue into a status,
-a shortlist, an urgency and the advice, in this order (issues 11 and 20):
+a shortlist, an urgency and the advice, in this order:
 
 1. `retake`: the photo is too small, blurred, dark or bright. Nothing named, urgency `none`.
 2. `not_skin`: gate.not_skin >= not_skin_threshold. Nothing named, urgency `none`.
@@ -19,6 +19,10 @@ a shortlist, an urgency and the advice, in this order (issues 11 and 20):
 
 A cut-off missing from `card.gate` switches its check off, so a model without a gate answers
 without statuses 2 and 3.
+
+`Answer.to_dict` is the answer as JSON, the one shape the API, `kulit predict --json`,
+explain and the clinic's records give; `Answer.uncertain` is the one meaning of "uncertain"
+(also predictions.csv's column).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import numpy as np
 
 from kulit.config import URGENT_CLASS
+from kulit.serving.i18n import both
 from kulit.serving.shortlist import MAX_NAMED, SECTION, ShortlistRule
 
 if TYPE_CHECKING:
@@ -100,8 +105,14 @@ class Answer:
         """Whether the page may show classes (never for a photo it cannot judge)."""
         return self.status in NAMING
 
+    @property
+    def uncertain(self) -> bool:
+        """"Uncertain" wherever it is said: the status, never the threshold alone."""
+        return self.status == "uncertain"
+
     def to_dict(self) -> dict[str, Any]:
-        """The answer's fields for JSON (API and `kulit predict --json`)."""
+        """The answer as JSON: the API, `kulit predict --json`, explain and the clinic's
+        records all give these fields, with these values."""
         return {
             "status": self.status,
             "label": self.label,
@@ -114,6 +125,8 @@ class Answer:
             "shortlist": [{"class": c, "probability": round(p, 6)} for c, p in self.shortlist],
             "shortlist_level": self.shortlist_level,
             "urgency": self.urgency,
+            "uncertain": self.uncertain,  # kept for older clients: status == "uncertain"
+            "advice": both(f"advice_{self.advice}"),
         }
 
 

@@ -142,7 +142,7 @@ class ModelCard:
     backbone: str  # registry name, e.g. "efficientnet-lite0"
     preprocessing: Preprocessing  # resize/crop/normalisation, shared with training
     temperature: float = 1.0  # logits are divided by this before softmax (fitted on val)
-    threshold: float = 0.5  # top-1 probability below this -> "uncertain"
+    threshold: float = 0.5  # top-1 probability from which an answer is confident
     recipe: str = "kulit"  # "kulit" or "paper"
     head: str = "linear"  # "linear" (GAP->fc) or "paper" (BN->GAP->fc1->ReLU->fc2)
     inputs: dict[str, str] = field(default_factory=lambda: {INPUT: "float32[N,3,H,W]"})

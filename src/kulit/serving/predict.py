@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import BinaryIO, cast
 
 import numpy as np
 from PIL import Image
@@ -74,16 +74,9 @@ class Prediction:
     @property
     def below_threshold(self) -> bool:
         """Top-1 below the card's threshold: the model's side only. Whether a person is told
-        "uncertain" is the answer rule's (`Answer.status`), which also weighs gate and quality."""
+        "uncertain" is the answer rule's (`Answer.uncertain`), which also weighs the shortlist, gate
+        and quality; a Prediction has no JSON of its own (`Answer.to_dict` is the one)."""
         return self.confidence < self.threshold
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "top": [{"label": c, "probability": round(p, 6)} for c, p in self.top],
-            "confidence": round(self.confidence, 6),
-            "below_threshold": self.below_threshold,
-        }
 
 
 class Predictor:

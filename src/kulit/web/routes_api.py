@@ -11,7 +11,6 @@ from starlette.concurrency import run_in_threadpool
 
 from kulit import DISCLAIMER_EN, DISCLAIMER_ID
 from kulit.errors import ImageError
-from kulit.serving.i18n import both
 from kulit.web.deps import PredictorDep, SettingsDep
 from kulit.web.errors import error_response
 from kulit.web.inference import analyse
@@ -19,12 +18,9 @@ from kulit.web.schemas import (
     ERRORS,
     MULTIPART_BODY,
     UPLOAD_FIELD,
-    GateScoresResponse,
     HealthResponse,
     ModelCardResponse,
     PredictResponse,
-    ShortlistItem,
-    TopItem,
 )
 from kulit.web.upload import UploadRejected, read_file_field
 
@@ -51,28 +47,15 @@ async def predict(
     except ImageError as e:
         return error_response(e.code, e.message)
     pred, ans = result.prediction, result.answer
-    body = PredictResponse(
-        model=predictor.model_id,
-        status=ans.status,
-        top=[TopItem(label=c, probability=round(p, 6)) for c, p in ans.top],
-        label=ans.label,
-        confidence=round(ans.confidence, 6),
-        uncertain=ans.status == "uncertain",
-        see_doctor=ans.see_doctor,
-        melanoma_alert=ans.melanoma_alert,
-        quality=ans.quality,  # type: ignore[arg-type]  # one of kulit.serving.quality.ISSUES
-        gate=None if ans.gate is None else GateScoresResponse(**ans.gate),
-        shortlist=[ShortlistItem.model_validate({"class": c, "probability": round(p, 6)})
-                   for c, p in ans.shortlist],
-        shortlist_level=ans.shortlist_level,
-        urgency=ans.urgency,
-        advice=both(f"advice_{ans.advice}"),
-        disclaimer={"en": DISCLAIMER_EN, "id": DISCLAIMER_ID},
-        timing_ms={**{k: round(v, 3) for k, v in pred.timing_ms.items()},
-                   "total": round(result.total_ms, 3)},
-        heatmap_png=(base64.b64encode(result.overlay).decode("ascii")
-                     if result.overlay else None),
-    ).model_dump(by_alias=True)
+    body = PredictResponse.model_validate({
+        "model": predictor.model_id,
+        **ans.to_dict(),  # the one answer-to-JSON (kulit.serving.answer)
+        "disclaimer": {"en": DISCLAIMER_EN, "id": DISCLAIMER_ID},
+        "timing_ms": {**{k: round(v, 3) for k, v in pred.timing_ms.items()},
+                      "total": round(result.total_ms, 3)},
+        "heatmap_png": (base64.b64encode(result.overlay).decode("ascii")
+                        if result.overlay else None),
+    }).model_dump(by_alias=True)
     if not heatmap:
         del body["heatmap_png"]
     return JSONResponse(body)

@@ -171,7 +171,9 @@ class ModelCardResponse(BaseModel):
     backbone: str
     preprocessing: dict[str, Any]
     temperature: float
-    threshold: float = Field(description="top-1 probability below this -> uncertain")
+    threshold: float = Field(description="a top probability at least this is a confident "
+                                         "answer; whether a person is told uncertain is "
+                                         "the answer's status")
     metrics: CardMetricsResponse
     data: dict[str, Any]
     limits: list[str | dict[str, str]]
