@@ -326,6 +326,33 @@ def browser_vs_server(server: str, browser: Any, model_dir: Path
     return diffs, same, statuses
 
 
+def server_kernels_off_graph(model_dir: Path, n: int = 6) -> float:
+    """Median max |dP| between the served file run as the server runs it (fused int8 kernels)
+    and the same graph's own arithmetic (no fusion), which onnxruntime-web computes. An int8
+    file quantised with full-range weights saturates on x86 CPUs without VNNI (0.09 here);
+    `kulit quantize` now uses 7-bit weights (0.004)."""
+    import onnxruntime as ort
+
+    from kulit.build.webmodel import WEB_INPUT, WEB_ONNX_FILE
+
+    def session(level: Any) -> Any:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = level
+        opts.intra_op_num_threads = 1
+        return ort.InferenceSession(str(model_dir / WEB_ONNX_FILE), opts,
+                                    providers=["CPUExecutionProvider"])
+
+    fused = session(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    plain = session(ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    rng = np.random.default_rng(0)
+    s = fused.get_inputs()[0].shape[1]
+    base = rng.integers(0, 256, (n, s // 16, s // 16, 3), dtype=np.uint8)
+    crops = np.stack([np.asarray(Image.fromarray(b).resize((s, s))) for b in base])
+    a = fused.run(["probs"], {WEB_INPUT: crops})[0]
+    b = plain.run(["probs"], {WEB_INPUT: crops})[0]
+    return float(np.median(np.abs(a - b).max(axis=1)))
+
+
 @pytest.mark.e2e
 def test_browser_parity_with_server_float32(fp32_server: str, browser: Any,
                                             fp32_model_dir: Path) -> None:
@@ -341,8 +368,6 @@ def test_browser_parity_with_server_as_shipped(device_server: str, browser: Any,
     """As shipped (the server's static int8 graph in both): onnxruntime-web's int8 kernels
     round a few requantisations differently from the x86 ones, so probabilities move a little;
     the answer (status and advice) must still be the same on at least 95% of photos."""
-    from tests.test_web_modes import server_kernels_off_graph
-
     diffs, same, _ = browser_vs_server(device_server, browser, device_model_dir)
     if Predictor(device_model_dir).precision == "fp32":  # no int8 file passed: exact again
         assert max(diffs) < 1e-3 and all(same)
@@ -436,29 +461,18 @@ def test_offline_after_one_visit(device_server: str, browser: Any, tmp_path: Pat
         if page.evaluate("navigator.serviceWorker.controller !== null"):
             break
         time.sleep(0.1)
-    for _ in range(600):  # the service worker stores the model after the page has it
-        if page.evaluate("""async () => { const c = await caches.open('kulit-device-v1');
-                return (await c.keys()).some(r => r.url.includes('/device/model-web')); }"""):
-            break
-        time.sleep(0.1)
+    # the page keeps every page, script and the model, then says so (html[data-offline=ready])
+    page.wait_for_selector("html[data-offline=ready]", state="attached", timeout=120_000)
     assert "tidak pernah dikirim" in page.text_content("#privacy-device")
     assert page.is_hidden("#privacy-server")  # only the privacy text of the mode in use
-    logs: list[str] = []
-    page.on("console", lambda m: logs.append(m.text))
-    page.on("pageerror", lambda e: logs.append(str(e)))
     ctx.set_offline(True)
     sent: list[str] = []
     page.on("request", lambda r: sent.append(r.method) if r.method != "GET" else None)
     page.reload()
-    # loading the model from the cache takes a moment (14 MB fp32 since int8 was refused)
-    try:
-        page.wait_for_selector("html[data-device=ready]", state="attached", timeout=60_000)
-        page.set_input_files("#image", str(photo))
-        page.click("#submit")
-        page.wait_for_selector("html[data-device=result]", state="attached", timeout=60_000)
-    except Exception:  # known open defect, in the closing note: reported, not hidden
-        pytest.xfail("offline with the shipped fp32 browser model (14 MB): no result within 60 s; "
-                     "console: " + " | ".join(logs[-5:]))
+    page.wait_for_selector("html[data-device=ready]", state="attached", timeout=90_000)
+    page.set_input_files("#image", str(photo))
+    page.click("#submit")
+    page.wait_for_selector("html[data-device=result]", state="attached", timeout=90_000)
     assert page.get_attribute("#verdict", "data-status") in (
         "answered", "shortlist", "uncertain", "none_of_these", "not_skin", "retake")
     assert page.text_content("#verdict").strip()

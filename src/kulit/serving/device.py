@@ -58,6 +58,10 @@ def device_config(card: ModelCard, model_dir: Path) -> dict[str, Any]:
             if web_path.is_file() else None,
             "input": WEB_INPUT,
             "input_size": card.preprocessing.input_size,
+            # resize_crop's geometry and filter and the background, for the page's own crop
+            "crop_pct": card.preprocessing.crop_pct,
+            "interpolation": card.preprocessing.interpolation,
+            "background": list(card.preprocessing.background),
             "has_gate": has_gate,
             # the graph measures the crop's quality (else the page checks only the photo's size)
             "has_quality": measures_quality(card.preprocessing.input_size),

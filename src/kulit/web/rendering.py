@@ -77,6 +77,8 @@ def render(request: Request, name: str, lang: Lang, settings: Settings,
         "model_id": predictor.model_id if predictor is not None else "",
         "max_mb": f"{settings.max_upload_mb:g}",
         "max_bytes": settings.max_upload_bytes,
+        # the server decodes JPEGs at no less than this side (the page shrinks to match)
+        "draft": (predictor.pre.draft or 0) if predictor is not None else 0,
         **ctx,
     }
     resp = (engine or templates).TemplateResponse(request, name, context, status_code=status)

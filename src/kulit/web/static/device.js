@@ -10,6 +10,9 @@ const CACHE = "kulit-device-v1";
 const ORT = "/device/ort/";
 const RESULT_KEY = "kulit-device-result";
 const CHOICE_KEY = "kulit-device"; // "on" | "off": the person's choice, kept on this device
+// the server's crop, byte for byte (same version as this file, so the cache never mixes them)
+const RESAMPLE = new URL(`./resample.js${new URL(import.meta.url).search}`, import.meta.url).href;
+const { resizeCrop } = await import(RESAMPLE);
 const SLOW = ["slow-2g", "2g", "3g"];
 
 // The photo-quality rule (kulit/serving/quality.py `check_quality`), same order, the card's limits.
@@ -166,10 +169,13 @@ async function keepPagesOffline(cfg) {
     for (const path of ["/", "/about", "/explain", "/device/result", "/offline"]) pages.push(`${path}?lang=${l}`);
   }
   const assets = Array.from(document.querySelectorAll("script[src], link[rel=stylesheet]"), (el) => el.src || el.href);
-  const ortFiles = [ORT + "ort.wasm.min.mjs", ORT + "ort-wasm-simd-threaded.mjs"];
-  await Promise.all([...pages, ...assets, ...ortFiles].map(async (u) => {
-    if (!(await cache.match(u))) await cache.add(u).catch(() => {});
+  const ortFiles = [ORT + "ort.wasm.min.mjs", ORT + "ort-wasm-simd-threaded.mjs", RESAMPLE];
+  const kept = await Promise.all([...pages, ...assets, ...ortFiles].map(async (u) => {
+    if (await cache.match(u)) return true;
+    return cache.add(u).then(() => true, () => false);
   }));
+  // "ready": every page and file is kept, so going offline now still works
+  document.documentElement.dataset.offline = kept.every(Boolean) ? "ready" : "partial";
 }
 
 // One centre crop (uint8 RGB, S*S*3) -> probabilities, gate scores, quality measures, heatmap maps.
@@ -183,24 +189,28 @@ export async function runCrop(rgb) {
   return { probs, gate, quality, cam: out.cam || null };
 }
 
-// The photo -> its centre square at S px (kulit.serving.preprocess.resize_crop's geometry, canvas resampling).
+// The photo -> its centre square at S px, the very bytes the server's crop has: decoded as
+// Pillow decodes (EXIF orientation, no colour management, transparency on the card's
+// background), then resampled by resample.js (kulit.serving.preprocess.resize_crop's
+// geometry and filter), not by the canvas.
 export async function cropPhoto(blob) {
-  const bmp = await createImageBitmap(blob, { imageOrientation: "from-image" });
-  const s = config.model.input_size, w = bmp.width, h = bmp.height;
-  const scale = s / Math.min(w, h);
-  const nw = Math.max(s, Math.round(w * scale)), nh = Math.max(s, Math.round(h * scale));
+  const bmp = await createImageBitmap(blob, { imageOrientation: "from-image", colorSpaceConversion: "none", premultiplyAlpha: "none" });
+  const m = config.model, s = m.input_size, w = bmp.width, h = bmp.height;
+  const full = document.createElement("canvas");
+  full.width = w; full.height = h;
+  const fctx = full.getContext("2d", { willReadFrequently: true });
+  fctx.fillStyle = `rgb(${(m.background || [255, 255, 255]).join(",")})`;
+  fctx.fillRect(0, 0, w, h);
+  fctx.drawImage(bmp, 0, 0);
+  bmp.close();
+  const rgb = resizeCrop(fctx.getImageData(0, 0, w, h).data, w, h, s, m.crop_pct || 1, m.interpolation || "bilinear");
+  full.width = full.height = 0; // let the full-size pixels go
   const canvas = document.createElement("canvas");
   canvas.width = canvas.height = s;
-  const ctx = canvas.getContext("2d", { willReadFrequently: true });
-  ctx.fillStyle = "#fff";
-  ctx.fillRect(0, 0, s, s);
-  ctx.imageSmoothingEnabled = true;
-  ctx.imageSmoothingQuality = "high";
-  ctx.drawImage(bmp, -Math.floor((nw - s) / 2), -Math.floor((nh - s) / 2), nw, nh);
-  bmp.close();
-  const rgba = ctx.getImageData(0, 0, s, s).data;
-  const rgb = new Uint8Array(s * s * 3);
-  for (let i = 0, j = 0; i < rgba.length; i += 4, j += 3) { rgb[j] = rgba[i]; rgb[j + 1] = rgba[i + 1]; rgb[j + 2] = rgba[i + 2]; }
+  const ctx = canvas.getContext("2d");
+  const img = ctx.createImageData(s, s);
+  for (let i = 0, j = 0; j < rgb.length; i += 4, j += 3) { img.data[i] = rgb[j]; img.data[i + 1] = rgb[j + 1]; img.data[i + 2] = rgb[j + 2]; img.data[i + 3] = 255; }
+  ctx.putImageData(img, 0, 0);
   return { rgb, canvas, width: w, height: h };
 }
 

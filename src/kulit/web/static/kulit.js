@@ -46,9 +46,12 @@ window.addEventListener("kulit:page", kulitResultPage);
                   "image/heic", "image/heif"];
   // Every photo over SHRINK_ABOVE that this browser can open is shrunk here first, before any
   // size check and before either check sees it: a 16-20 MB 6000x8000 phone JPEG becomes about
-  // 0.3 MB. The model sees 224 px, the server decodes JPEGs at about 2x that; the shorter side
-  // is kept at MIN_SHORT or more. Both modes then check the same pixels.
-  var SHRINK_SIDE = 1280, MIN_SHORT = 448, SHRINK_ABOVE = 300 * 1024;
+  // 0.3 MB. The server decodes JPEGs in the DCT at no less than DRAFT a side (the card's
+  // draft size, 2x the model's input) when the shorter side is twice that or more; the device
+  // cannot. So a photo of that size is always shrunk to a shorter side between DRAFT and
+  // 2 * DRAFT - 1: both checks then resample the same full pixels, byte for byte.
+  var DRAFT = parseInt(form.dataset.draft, 10) || 448;
+  var SHRINK_SIDE = 1280, MIN_SHORT = DRAFT, MAX_SHORT = 2 * DRAFT - 1, SHRINK_ABOVE = 300 * 1024;
   var maxBytes = parseInt(form.dataset.maxBytes, 10) || Infinity;
   var errBox = document.getElementById("upload-error");
   var preview = document.getElementById("preview");
@@ -152,8 +155,10 @@ window.addEventListener("kulit:page", kulitResultPage);
     if (!window.createImageBitmap) return Promise.resolve({ blob: file, decoded: false });
     return createImageBitmap(file, { imageOrientation: "from-image" }).then(function (bmp) {
       var w = bmp.width, h = bmp.height;
-      var scale = Math.min(1, Math.max(SHRINK_SIDE / Math.max(w, h), MIN_SHORT / Math.min(w, h)));
-      if (file.size <= SHRINK_ABOVE || scale >= 1) { bmp.close(); return { blob: file, decoded: true }; }
+      var short = Math.min(w, h), mustShrink = short > MAX_SHORT;
+      var fit = Math.min(SHRINK_SIDE / Math.max(w, h), MAX_SHORT / short);
+      var scale = Math.min(1, Math.max(fit, MIN_SHORT / short));
+      if ((file.size <= SHRINK_ABOVE && !mustShrink) || scale >= 1) { bmp.close(); return { blob: file, decoded: true }; }
       var canvas = document.createElement("canvas");
       canvas.width = Math.round(w * scale);
       canvas.height = Math.round(h * scale);
@@ -163,7 +168,7 @@ window.addEventListener("kulit:page", kulitResultPage);
       bmp.close();
       return new Promise(function (resolve) { canvas.toBlob(resolve, "image/jpeg", 0.9); })
         .then(function (blob) {
-          var small = blob && blob.size < file.size;
+          var small = blob && (blob.size < file.size || mustShrink);
           return { blob: small ? new File([blob], file.name.replace(/\.[^.]*$/, "") + ".jpg",
                                           { type: "image/jpeg" }) : file, decoded: true };
         });
