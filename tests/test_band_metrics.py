@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kulit.build.report import render_per_band
+from kulit.build.report import render_report
 from kulit.build.slices import figures_by_slice, rate, slice_figures, slice_rows, wilson
 
 CLASSES = ["A", "B", "C", "D"]
@@ -92,12 +92,13 @@ def test_report_shows_every_band_with_its_interval() -> None:
                       "estimator": {"cutoffs": [38.0, 10.0],
                                     "agreement_here": {"n": 7, "exact": 0.5, "within_one": 1.0,
                                                        "kappa_linear": 0.3}}}}
-    text = "\n".join(render_per_band(m))
+    base = json.loads((Path(__file__).with_name("data") / "report" / "metrics.json").read_text())
+    text = render_report({**base, **m}, title="t").split("## Per skin type")[1]
     assert "| atlas | I-II | 2 | 50.0% (" in text and "| atlas | V-VI |" in text
     assert "(too few photos)" in text  # no bootstrap interval for 2 photos
     assert "| all | III-IV | 2 |" in text and "above 38°" in text
     assert "these 7 photos: same band 50.0%" in text
-    assert render_per_band({}) == []
+    assert "## Per skin type" not in render_report({**base, "per_band": {}}, title="t")
 
 
 def test_evaluate_reports_labelled_and_estimated_bands(onnx_model_dir: Path,
