@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,6 +17,7 @@ import typer
 from kulit.build.build_cmd import build_cmd
 from kulit.build.shortlist_cmd import shortlist_cmd
 from kulit.config import DEFAULT_MODEL_DIR
+from kulit.progress import progress_bar
 
 # `kulit train`'s options are TrainConfig's fields (help from their comments): a new field
 # needs no edit here. Every option defaults to "unset", so the recipe's value applies.
@@ -177,16 +177,13 @@ def evaluate_cmd(
     from kulit.build.evaluate import evaluate_model
     from kulit.build.report import summary_lines
 
-    def show(i: int, n: int) -> None:
-        print(f"\rpredicting {i}/{n}", end="\n" if i == n else "", file=sys.stderr, flush=True)
-
     predict_all = None
     if engine != "local" or address is not None:
         from kulit.scale.cli import evaluate_on_engine
 
         predict_all = evaluate_on_engine(engine, model, address=address)
     metrics = evaluate_model(model, data, split=split, split_csv=split_csv, out=out,
-                             progress=show if sys.stderr.isatty() else None,
+                             progress=progress_bar("predicting"),
                              predict_all=predict_all)
     for line in summary_lines(metrics, out):
         typer.echo(line)
@@ -216,12 +213,9 @@ def gate_cmd(
     """Fit the trust gate (not skin / none of these) and the card's cut-offs on a model."""
     from kulit.build.gate_fit import GateParams, run_gate
 
-    def show(i: int, n: int) -> None:
-        print(f"\rfeatures {i}/{n}", end="\n" if i == n else "", file=sys.stderr, flush=True)
-
     for line in run_gate(model, data, split_csv=split_csv, cache=cache,
                          params=GateParams(seed=seed),
-                         progress=show if sys.stderr.isatty() else None):
+                         progress=progress_bar("features")):
         typer.echo(line)
 
 

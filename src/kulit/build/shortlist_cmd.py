@@ -5,11 +5,12 @@ Light on purpose: cli.py registers it at start-up; the fit is imported when it r
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from kulit.progress import progress_bar
 
 
 def shortlist_cmd(
@@ -32,9 +33,6 @@ def shortlist_cmd(
     """Fit the shortlist (conformal cut-offs per class) on the served model and measure it."""
     from kulit.build.shortlist_fit import run_shortlist
 
-    def show(i: int, n: int) -> None:
-        print(f"\rphotos {i}/{n}", end="\n" if i == n else "", file=sys.stderr, flush=True)
-
     for line in run_shortlist(model, data, split_csv, level=level, method=method, cache=cache,
-                              progress=show if sys.stderr.isatty() else None):
+                              progress=progress_bar("photos")):
         typer.echo(line)

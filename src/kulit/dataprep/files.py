@@ -8,8 +8,7 @@ import hashlib
 import io
 import json
 import os
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,18 +144,6 @@ def write_outputs(result: DataResult, out_dir: Path) -> None:
             tmp.replace(out_dir / name)
     except OSError as e:
         raise DataError(f"cannot write to {out_dir}: {e.strerror or e}") from None
-
-
-def _progress_printer() -> Callable[[int, int], None] | None:
-    if not sys.stderr.isatty():
-        return None
-
-    def show(i: int, n: int) -> None:
-        if n >= 200 and (i % 50 == 0 or i == n):
-            end = "\n" if i == n else ""
-            print(f"\rchecking images {i}/{n}", end=end, file=sys.stderr, flush=True)
-
-    return show
 
 
 def summary_lines(report: dict[str, Any], out_dir: Path) -> list[str]:

@@ -34,7 +34,6 @@ from kulit.dataprep.files import (
     SPLITS,
     DataResult,
     SplitRow,
-    _progress_printer,
     load_split,
     read_report,
     render_report_md,
@@ -51,6 +50,7 @@ from kulit.dataprep.scan import (
     scan_folder,
 )
 from kulit.errors import DataError
+from kulit.progress import progress_bar
 
 # split is the pipeline's front door: the split format (kulit.dataprep.files) and duplicate
 # grouping (kulit.dataprep.dedupe) are reachable from here too
@@ -360,7 +360,7 @@ def run_data(
         seed=seed,
         val_frac=val_frac,
         test_frac=test_frac,
-        progress=_progress_printer(),
+        progress=progress_bar("checking images", "image"),
         exclude=read_exclusions(exclude) if exclude else (),
     )
     write_outputs(result, Path(out))
