@@ -1,7 +1,8 @@
 """Shared pieces of the benchmarks: one source's rows of a split, photos a model already saw,
 bootstrap intervals over test photos, and predicted-vs-true class shares.
 
-Metric formulas stay in `kulit.build.evaluate`; this module only resamples and slices.
+Metric formulas, the bootstrap and the share-ratio rule stay in `kulit.build.metrics`; this
+module only adapts and slices.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from kulit.build.metrics import CI_LEVEL
+
 N_BOOT = 1000  # bootstrap resamples per interval
-CI_LEVEL = 0.95
 
 
 def filter_split(split_csv: Path, source: str, out_dir: Path) -> Path:
@@ -69,55 +71,40 @@ def seen_files(rows: Sequence, trained_split_csv: Path) -> set[str]:
 def bootstrap_ci(stat: Callable[[np.ndarray], dict[str, float | None]], n: int,
                  n_boot: int = N_BOOT, seed: int = 0, level: float = CI_LEVEL
                  ) -> dict[str, list[float] | None]:
-    """Percentile interval of every number `stat(indices)` returns, resampling n photos.
+    """Percentile interval of every number `stat(indices)` returns, resampling n photos, by
+    kulit's one bootstrap (`kulit.build.metrics.bootstrap`), one resample at a time.
 
     Seeded, so the same inputs give the same interval. A number undefined in some resample
     (None or NaN) is left out of that resample's values.
     """
-    if n == 0 or n_boot <= 0:
-        return {}
-    rng = np.random.default_rng(seed)
-    values: dict[str, list[float]] = {}
-    for _ in range(n_boot):
-        for k, v in stat(rng.integers(0, n, size=n)).items():
-            kept = values.setdefault(k, [])
-            if v is not None and np.isfinite(v):
-                kept.append(float(v))
-    q = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
-    return {k: [float(x) for x in np.percentile(v, q)] if v else None
-            for k, v in values.items()}
+    from kulit.build.metrics import bootstrap
+
+    def each(idx: np.ndarray) -> dict[str, np.ndarray]:
+        rows = [stat(i) for i in idx]
+        names = dict.fromkeys(k for r in rows for k in r)
+        return {k: np.array([np.nan if r.get(k) is None else r[k] for r in rows], np.float64)
+                for k in names}
+
+    return bootstrap(each, n, n_boot=n_boot, seed=seed, level=level)
 
 
 def predicted_shares(y_true: Sequence[str], probs: np.ndarray, classes: Sequence[str]
                      ) -> dict[str, dict[str, float | None]]:
-    """Per class {"predicted": share, "true": share}: metrics' own function when present."""
-    try:
-        from kulit.build.metrics import prediction_share
-    except ImportError:  # before evaluate.py was split into metrics/report; same result
-        index = {c: i for i, c in enumerate(classes)}
-        y = np.array([index[t] for t in y_true], np.int64)
-        n, k = len(y), len(classes)
-        pc = np.bincount(np.asarray(probs).argmax(1), minlength=k)
-        tc = np.bincount(y, minlength=k)
-        return {c: {"predicted": pc[i] / n if n else None, "true": tc[i] / n if n else None}
-                for i, c in enumerate(classes)}
+    """Per class {"predicted": share, "true": share} (`kulit.build.metrics.prediction_share`)."""
+    from kulit.build.metrics import prediction_share
+
     return prediction_share(y_true, probs, classes)
 
 
 def share_ratios(shares: dict[str, dict[str, float | None]]) -> dict[str, Any]:
-    """Predicted share / true share per class, and the largest ratio with its class.
+    """Predicted share / true share per class, and the largest ratio with its class, by kulit's
+    one rule (`kulit.build.metrics.share_ratios`: classes absent from the truth have no ratio).
 
-    The issue's target: no class predicted above 1.5x its true share. A class predicted but
-    absent from the truth counts as infinitely over-predicted; classes never seen nor
-    predicted are skipped.
+    The target: no class predicted above 1.5x its true share.
     """
-    ratios: dict[str, float] = {}
-    for c, s in shares.items():
-        pred, true = s.get("predicted") or 0.0, s.get("true") or 0.0
-        if true > 0:
-            ratios[c] = pred / true
-        elif pred > 0:
-            ratios[c] = float("inf")
-    worst = max(ratios, key=lambda c: ratios[c]) if ratios else None
-    return {"ratio": ratios, "max_ratio": ratios[worst] if worst else None,
-            "max_ratio_class": worst}
+    from kulit.build.metrics import max_share_ratio
+    from kulit.build.metrics import share_ratios as ratios_of
+
+    worst = max_share_ratio(shares)
+    return {"ratio": ratios_of(shares), "max_ratio": worst["ratio"] if worst else None,
+            "max_ratio_class": worst["class"] if worst else None}

@@ -127,8 +127,10 @@ def test_share_ratios_flag_the_over_predicted_class() -> None:
     assert r["max_ratio"] == pytest.approx(2.5)
     assert r["ratio"]["B"] == pytest.approx(0.25)
     assert "D" not in r["ratio"]  # neither true nor predicted
+    # kulit's one rule (as in the card): a class absent from the truth has no ratio
     r = share_ratios({"A": {"predicted": 0.1, "true": 0.0}, "B": {"predicted": 0.9, "true": 1.0}})
-    assert r["max_ratio_class"] == "A" and r["max_ratio"] == float("inf")
+    assert r["max_ratio_class"] == "B" and r["max_ratio"] == pytest.approx(0.9)
+    assert r["ratio"] == {"B": pytest.approx(0.9)}
 
 
 def _photo(size: tuple[int, int] = (640, 480)) -> Image.Image:

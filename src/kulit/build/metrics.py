@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 
 N_BINS = 15  # reliability / ECE bins, equal width over [0, 1]
+CI_LEVEL = 0.95  # every interval's level
 RISK_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(20))  # 0.0 .. 0.95
 _EPS = 1e-15  # floor on probabilities inside log()
 
@@ -119,26 +120,44 @@ def top_k_accuracy(probs: np.ndarray, y: np.ndarray, k: int = 3) -> float:
     return float(np.mean(np.any(top == y[:, None], axis=1)))
 
 
+def bootstrap(stat: Callable[[np.ndarray], Mapping[str, np.ndarray]], n: int, *,
+              n_boot: int, seed: int, level: float = CI_LEVEL) -> dict[str, list[float] | None]:
+    """Percentile intervals of each number `stat` returns, resampling n items with replacement:
+    the one bootstrap (metrics, slices, benchmarks).
+
+    `stat` gets a [m, n] matrix of indices, m resamples at once (at most ~16 MB of indices),
+    and returns per name one value per resample; NaN (undefined in that resample) is left
+    out, and a name never defined gets None. Seeded: the same inputs give the same interval.
+    {} when there is nothing to resample.
+    """
+    if n == 0 or n_boot <= 0:
+        return {}
+    rng = np.random.default_rng(seed)
+    values: dict[str, list[np.ndarray]] = {}
+    chunk = max(1, 2_000_000 // n)
+    for start in range(0, n_boot, chunk):
+        idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
+        for name, v in stat(idx).items():
+            values.setdefault(name, []).append(np.asarray(v, np.float64))
+    q = [round(50 * (1 - level), 10), round(50 * (1 + level), 10)]  # 2.5, 97.5 exactly
+    out: dict[str, list[float] | None] = {}
+    for name, parts in values.items():
+        v = np.concatenate(parts)
+        v = v[np.isfinite(v)]
+        out[name] = [float(x) for x in np.percentile(v, q)] if v.size else None
+    return out
+
+
 def bootstrap_ci(
     y: np.ndarray, correct: np.ndarray, k: int, n_boot: int, seed: int
 ) -> dict[str, list[float] | None]:
     """Percentile 95% intervals of accuracy and balanced accuracy, resampling images."""
-    n = len(y)
-    if n == 0 or n_boot <= 0:
-        return {"accuracy": None, "balanced_accuracy": None}
-    rng = np.random.default_rng(seed)
-    out: dict[str, list[float] | None] = {}
-    acc: list[np.ndarray] = []
-    bal: list[np.ndarray] = []
-    chunk = max(1, 2_000_000 // n)  # bound the index matrix to ~16 MB
-    for start in range(0, n_boot, chunk):
-        idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
-        acc.append(correct[idx].mean(axis=1))
-        bal.append(_balanced_accuracy_rows(y, correct, idx, k))
-    for name, values in (("accuracy", acc), ("balanced_accuracy", bal)):
-        lo, hi = np.percentile(np.concatenate(values), [2.5, 97.5])
-        out[name] = [float(lo), float(hi)]
-    return out
+    def stat(idx: np.ndarray) -> dict[str, np.ndarray]:
+        return {"accuracy": correct[idx].mean(axis=1),
+                "balanced_accuracy": _balanced_accuracy_rows(y, correct, idx, k)}
+
+    return {"accuracy": None, "balanced_accuracy": None,
+            **bootstrap(stat, len(y), n_boot=n_boot, seed=seed)}
 
 
 def _risk_coverage(conf: np.ndarray, correct: np.ndarray,
@@ -292,21 +311,23 @@ def prediction_share(y_true: Sequence[str], probs: np.ndarray, classes: Sequence
             for i, c in enumerate(classes)}
 
 
-def max_share_ratio(share: dict[str, dict[str, float | None]]) -> dict[str, Any] | None:
-    """The class predicted most above its true share (`prediction_share` of one source):
-    {"class", "ratio" = predicted / true, "predicted", "true"}; None when no class occurs.
+def share_ratios(share: dict[str, dict[str, float | None]]) -> dict[str, float]:
+    """Per class, predicted share / true share (`prediction_share` of one source): the one
+    share-ratio rule. Only classes present in the source count: a class with no true image
+    has no ratio (predicted there or not)."""
+    return {cls: pred / true for cls, s in share.items()
+            if (pred := s.get("predicted")) is not None and (true := s.get("true"))}
 
-    Only classes present in the source count: a class with no true image has no ratio.
-    """
-    best: dict[str, Any] | None = None
-    for cls, s in share.items():
-        pred, true = s.get("predicted"), s.get("true")
-        if pred is None or not true:
-            continue
-        ratio = pred / true
-        if best is None or ratio > best["ratio"]:
-            best = {"class": cls, "ratio": ratio, "predicted": pred, "true": true}
-    return best
+
+def max_share_ratio(share: dict[str, dict[str, float | None]]) -> dict[str, Any] | None:
+    """The class predicted most above its true share (`share_ratios`): {"class", "ratio" =
+    predicted / true, "predicted", "true"}; None when no class occurs."""
+    ratios = share_ratios(share)
+    if not ratios:
+        return None
+    cls = max(ratios, key=lambda c: ratios[c])  # the first of equal ratios
+    return {"class": cls, "ratio": ratios[cls], "predicted": share[cls]["predicted"],
+            "true": share[cls]["true"]}
 
 
 def metrics_by_group(
