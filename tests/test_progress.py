@@ -31,3 +31,14 @@ def test_a_bar_per_count_and_a_new_one_when_the_count_starts_again(
         show(i, 2)
     text = screen.getvalue()
     assert "checking images" in text and "3/3" in text and "2/2" in text
+
+
+def test_in_a_log_a_line_per_log_every_items(monkeypatch: pytest.MonkeyPatch) -> None:
+    log = io.StringIO()
+    monkeypatch.setattr("sys.stderr", log)
+    show = progress_bar("predicting", log_every=2)
+    assert show is not None
+    for i in range(1, 6):
+        show(i, 5)
+    assert [line.split(",")[0] for line in log.getvalue().splitlines()] == [
+        "2/5 photos", "4/5 photos", "5/5 photos"]

@@ -17,7 +17,6 @@ import os
 import pickle
 import shutil
 import sys
-import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 from kulit import DISCLAIMER_EN
 from kulit.errors import ImageError, KulitError, ensure_writable_dir
+from kulit.progress import progress_bar
 from kulit.scale import import_ray
 from kulit.scale.cluster import connect, materialize, model_files
 from kulit.scale.sources import is_uri, list_sources, read_source
@@ -161,24 +161,21 @@ def predict_rows(sources: list[str], model_dir: Path, *, top_k: int = 3, int8: b
 
 
 class Progress:
-    """A tqdm bar on a terminal; otherwise one line per PROGRESS_EVERY photos (logs)."""
+    """Answered photos on the one progress display (kulit.progress): a bar on a terminal,
+    otherwise one line per PROGRESS_EVERY photos (logs)."""
 
     def __init__(self, total: int) -> None:
-        from tqdm import tqdm
-
-        self.total, self.n, self.t0 = total, 0, time.monotonic()
-        self.bar = tqdm(total=total, unit="photo", file=sys.stderr, leave=False,
-                        disable=not sys.stderr.isatty())
+        self.total, self.n = total, 0
+        self.show = progress_bar("predicting", "photo", log_every=PROGRESS_EVERY)
 
     def update(self) -> None:
         self.n += 1
-        self.bar.update()
-        if self.bar.disable and (self.n % PROGRESS_EVERY == 0 or self.n == self.total):
-            rate = self.n / max(time.monotonic() - self.t0, 1e-9)
-            print(f"{self.n}/{self.total} photos, {rate:.0f}/s", file=sys.stderr, flush=True)
+        if self.show is not None:
+            self.show(self.n, self.total)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.show is not None:
+            self.show.close()
 
 
 def run_ray_predict(paths: list[Path], model: Path, *, top_k: int = 3, int8: bool = True,
