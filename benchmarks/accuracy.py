@@ -190,7 +190,7 @@ def as_model(name: str, path: Path, work: Path) -> Path:
 
 
 def targets(runs: dict[str, Any]) -> dict[str, Any]:
-    """The issue's targets, read off the "both" run; the baseline move on skin8-web."""
+    """The cross-source targets, read off the "both" run; the baseline move on skin8-web."""
     t: dict[str, Any] = {}
     both = runs.get("both", {}).get("test", {})
     if "both" in both:

@@ -124,7 +124,7 @@ def browser(model_dir: Path, photo: Path) -> dict:
                 sizes.clear()
                 t0 = time.perf_counter()
                 page.goto(base + "/?lang=en")
-                if visit == "first":  # the person chooses the download (issue 22)
+                if visit == "first":  # the person chooses the download
                     page.click("#device-download")
                 page.wait_for_selector("html[data-device=ready]", state="attached",
                                        timeout=120_000)

@@ -1,15 +1,15 @@
-"""Hostile-input load test against `kulit serve` (issues 14 and 23).
+"""Hostile-input load test against `kulit serve`.
 
     python benchmarks/hostile.py [--model models/kulit-skin8] [--rounds 3] [--concurrency 8]
                                  [--duration 120] [--clients 20] [--hostile-share 0.3]
 
 Three parts, all on loopback against one server:
 
-1. per class (issue 23): the audit's files at full size, one client, each sent 3 times (the
+1. per class: the security audit's files at full size, one client, each sent 3 times (the
    truncated 40 MP PNG 10 times): time per answer, peak RSS of every process of the server
    (server, decode zygote, decode workers; sampled every 50 ms) and the RSS kept after it;
-2. the shuffled corpus of issue 14 (thin strips, bombs, text chunks, mutated photos, broken
-   multipart bodies) `--rounds` times from `--concurrency` threads;
+2. the shuffled corpus of `tests/hostile_files.py` (thin strips, bombs, text chunks, mutated
+   photos, broken multipart bodies) `--rounds` times from `--concurrency` threads;
 3. a mixed load: `--clients` clients for `--duration` seconds, a `--hostile-share` of their
    requests hostile (from parts 1 and 2), the rest real skin8 photos; the normal photos'
    latency percentiles; then the same clients with no hostile file (the control: on a busy
@@ -196,7 +196,7 @@ def run(base: str, cases: list[tuple[str, str, bytes, str]], rounds: int, conc: 
 
 
 def audit_classes() -> list[tuple[str, bytes, int]]:
-    """(class, file, times sent): the audit's hostile files of issue 23, at the audit's sizes."""
+    """(class, file, times sent): the security audit's hostile files, at the audit's sizes."""
     return [
         ("BMP RLE8 (now 415)", hf.bmp_rle8(4000, 4000), 3),
         ("progressive JPEG, 2,000 scans", hf.many_scan_jpeg(1500, 2000), 3),

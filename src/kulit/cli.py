@@ -225,8 +225,8 @@ def tune_allocator() -> None:
 
     A decoded photo lives in 16 MB blocks; by default glibc raises its mmap threshold past
     them after the first free, and each threadpool thread keeps its own arena, so the server's
-    memory rose with every big upload and never fell (issue 14: 1.1 GB, against 0.5 GB with
-    this). The same as MALLOC_MMAP_THRESHOLD_=1048576 MALLOC_ARENA_MAX=2; those win if set.
+    memory rose with every big upload and never fell. The same as
+    MALLOC_MMAP_THRESHOLD_=1048576 MALLOC_ARENA_MAX=2; those win if set.
     """
     import ctypes
     import ctypes.util

@@ -49,8 +49,9 @@ def _walk(root: Path) -> Iterator[Path]:
 def predict_files(predictor: Predictor, files: list[Path], *, top_k: int, heatmap: bool,
                   workers: int, batch_size: int) -> Iterator[Prediction | ImageError]:
     """Results in file order. With workers > 1 each worker takes a whole photo (decode,
-    preprocess, one single-thread run): on 2 cores 1.3x faster than batches of 32 and ~8x less
-    memory; at most 2 * workers photos are in flight, so memory stays bounded."""
+    preprocess, one single-thread run): on 2 cores faster than batches of 32, in less memory
+    (docs/results.md, Speed); at most 2 * workers photos are in flight, so memory stays
+    bounded."""
     if workers <= 1:
         for i in range(0, len(files), batch_size):
             yield from predictor.predict_many(files[i: i + batch_size], top_k=top_k,

@@ -102,9 +102,9 @@ def quantize_onnx(src: Path, dst: Path, calib: np.ndarray,
             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
             # 7-bit weights: x86 CPUs without VNNI (this AVX2 one) run u8s8 through 16-bit
-            # pmaddubsw sums that saturate; with full-range weights the server's kernels moved
-            # P by a median 0.09 from the graph's own arithmetic (which WebAssembly, i.e. the
-            # on-device check, computes faithfully), 0.004 with reduce_range (issue 22)
+            # pmaddubsw sums that saturate, so with full-range weights the server's kernels
+            # move P away from the graph's own arithmetic (which WebAssembly, i.e. the
+            # on-device check, computes faithfully); reduce_range keeps them together
             reduce_range=True,
             extra_options={"CalibMaxIntermediateOutputs": 16},
         )
@@ -118,13 +118,9 @@ def fp32_convs(convs: list[tuple[str, str]]) -> list[str]:
     (in EfficientNet-Lite the stem and the first block's depthwise conv, both at half the input
     resolution), in every view (TTA runs the same weights twice).
 
-    Chosen by a sensitivity scan on the shipped model's validation photos (benchmarks/
-    quant_scan.py, results/quant-scan.json; logits' squared error against fp32, top-1
-    agreement): everything int8 0.036, 94.3%; the stem alone fp32 0.075, 91.3%; the stem plus
-    any later group of three convs 0.070-0.080; the stem plus the first group 0.016, 96.3% but
-    1.4 points of balanced accuracy lost on skin8 val; the stem plus the first depthwise conv
-    (this rule) 0.021, 96.3%, no loss. Keeping the last conv fp32 too changes little and adds
-    1.2 MB."""
+    Chosen by a sensitivity scan on the validation photos (`python benchmarks/quant_scan.py`,
+    results/quant-scan.json; the figures are in the README's int8 section): the smallest set
+    that keeps top-1 agreement with fp32 without losing balanced accuracy."""
     kernels = list(dict.fromkeys(weight for _, weight in convs))
     if len(kernels) <= FP32_LEADING_CONVS:
         return []

@@ -7,9 +7,9 @@ photos of every skin source in split.csv, with crepes' Mondrian conformal classi
 
 - "source-class" (default): Mondrian by (source, class), so the list covers the right
   condition at the level for each class of each source; a photo's source is unknown at serving
-  time, so a class's cut-off is the lowest (most inclusive) of its sources' cut-offs. On the
-  shipped model it is the only choice that held 90% on every source's test photos
-  (benchmarks/shortlist.py compares the four).
+  time, so a class's cut-off is the lowest (most inclusive) of its sources' cut-offs. The
+  only choice that held its level on every source's test photos (`python
+  benchmarks/shortlist.py` compares the four; docs/results.md, The shortlist).
 - "class": Mondrian by class, sources pooled.
 - "source": Mondrian by source, one cut-off for every class (the lowest of the sources').
 - "pooled": plain split conformal over all validation photos.

@@ -17,7 +17,7 @@ from kulit.serving.preprocess import decode_image
 MIN_SIDE = 32  # smaller images carry too little detail to train on (decoder: preprocess)
 MAX_FILE_BYTES = 256 * 2**20  # never read a video or disk image into memory
 MANIFEST = "manifest.csv"  # optional per folder: columns file (relative to it) and source
-_PARALLEL_MIN_FILES = 2000  # decoding is ~2 ms a file: below this, one process is fast enough
+_PARALLEL_MIN_FILES = 2000  # below this, starting worker processes costs more than it saves
 
 
 @dataclass(frozen=True)

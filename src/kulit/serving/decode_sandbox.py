@@ -1,5 +1,5 @@
 """Decode untrusted images in worker processes with hard limits, so that no file can take the
-server's (or the CLI's) memory or time (issue 23).
+server's (or the CLI's) memory or time.
 
 A `DecodePool` keeps a few worker processes, forked from one warm zygote
 (`kulit.serving.decode_worker`). Each worker runs under an address-space limit (RLIMIT_AS)

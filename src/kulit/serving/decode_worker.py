@@ -3,9 +3,9 @@
 `python -m kulit.serving.decode_worker FD MEMORY_MB CPU_S KEEP_MB` starts the zygote. It
 imports numpy, Pillow and the codecs once (and decodes a tiny picture of each format, so their
 libraries are loaded), then forks a worker whenever the pool asks, handing the pool the
-worker's end of a fresh socket pair. Forking the warm zygote takes ~20 ms on the shared 2-core
-machine; starting a fresh Python there takes 1-3 s, which is what a killed decode would
-otherwise cost every request behind it.
+worker's end of a fresh socket pair. Forking the warm zygote is quick; starting a fresh
+Python and its codecs is not, and that is what a killed decode would otherwise cost every
+request behind it.
 
 A worker sets its own hard limits (address space, no core file; a CPU-time budget per job),
 then decodes jobs one at a time: a name from `_jobs()` and its arguments; the answer is

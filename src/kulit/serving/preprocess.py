@@ -174,7 +174,7 @@ def decode_image(source: str | Path | bytes | BinaryIO, *, draft: int | None = N
 
 
 # Pillow walks JPEG markers, fill bytes and PNG chunks one at a time in Python: a 5 MB run of
-# 0xFF fill bytes or 200,000 markers or chunks takes seconds (issue 23). No camera writes more
+# 0xFF fill bytes or 200,000 markers or chunks takes seconds. No camera writes more
 # than a few of each; these caps are far above any real file's.
 MAX_FILL_RUN = 65_536  # 0xFF bytes in a row (an ICC profile may hold short runs)
 MAX_JPEG_MARKERS = 20_000

@@ -1,10 +1,10 @@
 """Photo quality: is the decoded photo big, sharp and well exposed enough to judge? Torch-free.
 
 Measured on the central square (what the model sees: the Predictor passes its 224 px crop)
-shrunk to a 128 px grey thumbnail, so a check costs about 0.1 ms. The limits below were
-measured by `benchmarks/quality.py` on every 5th photo of skin8 and skin8-web and degraded
-copies of them (see benchmarks/results/quality.json); a model card can override any of them in
-`card.quality`.
+shrunk to a 128 px grey thumbnail, so a check costs little beside the model. The limits below
+were measured by `benchmarks/quality.py` on every 5th photo of skin8 and skin8-web and degraded
+copies of them (docs/results.md, Photo-quality limits); a model card can override any of them
+in `card.quality`.
 """
 
 from __future__ import annotations
@@ -27,13 +27,10 @@ ISSUES = ("too_small", "too_dark", "too_bright", "too_blurred")
 class QualityLimits:
     """Where a photo stops being usable; the one place the defaults live.
 
-    Chosen with benchmarks/quality.py (results/quality.json) on 678 clean photos (every 5th
-    of skin8 and skin8-web), measured on the model's 224 px crop as the Predictor does: these
-    flag 0.9% of them (6 soft web thumbnails, as blurred; target <= 2%) and catch 100% of copies
-    shrunk to 80 px or less, 77% / 98% of copies blurred with a Gaussian radius of 1% / 1.5% of
-    the shorter side, 76% / 100% of copies darkened to 30% / 20%, 86% / 93% of copies
-    brightened 3x / 4x. Each limit sits just outside the clean photos' range (sharpness p1
-    0.0165, brightness 0.22-0.88, smallest side 135 px).
+    Chosen with `python benchmarks/quality.py` (results/quality.json; the figures are in
+    docs/results.md, Photo-quality limits) on clean skin photos and degraded copies of them,
+    measured on the model's 224 px crop as the Predictor does: each limit sits just outside
+    the clean photos' range, so few clean photos are flagged (target <= 2%).
     """
 
     min_side: int = 96  # px, shorter side of the decoded photo (smallest training photo: 122)

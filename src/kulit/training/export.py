@@ -37,7 +37,7 @@ class ServingModel(nn.Module):
     With TTA (the card's `preprocessing.tta`) the last map averages image and mirror, so the
     logits of a GAP head equal the mean of the two views' logits, and Grad-CAM stays exact on
     the exported map. Both views go through the backbone as one batch of 2N: the same numbers
-    as two passes, and in int8 4-7% faster (one pass over each weight)."""
+    as two passes, and faster in int8 (one pass over each weight; docs/results.md, Speed)."""
 
     def __init__(self, backbone: Backbone, head: nn.Module, tta: bool) -> None:
         super().__init__()

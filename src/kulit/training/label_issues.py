@@ -43,8 +43,8 @@ def find_issues(features: np.ndarray, labels: np.ndarray, seed: int, checked: np
 
     Only `checked` photos (the sources whose labels are noisy) can be flagged, and at most
     `max_frac` of each class among them, lowest probability of the given label first: with a
-    linear probe on frozen features, cleanlab alone flags every hard photo (37% of skin8 +
-    skin8-web's training photos, 282 of them DermNet's curated ones), not just wrong labels.
+    linear probe on frozen features, cleanlab alone flags every hard photo (a third of the
+    training photos, DermNet's curated ones among them; README), not just wrong labels.
     """
     from cleanlab.filter import find_label_issues
 

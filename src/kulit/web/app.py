@@ -40,7 +40,7 @@ PAGE_CSP = (
     "script-src 'self' 'wasm-unsafe-eval'; form-action 'self'; frame-ancestors 'none'; "
     "base-uri 'none'"
 )
-# the page may use the camera (the photo input); nothing else, no other origin (issue 23)
+# the page may use the camera (the photo input); nothing else, no other origin
 PERMISSIONS_POLICY = "camera=(self), microphone=(), geolocation=(), payment=(), usb=()"
 # answers that carry the photo or its result
 NO_STORE_PATHS = ("/predict", "/api/v1/predict", "/explain", "/api/v1/explain")
@@ -111,7 +111,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
         if loaded_here:
             app.state.predictor = await run_in_threadpool(
                 lambda: Predictor(settings.model_dir, **settings.predictor_options()))
-        # every upload is decoded in a worker process with hard limits (issue 23)
+        # every upload is decoded in a worker process with hard limits
         pool = DecodePool(settings.decode_workers, settings.sandbox_limits())
         app.state.predictor.decoder = app.state.decode_pool = pool
         try:

@@ -54,7 +54,7 @@ def analyse(predictor: Predictor, data: bytes, top_k: int, heatmap: bool,
 
 def encode_image(img: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
     """Encode once for the page. PNG at compress_level 1: the same pixels as the default
-    level, ~10% larger, but ~20 ms less per 224 px overlay (issue 15)."""
+    level, a little larger, written several times faster (docs/results.md, Speed)."""
     if fmt.upper() == "PNG":
         kw.setdefault("compress_level", 1)
     buf = io.BytesIO()
@@ -63,17 +63,16 @@ def encode_image(img: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
 
 
 # Pictures on pages are small, so a result page stays under 60 KB on a phone's data plan
-# (issue 12; it was ~220 KB with two PNGs). The API keeps PNG.
+# (two PNGs made it several times that). The API keeps PNG.
 # The crop is JPEG (shown, and re-posted to re-check it, so colours must stay close);
 PAGE_IMAGE_MIME = "image/jpeg"
-# 95 and 4:4:4: a 224 px crop is ~12 KB; re-checked, it moves the probabilities by ~1% (median
-# of 45 skin8 photos; at most 11%), against ~2% at 90 (issue 12 report)
+# 95 and 4:4:4: a re-checked crop keeps its probabilities closer than at 90
 PAGE_JPEG_QUALITY = 95
 # A page carries the crop the model saw (to re-post it for "How it works" or another language).
 CROP_URI_PREFIXES = (b"data:image/jpeg;base64,", b"data:image/png;base64,")
 
 
-# the heatmap overlay is only looked at: lossy WebP, ~3 KB against ~17 KB as JPEG q95.
+# the heatmap overlay is only looked at: lossy WebP, a fraction of a JPEG's bytes.
 OVERLAY_FORMAT, OVERLAY_QUALITY = "WEBP", 75
 
 

@@ -40,8 +40,8 @@ class Settings(BaseSettings):
     decode_memory_mb: Annotated[int, Field(ge=128)] = 512
     decode_cpu_s: Annotated[int, Field(ge=1)] = 2
     decode_deadline_s: Annotated[float, Field(gt=0)] = 1.25
-    # ONNX Runtime, chosen by measurement on 2 cores (issue 15): one thread per run behind a cap
-    # of 2 runs, idle threads not spinning (+26-37% throughput at concurrency 16)
+    # ONNX Runtime, chosen by measurement on 2 cores (docs/results.md, Speed): one thread per
+    # run behind a cap of 2 runs, idle threads not spinning
     int8: bool = True  # serve the card's int8 file when it passed its check
     threads: Annotated[int, Field(ge=1, le=64)] = 1  # intra-op threads per run
     max_concurrent_runs: Annotated[int, Field(ge=1, le=64)] = 2  # simultaneous runs
