@@ -1,4 +1,4 @@
-"""Small hostile image files built byte by byte (issue 14): thin strips, bombs, bad chunks."""
+"""Small hostile image files built byte by byte: thin strips, bombs, bad chunks."""
 
 from __future__ import annotations
 
@@ -48,8 +48,8 @@ def short_ihdr() -> bytes:
     return png(4, 4, ihdr_len=8)
 
 
-# Issue 23: files that used to take the server's memory or time (each builder takes a size, so
-# the tests use small ones and benchmarks/hostile.py the audit's).
+# The security audit's files, which used to take the server's memory or time (each builder
+# takes a size, so the tests use small ones and benchmarks/hostile.py the audit's).
 
 def png16(w: int, h: int) -> bytes:
     """A 16-bit grey PNG of zeros (the audit's 6324 x 6324 is 78 KB)."""

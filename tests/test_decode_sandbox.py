@@ -1,4 +1,4 @@
-"""Issue 23: hostile files are decoded in a sandbox; slow clients; headers; the CLI's lines.
+"""Hostile files are decoded in a sandbox; slow clients; headers; the CLI's lines.
 
 One small case of each class benchmarks/hostile.py measures at full size."""
 

@@ -1,4 +1,4 @@
-"""Issue 14, case by case: hostile input gives a 4xx or one CLI line, in bounded memory."""
+"""Hostile input, case by case: a 4xx or one CLI line, in bounded memory."""
 
 from __future__ import annotations
 
@@ -478,7 +478,7 @@ def test_onnxruntime_telemetry_is_switched_off(onnx_model_dir, monkeypatch) -> N
 # 8. memory per request -----------------------------------------------------------------------
 
 def test_python_heap_does_not_grow_per_request(client: TestClient) -> None:
-    # The RSS growth seen in issue 14 (~1 KB a request) was glibc's per-thread arenas, not
+    # The RSS growth once seen (~1 KB a request) was glibc's per-thread arenas, not
     # Python objects (README, "Limits"). The traced heap settles as the threadpool threads and
     # free lists fill (47, 25, 9, 3, 2, 1 KB in windows of 250 after the fuzz tests); a leak
     # of 100 bytes a request never would.

@@ -1,4 +1,4 @@
-"""The shortlist (issue 20): conformal cut-offs, the statuses and urgency of the one answer rule,
+"""The shortlist: conformal cut-offs, the statuses and urgency of the one answer rule,
 the figures, the page in Indonesian (TestClient and Chromium at 360 px)."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The card's claims per data source (issue 10) and its trust figures (issue 11): the About page
-in both languages and /api/v1/model."""
+"""The card's claims per data source and its trust figures: the About page in both languages
+and /api/v1/model."""
 
 from __future__ import annotations
 

@@ -188,7 +188,7 @@ def test_tiny_images(client: TestClient, size: tuple[int, int]) -> None:
 def test_webp_is_read_and_bmp_is_415(client: TestClient) -> None:
     resp = post_image(client, image_bytes(make_image(8), "WEBP"), name="a.webp")
     assert resp.status_code == 200
-    # only what phones and the web produce reaches a decoder (issue 23)
+    # only what phones and the web produce reaches a decoder
     assert_error(post_image(client, image_bytes(make_image(8), "BMP"), name="a.bmp"),
                  415, "not_image")
 

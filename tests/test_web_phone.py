@@ -1,4 +1,4 @@
-"""Issue 12 in a real browser: the Indonesian flow on a 360 px phone, printed, switched, checked.
+"""The phone in a real browser: the Indonesian flow at 360 px, printed, switched, checked.
 
 Debian's Chromium driven by Playwright against uvicorn (the `server` fixture of
 test_web_e2e). axe-core is vendored at build time (scripts/vendor_web_ui.sh), never a CDN.
@@ -19,7 +19,7 @@ from tests.test_web_e2e import a_photo, server  # noqa: F401 - fixtures
 pytestmark = pytest.mark.e2e
 
 AXE = Path(__file__).parents[1] / "web/ui/node_modules/axe-core/axe.min.js"
-PAGE_BUDGET = 60_000  # bytes transferred for a result page (issue 12)
+PAGE_BUDGET = 60_000  # bytes transferred for a result page on a phone's data plan
 
 # Words that mark a sentence as English; none of them is an Indonesian word.
 ENGLISH = frozenset(

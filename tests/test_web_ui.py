@@ -1,4 +1,4 @@
-"""Issue 12 on the server side: Indonesian without English, light pages, phone formats, /docs."""
+"""Phones, on the server side: Indonesian without English, light pages, phone formats, /docs."""
 
 from __future__ import annotations
 
