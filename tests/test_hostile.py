@@ -66,22 +66,20 @@ def test_thin_strips_are_refused_before_decoding(client: TestClient, size) -> No
 
 
 PEAK_SCRIPT = """
-import resource, sys, time
+import resource, sys
 from kulit.serving.preprocess import Preprocessing, load_and_preprocess
 from kulit.errors import ImageError
 from tests.hostile_files import png
 w, h = int(sys.argv[1]), int(sys.argv[2])
 data = png(w, h)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-t0 = time.perf_counter()
 try:
     crop, x = load_and_preprocess(data, Preprocessing())
     outcome = list(x.shape)
 except ImageError as e:
     outcome = e.code
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"outcome": outcome, "grew_mb": (after - before) / 1024,
-                  "seconds": time.perf_counter() - t0}))
+print(json.dumps({"outcome": outcome, "grew_mb": (after - before) / 1024}))
 """
 
 
@@ -98,7 +96,7 @@ def test_thin_strip_memory_is_bounded(size) -> None:
     # unbounded, 40000x1 became ~9,000,000x224 pixels: 8.3 GB
     r = peak(*size)
     assert r["outcome"] == "too_narrow"
-    assert r["grew_mb"] < 20 and r["seconds"] < 1
+    assert r["grew_mb"] < 20
 
 
 @pytest.mark.parametrize("size", [(20000, 1000), (1000, 20000), (6000, 6000)])
@@ -109,7 +107,6 @@ def test_largest_accepted_images_are_bounded(size) -> None:
     r = peak(w, h)
     assert r["outcome"] == [3, 224, 224]
     assert r["grew_mb"] < 3 * w * h / 2**20 + 60, r
-    assert r["seconds"] < 3
 
 
 def old_resize_crop(img: Image.Image, p: Preprocessing) -> Image.Image:
@@ -456,10 +453,10 @@ def test_a_body_that_never_ends_gets_408_and_a_full_server_503(onnx_model_dir) -
         busy = await asgi_post(app, whole)
         return await slow, busy
 
-    t0 = time.perf_counter()
-    (slow_status, slow_body), (busy_status, busy_body) = asyncio.run(both())
+    # a guard against hanging for the client's hour, not a speed check (benchmarks/hostile.py)
+    (slow_status, slow_body), (busy_status, busy_body) = asyncio.run(
+        asyncio.wait_for(both(), timeout=60))
     assert slow_status == 408 and slow_body["error"]["code"] == "timeout"
-    assert time.perf_counter() - t0 < 3
     assert busy_status == 503 and busy_body["error"]["code"] == "busy"
 
 

@@ -1,4 +1,5 @@
-"""split on generated folders: validation, duplicates, label conflicts, split, outputs, CLI."""
+"""`kulit data` (kulit.dataprep.split) on generated folders: validation, duplicates, label
+conflicts, split, outputs, CLI."""
 
 from __future__ import annotations
 
