@@ -511,12 +511,13 @@ def test_double_ctrl_c_keeps_the_run_and_says_interrupted(tiny_dataset, tmp_path
     # as in a terminal: a run started in the background (nohup, CI) inherits SIGINT ignored
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
+    import kulit.training.run_files as run_files
     import kulit.training.train as kt
     from kulit.config import make_config
     from kulit.dataprep.split import run_data
 
     assert run_data(tiny_dataset, tmp_path / "d", seed=0, val_frac=0.25, test_frac=0.15) == 0
-    real_eval, real_plot, calls = kt.eval_logits, kt.plot_curves, [0]
+    real_eval, real_plot, calls = kt.eval_logits, run_files.plot_curves, [0]
 
     def interrupt_third_epoch(model, feats):
         calls[0] += 1
@@ -530,7 +531,7 @@ def test_double_ctrl_c_keeps_the_run_and_says_interrupted(tiny_dataset, tmp_path
         return real_plot(*a, **kw)
 
     monkeypatch.setattr(kt, "eval_logits", interrupt_third_epoch)
-    monkeypatch.setattr(kt, "plot_curves", second_ctrl_c_while_saving)
+    monkeypatch.setattr(run_files, "plot_curves", second_ctrl_c_while_saving)
     cfg = make_config(str(tiny_dataset), str(tmp_path / "d" / "split.csv"),
                       out=str(tmp_path / "run"), backbone="tiny", pretrained=False,
                       input_size=32, epochs=50, views=2, cache_dir=str(tmp_path / "cache"),

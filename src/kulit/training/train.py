@@ -1,4 +1,4 @@
-"""TrainConfig -> run directory (checkpoint, resolved config, history, curves).
+"""TrainConfig -> run directory (checkpoint here; config, history, curves: run_files).
 
 The ImageNet backbone's output up to the trained part (the head, plus the last
 `finetune_blocks` blocks in the kulit recipe) is computed once per image and view and cached
@@ -12,7 +12,6 @@ on disk (kulit.training.features), so each epoch trains only on the cache.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import json
 import random
@@ -36,6 +35,7 @@ from kulit.serving.calibration import choose_threshold, fit_temperature
 from kulit.training.backbones import get_spec
 from kulit.training.features import FeatureExtractor, Recompute, extract_features
 from kulit.training.heads import LinearHead, PaperHead
+from kulit.training.run_files import format_history, write_run
 
 
 def seed_everything(seed: int) -> None:
@@ -151,19 +151,44 @@ def eval_logits(model: nn.Module, feats: np.ndarray) -> np.ndarray:
     return logits.reshape(n, v, -1).mean(1).numpy()
 
 
-def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
-    """Run one recipe end to end and write the run directory. Ctrl-C keeps the best so far."""
-    from tqdm import tqdm
+@dataclasses.dataclass
+class _Data:
+    """What a run trains and selects on: the cached (or recomputed) inputs and the labels."""
 
-    out = ensure_writable_dir(Path(cfg.out), "--out")  # before minutes of work, not after
-    if cfg.cache:
-        ensure_writable_dir(Path(cfg.cache_dir), "--cache-dir")
-    torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    samples, classes, report = load_samples(cfg)
-    k = len(classes)
-    data_hash = str(report.get("data_hash", ""))
-    t_start = time.perf_counter()
+    samples: list[SplitRow]
+    classes: list[str]
+    feats: dict[str, np.ndarray]  # per split [n, views, ...]; only "val" when recomputing
+    feat_seconds: float
+    recompute: Recompute | None  # cache off: the backbone runs every epoch
+    y: dict[str, np.ndarray]  # class indices per split
+    src: dict[str, np.ndarray]  # data source per photo, train and val
+
+    def inputs(self, split: str) -> np.ndarray:
+        return self.recompute.features(split) if self.recompute else self.feats[split]
+
+
+@dataclasses.dataclass
+class _Net:
+    """The trained part: the head, and the backbone's top when fine-tuning."""
+
+    model: Trainable
+    head: nn.Module
+    top: nn.Module | None
+    fx: FeatureExtractor | None
+    in_channels: int
+
+
+@dataclasses.dataclass
+class _Fit:
+    """The epochs run, the best one (by val balanced accuracy over sources) and its weights."""
+
+    history: list[dict[str, float]]
+    best: dict[str, Any]
+    interrupted: bool
+
+
+def _load_data(cfg: TrainConfig, samples: list[SplitRow], classes: list[str], data_hash: str,
+               log: Callable[[str], None]) -> _Data:
     recompute = None if cfg.cache else Recompute(cfg, samples)
     if recompute is None:
         feats, feat_seconds = extract_features(cfg, samples, data_hash, log)
@@ -172,7 +197,13 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
     index = {c: i for i, c in enumerate(classes)}
     y = {s: np.array([index[x.label] for x in samples if x.split == s], np.int64)
          for s in ("train", "val", "test")}
-    fx = recompute.fx if recompute else None
+    src = {s: np.array([x.source for x in samples if x.split == s]) for s in ("train", "val")}
+    return _Data(samples, classes, feats, feat_seconds, recompute, y, src)
+
+
+def _build_net(cfg: TrainConfig, data: _Data) -> _Net:
+    """The head (seeded), on the backbone's last `finetune_blocks` blocks when fine-tuning."""
+    fx = data.recompute.fx if data.recompute else None
     top = None
     if cfg.finetune_blocks:
         fx = fx or FeatureExtractor(cfg)
@@ -181,115 +212,168 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
             p.requires_grad_(True)
     # cached pooled vectors [n,v,C] or maps [n,v,C,h,w]; a fine-tuned top outputs the full width
     in_channels = get_spec(cfg.backbone).out_channels if top is not None else \
-        feats["val"].shape[2]
+        data.feats["val"].shape[2]
     torch.manual_seed(cfg.seed)
-    head = build_head(cfg, in_channels, k)
-    model = Trainable(head, top)
-    groups = [{"params": head.parameters(), "lr": cfg.lr}]
-    if top is not None:  # pretrained layers move more gently than the new head
-        groups.append({"params": top.parameters(), "lr": cfg.lr * 0.3})
+    head = build_head(cfg, in_channels, len(data.classes))
+    return _Net(Trainable(head, top), head, top, fx, in_channels)
+
+
+def _optimiser(cfg: TrainConfig, net: _Net, y_train: np.ndarray, k: int
+               ) -> tuple[torch.optim.Optimizer, nn.Module]:
+    """AdamW (the top more gently than the new head) and the training loss."""
+    groups = [{"params": net.head.parameters(), "lr": cfg.lr}]
+    if net.top is not None:  # pretrained layers move more gently than the new head
+        groups.append({"params": net.top.parameters(), "lr": cfg.lr * 0.3})
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    counts = np.bincount(y["train"], minlength=k).astype(np.float64)
     weight = None
     if cfg.balance:
-        w = counts.sum() / (k * np.maximum(counts, 1))
-        weight = torch.tensor(w, dtype=torch.float32)
-    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
-    src = {s: np.array([x.source for x in samples if x.split == s]) for s in ("train", "val")}
-    keep = np.ones(len(y["train"]), bool)
-    label_issues: dict[str, dict[str, int]] = {}
-    if cfg.clean_labels and not recompute and np.bincount(y["train"]).min() >= 10:
-        keep, label_issues = _clean_labels(cfg, samples, feats["train"], y["train"], top,
-                                           classes, out)
-        log(f"label issues: left out {int((~keep).sum())} of {len(keep)} training photos "
-            f"({label_issues})")
-    draw_p = _sampling_probs(y["train"], src["train"], keep, cfg.source_balance)
+        counts = np.bincount(y_train, minlength=k).astype(np.float64)
+        weight = torch.tensor(counts.sum() / (k * np.maximum(counts, 1)), dtype=torch.float32)
+    return opt, nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+
+
+def _kept_photos(cfg: TrainConfig, data: _Data, net: _Net, out: Path,
+                 log: Callable[[str], None]) -> tuple[np.ndarray, dict[str, dict[str, int]]]:
+    """Which training photos train: all, or those cleanlab does not flag (cache on)."""
+    keep = np.ones(len(data.y["train"]), bool)
+    if not (cfg.clean_labels and not data.recompute
+            and np.bincount(data.y["train"]).min() >= 10):
+        return keep, {}
+    keep, label_issues = _clean_labels(cfg, data.samples, data.feats["train"], data.y["train"],
+                                       net.top, data.classes, out)
+    log(f"label issues: left out {int((~keep).sum())} of {len(keep)} training photos "
+        f"({label_issues})")
+    return keep, label_issues
+
+
+def _epoch(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: nn.Module, xs: torch.Tensor,
+           ys: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    """One pass over the drawn photos, in order; their plain loss and accuracy."""
     plain_loss = nn.CrossEntropyLoss()
+    model.train()
+    n = len(ys)
+    tot_loss, tot_correct = 0.0, 0
+    for i in range(0, n, batch_size):
+        b = torch.arange(n)[i: i + batch_size]
+        logits = model(xs[b])
+        loss = loss_fn(logits, ys[b])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        tot_loss += float(plain_loss(logits.detach(), ys[b])) * len(b)
+        tot_correct += int((logits.argmax(1) == ys[b]).sum())
+    return tot_loss / n, tot_correct / n
+
+
+def _val_row(model: nn.Module, data: _Data, epoch: int, loss: float, accuracy: float
+             ) -> dict[str, float]:
+    """One line of history: the epoch's training figures and the validation ones."""
+    k = len(data.classes)
+    vl = torch.from_numpy(eval_logits(model, data.inputs("val")))
+    vpred = vl.argmax(1).numpy()
+    return {
+        "epoch": epoch, "loss": loss, "accuracy": accuracy,
+        "val_loss": float(nn.CrossEntropyLoss()(vl, torch.from_numpy(data.y["val"]))),
+        "val_accuracy": float((vpred == data.y["val"]).mean()),
+        "val_balanced_accuracy": balanced_accuracy(data.y["val"], vpred, k),
+        "val_source_balanced_accuracy": source_balanced_accuracy(
+            data.y["val"], vpred, data.src["val"], k),
+    }
+
+
+def _fit(cfg: TrainConfig, net: _Net, opt: torch.optim.Optimizer, loss_fn: nn.Module,
+         data: _Data, keep: np.ndarray, draw_p: np.ndarray, log: Callable[[str], None]) -> _Fit:
+    """The epochs: draw the photos (and one view each), train, validate, keep the best, stop
+    early without progress. Ctrl-C keeps the best so far."""
+    from tqdm import tqdm
+
     gen = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
-
-    history: list[dict[str, float]] = []
-    best: dict[str, Any] = {"score": -1.0, "epoch": 0, "state": None}
-    yv = torch.from_numpy(y["val"])
-    interrupted = False
-    out.mkdir(parents=True, exist_ok=True)
+    fit = _Fit([], {"score": -1.0, "epoch": 0, "state": None}, False)
     bar = tqdm(range(1, cfg.epochs + 1), desc=f"train {cfg.recipe}", unit="epoch")
     try:
         for epoch in bar:
-            tr = recompute.features("train") if recompute else feats["train"]
-            v = tr.shape[1]
+            tr = data.inputs("train")
             chosen = gen.choice(len(draw_p), size=int(keep.sum()), p=draw_p) \
                 if cfg.source_balance else gen.permutation(np.flatnonzero(keep))
-            n = len(chosen)
-            pick = gen.integers(0, v, n)  # one random view per image per draw
-            xs = torch.from_numpy(tr[chosen, pick])
-            ys = torch.from_numpy(y["train"][chosen])
-            order = torch.arange(n)
-            model.train()
-            tot_loss, tot_correct = 0.0, 0
-            for i in range(0, n, cfg.batch_size):
-                b = order[i: i + cfg.batch_size]
-                logits = model(xs[b])
-                loss = loss_fn(logits, ys[b])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                tot_loss += float(plain_loss(logits.detach(), ys[b])) * len(b)
-                tot_correct += int((logits.argmax(1) == ys[b]).sum())
-            vfeats = recompute.features("val") if recompute else feats["val"]
-            vl = torch.from_numpy(eval_logits(model, vfeats))
-            val_loss = float(plain_loss(vl, yv))
-            vpred = vl.argmax(1).numpy()
-            row = {
-                "epoch": epoch, "loss": tot_loss / n, "accuracy": tot_correct / n,
-                "val_loss": val_loss, "val_accuracy": float((vpred == y["val"]).mean()),
-                "val_balanced_accuracy": balanced_accuracy(y["val"], vpred, k),
-                "val_source_balanced_accuracy": source_balanced_accuracy(
-                    y["val"], vpred, src["val"], k),
-            }
-            history.append(row)
+            pick = gen.integers(0, tr.shape[1], len(chosen))  # one random view per draw
+            loss, accuracy = _epoch(net.model, opt, loss_fn, torch.from_numpy(tr[chosen, pick]),
+                                    torch.from_numpy(data.y["train"][chosen]), cfg.batch_size)
+            row = _val_row(net.model, data, epoch, loss, accuracy)
+            fit.history.append(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", val_acc=f"{row['val_accuracy']:.3f}",
                             val_bacc=f"{row['val_balanced_accuracy']:.3f}")
             # selection: the mean over sources, so no source's photos can be sacrificed
             score = row["val_source_balanced_accuracy"] if cfg.patience else float(epoch)
-            if score > best["score"] + 1e-9:
-                best = {"score": score, "epoch": epoch,
-                        "state": {k_: t.clone() for k_, t in model.state_dict().items()}}
-            elif cfg.patience and epoch - best["epoch"] >= cfg.patience:
+            if score > fit.best["score"] + 1e-9:
+                fit.best = {"score": score, "epoch": epoch,
+                            "state": {k_: t.clone() for k_, t in net.model.state_dict().items()}}
+            elif cfg.patience and epoch - fit.best["epoch"] >= cfg.patience:
                 log(f"early stop at epoch {epoch}: best val balanced accuracy "
-                    f"{best['score']:.3f} at epoch {best['epoch']}")
+                    f"{fit.best['score']:.3f} at epoch {fit.best['epoch']}")
                 break
     except KeyboardInterrupt:  # Ctrl-C: keep the best epoch so far
-        interrupted = True
-        log(f"interrupted: keeping the best epoch so far ({best['epoch']})")
-    if best["state"] is None:
+        fit.interrupted = True
+        log(f"interrupted: keeping the best epoch so far ({fit.best['epoch']})")
+    return fit
+
+
+def _save_run(cfg: TrainConfig, out: Path, data: _Data, net: _Net, fit: _Fit,
+              report: dict[str, Any], timing: dict[str, Any], log: Callable[[str], None]) -> Path:
+    """The best epoch's weights, temperature and threshold (fitted on val), and the run's
+    files: checkpoint.pt, config, history, curves, summary."""
+    net.model.load_state_dict(fit.best["state"])
+    val_logits = eval_logits(net.model, data.feats["val"])
+    temperature = fit_temperature(val_logits, data.y["val"]) if cfg.recipe == "kulit" else 1.0
+    threshold = choose_threshold(val_logits / temperature, data.y["val"])
+    data_hash = str(report.get("data_hash", ""))
+    ckpt = {
+        "config": dataclasses.asdict(cfg), "classes": data.classes,
+        "head_state": net.head.state_dict(), "in_channels": net.in_channels,
+        "temperature": temperature, "threshold": threshold,
+        "backbone_state": net.fx.net.state_dict() if net.top is not None and net.fx else None,
+        "best_epoch": fit.best["epoch"], "data_hash": data_hash, "kulit_version": __version__,
+        "preprocessing": cfg.preprocessing().to_dict(), "interrupted": fit.interrupted,
+        # what T and the threshold were fitted on, for the train-versus-served parity check
+        "val_files": [s.file for s in data.samples if s.split == "val"],
+        "val_logits": val_logits,
+    }
+    torch.save(ckpt, out / "checkpoint.pt")
+    write_run(out, cfg, data.classes, fit.history, report, timing, fit.best["epoch"],
+              temperature, threshold, fit.interrupted)
+    log(format_history(fit.history))
+    log(f"run saved to {out} (best epoch {fit.best['epoch']}, temperature {temperature:.3f}, "
+        f"{timing['total_seconds']:.1f} s)")
+    return out
+
+
+def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
+    """Run one recipe end to end and write the run directory. Ctrl-C keeps the best so far.
+
+    The steps, in the order their random draws happen: data, the seeded head, the optimiser,
+    the photos kept, their sampling chances, the epochs, the run saved."""
+    out = ensure_writable_dir(Path(cfg.out), "--out")  # before minutes of work, not after
+    if cfg.cache:
+        ensure_writable_dir(Path(cfg.cache_dir), "--cache-dir")
+    torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    samples, classes, report = load_samples(cfg)
+    t_start = time.perf_counter()
+    data = _load_data(cfg, samples, classes, str(report.get("data_hash", "")), log)
+    net = _build_net(cfg, data)
+    opt, loss_fn = _optimiser(cfg, net, data.y["train"], len(classes))
+    keep, label_issues = _kept_photos(cfg, data, net, out, log)
+    draw_p = _sampling_probs(data.y["train"], data.src["train"], keep, cfg.source_balance)
+    out.mkdir(parents=True, exist_ok=True)
+    fit = _fit(cfg, net, opt, loss_fn, data, keep, draw_p, log)
+    if fit.best["state"] is None:
         raise DataError("training stopped before the first epoch finished; nothing to save")
     with _sigint_deferred(log):  # a second Ctrl-C must not cut the run dir in half
-        model.load_state_dict(best["state"])
-        train_seconds = time.perf_counter() - t_start
-
-        val_logits = eval_logits(model, feats["val"])
-        temperature = fit_temperature(val_logits, y["val"]) if cfg.recipe == "kulit" else 1.0
-        threshold = choose_threshold(val_logits / temperature, y["val"])
-        ckpt = {
-            "config": dataclasses.asdict(cfg), "classes": classes, "head_state": head.state_dict(),
-            "in_channels": in_channels, "temperature": temperature, "threshold": threshold,
-            "backbone_state": fx.net.state_dict() if top is not None and fx else None,
-            "best_epoch": best["epoch"], "data_hash": data_hash, "kulit_version": __version__,
-            "preprocessing": cfg.preprocessing().to_dict(), "interrupted": interrupted,
-            # what T and the threshold were fitted on, for the train-versus-served parity check
-            "val_files": [s.file for s in samples if s.split == "val"], "val_logits": val_logits,
-        }
-        torch.save(ckpt, out / "checkpoint.pt")
-        timing = {"feature_seconds": feat_seconds, "total_seconds": train_seconds,
-                  "epochs_run": len(history), "cached": cfg.cache,
+        timing = {"feature_seconds": data.feat_seconds,
+                  "total_seconds": time.perf_counter() - t_start,
+                  "epochs_run": len(fit.history), "cached": cfg.cache,
                   "label_issues_left_out": label_issues}
-        write_run(out, cfg, classes, history, report, timing, best["epoch"], temperature, threshold,
-                  interrupted)
-        log(format_history(history))
-        log(f"run saved to {out} (best epoch {best['epoch']}, temperature {temperature:.3f}, "
-            f"{train_seconds:.1f} s)")
-        return out
+        return _save_run(cfg, out, data, net, fit, report, timing, log)
 
 
 @contextlib.contextmanager
@@ -307,59 +391,3 @@ def _sigint_deferred(log: Callable[[str], None]) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def format_history(history: list[dict[str, float]]) -> str:
-    """The per-epoch table, like the paper's Table 2."""
-    lines = ["| epoch | loss | accuracy | val loss | val accuracy | val balanced acc |",
-             "|---:|---:|---:|---:|---:|---:|"]
-    for h in history:
-        lines.append(f"| {h['epoch']} | {h['loss']:.4f} | {h['accuracy']:.4f} | "
-                     f"{h['val_loss']:.4f} | {h['val_accuracy']:.4f} | "
-                     f"{h['val_balanced_accuracy']:.4f} |")
-    return "\n".join(lines)
-
-
-def write_run(out: Path, cfg: TrainConfig, classes: list[str], history: list[dict[str, float]],
-              report: dict[str, Any], timing: dict[str, Any], best_epoch: int,
-              temperature: float, threshold: float, interrupted: bool = False) -> None:
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-    with open(out / "history.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(history[0]))
-        w.writeheader()
-        w.writerows(history)
-    (out / "history.md").write_text(f"# Training history ({cfg.recipe} recipe, {cfg.backbone}, "
-                                    f"{cfg.input_size}px)\n\n{format_history(history)}\n")
-    summary = {"classes": classes, "best_epoch": best_epoch, "temperature": temperature,
-               "threshold": threshold, "timing": timing, "data_hash": report.get("data_hash"),
-               "final": history[best_epoch - 1], "interrupted": interrupted}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot_curves(history, out / "curves.png", f"{cfg.recipe} recipe: {cfg.backbone} "
-                f"{cfg.input_size}px")
-
-
-def plot_curves(history: list[dict[str, float]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [h["epoch"] for h in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(ep, [h["accuracy"] for h in history], label="train accuracy")
-    a.plot(ep, [h["val_accuracy"] for h in history], label="val accuracy")
-    a.plot(ep, [h["val_balanced_accuracy"] for h in history], label="val balanced accuracy",
-           linestyle="--")
-    a.set_xlabel("epoch")
-    a.set_ylim(0, 1)
-    a.legend()
-    a.set_title("accuracy")
-    b.plot(ep, [h["loss"] for h in history], label="train loss")
-    b.plot(ep, [h["val_loss"] for h in history], label="val loss")
-    b.set_xlabel("epoch")
-    b.legend()
-    b.set_title("loss")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
