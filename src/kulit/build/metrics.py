@@ -189,6 +189,78 @@ def selective_at(probs: np.ndarray, y_true: Sequence[str], classes: Sequence[str
     return cast("dict[str, Any]", clean_json(row))
 
 
+def _unknown_classes(labels: Sequence[str], pred: np.ndarray, known: np.ndarray,
+                     classes: Sequence[str]) -> list[dict[str, Any]]:
+    """Per label the model does not know: how many images, and what it called them."""
+    unknown: dict[str, Counter[str]] = {}
+    for t, pr, ok in zip(labels, pred, known, strict=True):
+        if not ok:
+            unknown.setdefault(t, Counter())[classes[int(pr)]] += 1
+    return [
+        {"class": name, "n": sum(cnt.values()),
+         "predicted": dict(sorted(cnt.items(), key=lambda kv: (-kv[1], kv[0])))}
+        for name, cnt in sorted(unknown.items())
+    ]
+
+
+def _headline(y: np.ndarray, pred: np.ndarray, p: np.ndarray, k: int) -> dict[str, Any]:
+    """Accuracy, balanced accuracy, macro F1, top-3 and NLL, and scikit-learn's per-class
+    precision, recall, F1 and support (None / NaN where there is no image)."""
+    import warnings
+
+    from sklearn.metrics import f1_score, precision_recall_fscore_support
+
+    n = len(y)
+    if not n:
+        return {"accuracy": None, "balanced_accuracy": None, "macro_f1": None,
+                "top3_accuracy": None, "nll": None, "precision": np.full(k, np.nan),
+                "recall": np.full(k, np.nan), "f1": np.full(k, np.nan),
+                "support": np.zeros(k, np.int64)}
+    with warnings.catch_warnings():
+        # a class predicted but absent from y_true is expected, not worth a warning
+        warnings.simplefilter("ignore")
+        prec, rec, f1, support = precision_recall_fscore_support(
+            y, pred, labels=list(range(k)), zero_division=np.nan
+        )
+        macro_f1 = f1_score(y, pred, labels=sorted(set(y.tolist())), average="macro",
+                            zero_division=0)
+    return {
+        "accuracy": float((pred == y).mean()),
+        "balanced_accuracy": balanced_accuracy(y, pred, k),
+        "macro_f1": macro_f1,
+        "top3_accuracy": top_k_accuracy(p, y, 3),
+        "nll": float(np.mean(-np.log(np.clip(p[np.arange(n), y], _EPS, None)))),
+        "precision": prec, "recall": rec, "f1": f1, "support": support,
+    }
+
+
+def _per_class(cm: np.ndarray, head: dict[str, Any], classes: Sequence[str]
+               ) -> list[dict[str, Any]]:
+    """The paper's Table 3 per class (correct, wrong, total, percent) with precision, recall,
+    F1 and support."""
+    rows = []
+    for i, name in enumerate(classes):
+        total = int(cm[i].sum())
+        hit = int(cm[i, i])
+        rows.append({
+            "class": name, "correct": hit, "wrong": total - hit, "total": total,
+            "percent": 100.0 * hit / total if total else None,
+            "precision": head["precision"][i], "recall": head["recall"][i],
+            "f1": head["f1"][i], "support": int(head["support"][i]),
+        })
+    return rows
+
+
+def _reliability(conf: np.ndarray, correct: np.ndarray) -> dict[str, Any]:
+    """The reliability diagram's bins: count, mean confidence and accuracy of each."""
+    counts, mean_conf, acc = _bin_stats(conf, correct, N_BINS)
+    return {"n_bins": N_BINS, "bins": [
+        {"lo": i / N_BINS, "hi": (i + 1) / N_BINS, "count": int(counts[i]),
+         "confidence": mean_conf[i], "accuracy": acc[i]}
+        for i in range(N_BINS)
+    ]}
+
+
 def compute_metrics(
     y_true: Sequence[str],
     probs: np.ndarray,
@@ -202,13 +274,7 @@ def compute_metrics(
     Images whose true label is not one of `classes` are left out and listed under
     `unknown_classes`. The result is JSON-clean (None where a number is undefined).
     """
-    import warnings
-
-    from sklearn.metrics import (
-        confusion_matrix,
-        f1_score,
-        precision_recall_fscore_support,
-    )
+    from sklearn.metrics import confusion_matrix
 
     classes = list(classes)
     k = len(classes)
@@ -225,16 +291,6 @@ def compute_metrics(
     index = {c: i for i, c in enumerate(classes)}
     known = np.array([t in index for t in labels], dtype=bool)
     pred_all = p_all.argmax(axis=1) if len(labels) else np.zeros(0, np.int64)
-    unknown: dict[str, Counter[str]] = {}
-    for t, pr, ok in zip(labels, pred_all, known, strict=True):
-        if not ok:
-            unknown.setdefault(t, Counter())[classes[int(pr)]] += 1
-    unknown_classes = [
-        {"class": name, "n": sum(cnt.values()),
-         "predicted": dict(sorted(cnt.items(), key=lambda kv: (-kv[1], kv[0])))}
-        for name, cnt in sorted(unknown.items())
-    ]
-
     p = p_all[known]
     y = np.array([index[t] for t, ok in zip(labels, known, strict=True) if ok], dtype=np.int64)
     n = len(y)
@@ -242,59 +298,22 @@ def compute_metrics(
     conf = p.max(axis=1) if n else np.zeros(0)
     correct = (pred == y).astype(np.float64)
     cm = confusion_matrix(y, pred, labels=list(range(k))) if n else np.zeros((k, k), np.int64)
-
-    if n:
-        present = sorted(set(y.tolist()))
-        with warnings.catch_warnings():
-            # a class predicted but absent from y_true is expected, not worth a warning
-            warnings.simplefilter("ignore")
-            prec, rec, f1, support = precision_recall_fscore_support(
-                y, pred, labels=list(range(k)), zero_division=np.nan
-            )
-            macro_f1 = f1_score(y, pred, labels=present, average="macro", zero_division=0)
-        balanced = balanced_accuracy(y, pred, k)
-        top3 = top_k_accuracy(p, y, 3)
-        nll = float(np.mean(-np.log(np.clip(p[np.arange(n), y], _EPS, None))))
-        accuracy = float(correct.mean())
-    else:
-        prec = rec = f1 = np.full(k, np.nan)
-        support = np.zeros(k, np.int64)
-        balanced = macro_f1 = top3 = nll = accuracy = None  # type: ignore[assignment]
-
-    per_class = []
-    for i, name in enumerate(classes):
-        total = int(cm[i].sum())
-        hit = int(cm[i, i])
-        per_class.append({
-            "class": name, "correct": hit, "wrong": total - hit, "total": total,
-            "percent": 100.0 * hit / total if total else None,
-            "precision": prec[i], "recall": rec[i], "f1": f1[i], "support": int(support[i]),
-        })
-
-    counts, mean_conf, acc = _bin_stats(conf, correct, N_BINS)
-    bins = [
-        {"lo": i / N_BINS, "hi": (i + 1) / N_BINS, "count": int(counts[i]),
-         "confidence": mean_conf[i], "accuracy": acc[i]}
-        for i in range(N_BINS)
-    ]
+    head = _headline(y, pred, p, k)
     metrics = {
         "n": n,
-        "accuracy": accuracy,
-        "balanced_accuracy": balanced,
-        "macro_f1": macro_f1,
-        "top3_accuracy": top3,
+        **{key: head[key] for key in ("accuracy", "balanced_accuracy", "macro_f1",
+                                      "top3_accuracy")},
         "ece": expected_calibration_error(conf, correct, N_BINS),
-        "nll": nll,
+        "nll": head["nll"],
         "ci95": bootstrap_ci(y, correct, k, n_boot, seed),
-        "per_class": per_class,
+        "per_class": _per_class(cm, head, classes),
         "confusion_matrix": cm,
         "classes": classes,
         "risk_coverage": _risk_coverage(conf, correct),
-        "reliability": {"n_bins": N_BINS, "bins": bins},
-        "unknown_classes": unknown_classes,
+        "reliability": _reliability(conf, correct),
+        "unknown_classes": _unknown_classes(labels, pred_all, known, classes),
     }
     return cast("dict[str, Any]", clean_json(metrics))
-
 
 
 def prediction_share(y_true: Sequence[str], probs: np.ndarray, classes: Sequence[str]
