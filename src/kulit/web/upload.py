@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -16,6 +17,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kulit.web.errors import error_response
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 # Room for the multipart boundaries, part headers and small extra fields around the photo.
 OVERHEAD = 64 * 1024
@@ -47,12 +51,72 @@ class _Part:
 FIELD_MAX = 1024
 
 
-async def read_file_field(request: Request, name: str, limit: int,
-                          fields: dict[str, str] | None = None) -> bytes:
-    """The bytes of multipart field `name`; UploadRejected if absent, empty, too big or garbled.
+@dataclass
+class _FieldReader:
+    """python-multipart's callbacks: keep field `name`'s bytes (at most limit + 1, enough to
+    tell it is too big) and, when asked, the other fields' text."""
 
-    With `fields`, the other parts' text (first FIELD_MAX bytes, first of a name) lands there.
-    """
+    name: str
+    limit: int
+    fields: dict[str, str] | None
+    found: list[bytes] = field(default_factory=list)
+    open_part: bool = False  # a target part started and has not ended: a truncated body
+    over: bool = False  # the photo, or the whole body, passed its limit
+    part: _Part = field(default_factory=_Part)
+
+    def callbacks(self) -> MultipartCallbacks:
+        return {"on_part_begin": self.on_part_begin, "on_header_field": self.on_header_field,
+                "on_header_value": self.on_header_value, "on_header_end": self.on_header_end,
+                "on_headers_finished": self.on_headers_finished,
+                "on_part_data": self.on_part_data, "on_part_end": self.on_part_end}
+
+    def on_part_begin(self) -> None:
+        self.part = _Part()
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.part.header_name += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.part.header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        if self.part.header_name.lower() == b"content-disposition":
+            self.part.disposition = self.part.header_value
+        self.part.header_name = self.part.header_value = b""
+
+    def on_headers_finished(self) -> None:
+        _, opts = parse_options_header(self.part.disposition)
+        self.part.name = opts.get(b"name", b"").decode("utf-8", "replace")
+        # A form may hold two inputs named `name` (file picker, camera): the first non-empty wins.
+        self.part.is_target = self.part.name == self.name and not self.found
+        self.open_part = self.part.is_target
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        part = self.part
+        if not part.is_target:
+            if self.fields is not None and len(part.data) < FIELD_MAX:
+                part.data += data[start:min(end, start + FIELD_MAX - len(part.data))]
+            return  # other fields are not kept unless asked; the body cap bounds their size
+        if self.over:
+            return
+        room = self.limit + 1 - len(part.data)
+        part.data += data[start:min(end, start + room)]
+        if len(part.data) > self.limit:
+            self.over = True
+            part.data = bytearray()
+
+    def on_part_end(self) -> None:
+        part = self.part
+        if part.is_target and not self.over and part.data:
+            self.found.append(bytes(part.data))
+        elif not part.is_target and self.fields is not None and part.name not in self.fields:
+            self.fields[part.name] = bytes(part.data).decode("utf-8", "replace")
+        part.data = bytearray()
+        self.open_part = False
+
+
+def _boundary(request: Request, name: str) -> bytes:
+    """The multipart boundary of the request; UploadRejected if it is not multipart."""
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data":
         raise UploadRejected(
@@ -61,104 +125,60 @@ async def read_file_field(request: Request, name: str, limit: int,
     boundary = params.get(b"boundary")
     if not boundary:
         raise UploadRejected("bad_request", "multipart body without a boundary")
-    max_body = limit + OVERHEAD
-    too_big_msg = f"upload too large (limit {limit / 1024 / 1024:g} MB)"
+    return boundary
 
-    found: list[bytes] = []
-    open_part = False  # a target part started and has not ended: a truncated body
-    over = False
-    part = _Part()
 
-    def on_part_begin() -> None:
-        nonlocal part
-        part = _Part()
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        part.header_name += data[start:end]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        part.header_value += data[start:end]
-
-    def on_header_end() -> None:
-        if part.header_name.lower() == b"content-disposition":
-            part.disposition = part.header_value
-        part.header_name = part.header_value = b""
-
-    def on_headers_finished() -> None:
-        nonlocal open_part
-        _, opts = parse_options_header(part.disposition)
-        part.name = opts.get(b"name", b"").decode("utf-8", "replace")
-        # A form may hold two inputs named `name` (file picker, camera): the first non-empty wins.
-        part.is_target = part.name == name and not found
-        open_part = part.is_target
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        nonlocal over
-        if not part.is_target:
-            if fields is not None and len(part.data) < FIELD_MAX:
-                part.data += data[start:min(end, start + FIELD_MAX - len(part.data))]
-            return  # other fields are not kept unless asked; the body cap bounds their size
-        if over:
-            return
-        room = limit + 1 - len(part.data)  # keep at most limit + 1 bytes, enough to tell
-        part.data += data[start:min(end, start + room)]
-        if len(part.data) > limit:
-            over = True
-            part.data = bytearray()
-
-    def on_part_end() -> None:
-        nonlocal open_part
-        if part.is_target and not over and part.data:
-            found.append(bytes(part.data))
-        elif not part.is_target and fields is not None and part.name not in fields:
-            fields[part.name] = bytes(part.data).decode("utf-8", "replace")
-        part.data = bytearray()
-        open_part = False
-
+async def _feed(request: Request, boundary: bytes, reader: _FieldReader, max_body: int) -> bool:
+    """Stream the body through the parser, at most `max_body` bytes (then drain up to
+    DRAIN_MAX more, so a browser gets the error page); False if the multipart is broken."""
     try:  # python-multipart refuses boundaries over 256 bytes (RFC 2046 allows 70)
-        parser: MultipartParser | None = MultipartParser(boundary, {
-            "on_part_begin": on_part_begin, "on_header_field": on_header_field,
-            "on_header_value": on_header_value, "on_header_end": on_header_end,
-            "on_headers_finished": on_headers_finished, "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-        })
+        parser = MultipartParser(boundary, reader.callbacks())
     except (FormParserError, ValueError):
-        parser = None
-
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_body + DRAIN_MAX:
-        raise UploadRejected("too_large", too_big_msg)  # hopeless: do not read it at all
+        return False
     total = 0
-    broken = False
     try:
-        if parser is None:
-            raise FormParserError(f"unusable multipart boundary ({len(boundary)} bytes)")
         async for chunk in request.stream():
             total += len(chunk)
             if total > max_body:
-                over = True
-            if over:
+                reader.over = True
+            if reader.over:
                 if total > max_body + DRAIN_MAX:
                     break
                 continue
             try:
                 parser.write(chunk)
             except FormParserError:
-                broken = True
-                break
-        if not (over or broken):
+                return False
+        if not reader.over:
             parser.finalize()
     except FormParserError:
-        broken = True
+        return False
     except ClientDisconnect:
         raise UploadRejected("bad_request", "the upload was interrupted") from None
-    if over:
+    return True
+
+
+async def read_file_field(request: Request, name: str, limit: int,
+                          fields: dict[str, str] | None = None) -> bytes:
+    """The bytes of multipart field `name`; UploadRejected if absent, empty, too big or garbled.
+
+    With `fields`, the other parts' text (first FIELD_MAX bytes, first of a name) lands there.
+    """
+    boundary = _boundary(request, name)
+    max_body = limit + OVERHEAD
+    too_big_msg = f"upload too large (limit {limit / 1024 / 1024:g} MB)"
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_body + DRAIN_MAX:
+        raise UploadRejected("too_large", too_big_msg)  # hopeless: do not read it at all
+    reader = _FieldReader(name, limit, fields)
+    ok = await _feed(request, boundary, reader, max_body)
+    if reader.over:
         raise UploadRejected("too_large", too_big_msg)
-    if broken or open_part:
+    if not ok or reader.open_part:
         raise UploadRejected("bad_request", "malformed multipart body")
-    if not found:
+    if not reader.found:
         raise UploadRejected("missing_field", f"no photo in the file field '{name}'")
-    return found[0]
+    return reader.found[0]
 
 
 class UploadTimeout(Exception):
