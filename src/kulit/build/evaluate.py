@@ -88,6 +88,70 @@ def _write_predictions(path: Path, rows: list[tuple[str, str, str, float, bool]]
     path.write_text(buf.getvalue(), encoding="utf-8")
 
 
+@dataclasses.dataclass
+class _Predicted:
+    """The readable photos, in order, with their probabilities and predictions.csv's rows."""
+
+    rows: list[SplitRow] = dataclasses.field(default_factory=list)
+    probs: list[np.ndarray] = dataclasses.field(default_factory=list)
+    lines: list[tuple[str, str, str, float, bool]] = dataclasses.field(default_factory=list)
+
+    @property
+    def labels(self) -> list[str]:
+        return [r.label for r in self.rows]
+
+    @property
+    def sources(self) -> list[str]:
+        return [r.source for r in self.rows]
+
+
+def _predict(predictor: Any, entries: list[SplitRow], skipped: list[dict[str, str]],
+             progress: Callable[[int, int], None] | None,
+             predict_all: Callable[[list[Path]], Iterable[Any]] | None) -> _Predicted:
+    """Every selected photo through the served model (here, or by `predict_all`); a photo
+    that cannot be read is added to `skipped`."""
+    from kulit.serving.predict import Prediction
+
+    chunk = 256  # keep only probabilities: Predictions hold image crops
+
+    def predict_here(files: list[Path]) -> Iterator[Prediction | ImageError]:
+        for start in range(0, len(files), chunk):
+            yield from predictor.predict_many(files[start: start + chunk], top_k=3,
+                                              batch_size=32)
+
+    out = _Predicted()
+    results = (predict_all or predict_here)([e.path for e in entries])
+    for i, (entry, res) in enumerate(zip(entries, results, strict=True), 1):
+        if progress and (i % chunk == 0 or i == len(entries)):
+            progress(i, len(entries))
+        if isinstance(res, ImageError):
+            skipped.append({"file": entry.file, "reason": res.message.split(": ", 1)[-1]})
+            continue
+        assert isinstance(res, Prediction)
+        out.rows.append(entry)
+        out.probs.append(res.probs)
+        out.lines.append((entry.file, entry.label, res.label, res.confidence,
+                          answer_for(res, predictor.card).uncertain))
+    return out
+
+
+def _metrics(model_dir: Path, card: Any, predicted: _Predicted, n_boot: int) -> dict[str, Any]:
+    """Overall, per source and per skin-type band, with the confident answers at the card's
+    threshold overall and per source."""
+    p, y_true, sources = np.stack(predicted.probs), predicted.labels, predicted.sources
+    metrics = compute_metrics(y_true, p, card.classes, n_boot=n_boot, seed=card.seed)
+    metrics["at_threshold"] = selective_at(p, y_true, card.classes, card.threshold)
+    metrics.update(metrics_by_group(y_true, p, card.classes, sources, n_boot=n_boot,
+                                    seed=card.seed))
+    for name, per in metrics.get("per_source", {}).items():
+        rows = [i for i, s in enumerate(sources) if s == name]
+        per["at_threshold"] = selective_at(p[rows], [y_true[i] for i in rows], card.classes,
+                                           card.threshold)
+    metrics["per_band"] = band_figures(model_dir, card, [r.path for r in predicted.rows],
+                                       y_true, sources, p, n_boot=n_boot)
+    return metrics
+
+
 def evaluate_model(
     model_dir: Path,
     data: Path,
@@ -105,53 +169,16 @@ def evaluate_model(
     "test"/"val"/"train" read that split's rows of `split_csv`. `predict_all` (photos ->
     Prediction or ImageError each, in order) runs them elsewhere, e.g. on Ray (kulit.scale).
     """
-    from kulit.serving.predict import Prediction, Predictor
+    from kulit.serving.predict import Predictor
 
     model_dir, data, out = Path(model_dir), Path(data), Path(out)
     predictor = Predictor(model_dir)
     card = predictor.card
     entries, skipped = _select(data, split, split_csv)
-
-    y_true: list[str] = []
-    sources: list[str] = []
-    paths: list[Path] = []
-    probs: list[np.ndarray] = []
-    pred_rows: list[tuple[str, str, str, float, bool]] = []
-    chunk = 256  # keep only probabilities: Predictions hold image crops
-
-    def predict_here(files: list[Path]) -> Iterator[Prediction | ImageError]:
-        for start in range(0, len(files), chunk):
-            yield from predictor.predict_many(files[start: start + chunk], top_k=3,
-                                              batch_size=32)
-
-    results = (predict_all or predict_here)([e.path for e in entries])
-    for i, (entry, res) in enumerate(zip(entries, results, strict=True), 1):
-        if progress and (i % chunk == 0 or i == len(entries)):
-            progress(i, len(entries))
-        if isinstance(res, ImageError):
-            skipped.append({"file": entry.file, "reason": res.message.split(": ", 1)[-1]})
-            continue
-        assert isinstance(res, Prediction)
-        y_true.append(entry.label)
-        sources.append(entry.source)
-        paths.append(entry.path)
-        probs.append(res.probs)
-        pred_rows.append((entry.file, entry.label, res.label, res.confidence,
-                          answer_for(res, card).uncertain))
-    if not probs:
+    predicted = _predict(predictor, entries, skipped, progress, predict_all)
+    if not predicted.rows:
         raise DataError(f"no readable image to evaluate in {data} ({len(skipped)} skipped)")
-
-    p = np.stack(probs)
-    metrics = compute_metrics(y_true, p, card.classes, n_boot=n_boot, seed=card.seed)
-    metrics["at_threshold"] = selective_at(p, y_true, card.classes, card.threshold)
-    metrics.update(metrics_by_group(y_true, p, card.classes, sources, n_boot=n_boot,
-                                    seed=card.seed))
-    for name, per in metrics.get("per_source", {}).items():
-        rows = [i for i, s in enumerate(sources) if s == name]
-        per["at_threshold"] = selective_at(p[rows], [y_true[i] for i in rows], card.classes,
-                                           card.threshold)
-    metrics["per_band"] = band_figures(model_dir, card, paths, y_true, sources, p,
-                                       n_boot=n_boot)
+    metrics = _metrics(model_dir, card, predicted, n_boot)
     metrics["skipped"] = sorted(skipped, key=lambda s: s["file"])
     metrics["run"] = {
         "model": card.name, "model_dir": str(model_dir), "data": str(data), "split": split,
@@ -162,7 +189,7 @@ def evaluate_model(
     title = f"{card.name} on {data.name or data} ({split} split)"
     write_report(metrics, out, title=title, card=card.to_dict())
     try:
-        _write_predictions(out / PREDICTIONS_CSV, pred_rows)
+        _write_predictions(out / PREDICTIONS_CSV, predicted.lines)
     except OSError as e:
         raise DataError(f"cannot write {out / PREDICTIONS_CSV}: {e.strerror or e}") from None
     if Path(out).resolve() == Path(model_dir).resolve():
