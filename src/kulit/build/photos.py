@@ -43,7 +43,9 @@ def dev_split_rows(data_root: Path, folders: Sequence[str] = SKIN_FOLDERS) -> li
     rows = []
     for folder in folders:
         for r in _manifest(data_root / folder):
-            rows.append(photo_row(data_root, f"{folder}/{r['file']}", r["class"],
+            # skin8's manifests say "class", atlas/'s "label"; the class folder says it too
+            label = r.get("class") or r.get("label") or r["file"].split("/")[0]
+            rows.append(photo_row(data_root, f"{folder}/{r['file']}", label,
                                   _md5_split(r["file"]), folder))
     return rows
 
