@@ -289,3 +289,19 @@ def test_run_gate_fits_the_served_files_temperature(tmp_path: Path, monkeypatch,
     assert after.gate["tuned_on"]["temperature"]["precision"] == precision
     assert after.temperature == (fp32_t if int8 else served_t)
     assert (model / "gate.npz").is_file()
+
+
+def test_dev_split_reads_either_manifest_column(tmp_path: Path) -> None:
+    """skin8's manifests name the class in `class`, atlas/'s in `label`: the dev split (kulit
+    gate without --split-csv) reads both, and every row keeps its file, class and source."""
+    from kulit.build.photos import dev_split_rows
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "manifest.csv").write_text("file,class\nMelanoma/x.jpg,Melanoma\n")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "manifest.csv").write_text(
+        "file,label,fitzpatrick\nVitiligo/y.jpg,Vitiligo,5\n")
+    rows = dev_split_rows(tmp_path, ("a", "b"))
+    assert [(r.file, r.label, r.source) for r in rows] == [
+        ("a/Melanoma/x.jpg", "Melanoma", "a"), ("b/Vitiligo/y.jpg", "Vitiligo", "b")]
+    assert all(r.split in ("train", "val", "test") for r in rows)
