@@ -82,7 +82,7 @@ def expected_calibration_error(
 
 
 
-def _balanced_accuracy_rows(
+def balanced_accuracy_rows(
     y: np.ndarray, correct: np.ndarray, idx: np.ndarray, k: int
 ) -> np.ndarray:
     """Balanced accuracy (mean recall over the classes present) of each row of indices `idx`."""
@@ -105,7 +105,7 @@ def balanced_accuracy(y: np.ndarray | Sequence[int], pred: np.ndarray | Sequence
         return 0.0
     k = int(max(y.max(), pred.max()) + 1) if k is None else k
     correct = (pred == y).astype(np.float64)
-    return float(_balanced_accuracy_rows(y, correct, np.arange(len(y))[None], k)[0])
+    return float(balanced_accuracy_rows(y, correct, np.arange(len(y))[None], k)[0])
 
 
 def source_balanced_accuracy(y: np.ndarray, pred: np.ndarray, source: np.ndarray, k: int
@@ -154,7 +154,7 @@ def bootstrap_ci(
     """Percentile 95% intervals of accuracy and balanced accuracy, resampling images."""
     def stat(idx: np.ndarray) -> dict[str, np.ndarray]:
         return {"accuracy": correct[idx].mean(axis=1),
-                "balanced_accuracy": _balanced_accuracy_rows(y, correct, idx, k)}
+                "balanced_accuracy": balanced_accuracy_rows(y, correct, idx, k)}
 
     return {"accuracy": None, "balanced_accuracy": None,
             **bootstrap(stat, len(y), n_boot=n_boot, seed=seed)}
