@@ -139,13 +139,18 @@ def busy_neighbours() -> list[str]:
     return found
 
 
+# every load-test client comes from 127.0.0.1, so the per-address cap on uploads in flight
+# (KULIT_MAX_UPLOADS_PER_CLIENT, 4) would answer 429 to the rest: lifted past the highest level
+LOAD_TEST_ENV = {"KULIT_MAX_UPLOADS_PER_CLIENT": "64"}
+
+
 def start_server(model: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     kulit = Path(sys.executable).with_name("kulit")
     with log.open("wb") as f:  # the child keeps its own handle; uvicorn's access log goes here
         return subprocess.Popen(
             [str(kulit), "serve", "--model", str(model), "--host", "127.0.0.1",
              "--port", str(port)],
-            stdout=f, stderr=subprocess.STDOUT, cwd=REPO,
+            stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **LOAD_TEST_ENV},
         )
 
 
