@@ -56,6 +56,7 @@ from serve import (  # noqa: E402
     free_port,
     multipart,
     proc_status_kb,
+    pss_kb,
     run_clients,
     sample_photos,
     start_server,
@@ -213,17 +214,6 @@ def audit_classes() -> list[tuple[str, bytes, int]]:
     ]
 
 
-def pss_kb(pid: int) -> int:
-    """Proportional set size: pages shared by n processes count 1/n in each."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
 def tree_mb(pid: int) -> dict[str, Any]:
     """RSS and PSS of the server and every process below it, now."""
     pids = descendants(pid)
@@ -244,7 +234,7 @@ def run_classes(base: str, pid: int, classes: list[tuple[str, bytes, int]]
     with httpx.Client(base_url=base, timeout=60.0) as client:
         for name, data, times in classes:
             before = settle(pid, 1.0)
-            mem = MemorySampler(pid, every=0.05)
+            mem = MemorySampler(pid, every=0.05, pss=True)
             mem.sample()
             mem.start()
             seconds, statuses, codes = [], Counter(), Counter()
@@ -263,6 +253,7 @@ def run_classes(base: str, pid: int, classes: list[tuple[str, bytes, int]]
                          "seconds_max": round(max(seconds), 3),
                          "seconds_median": round(float(np.median(seconds)), 3),
                          "peak_rss_mb": round(mem.peak_rss_kb / 1024, 1),
+                         "peak_pss_mb": round(mem.peak_pss_kb / 1024, 1),
                          "rss_before_mb": before["rss_mb"], "rss_after_mb": after["rss_mb"],
                          "kept_rss_mb": round(after["rss_mb"] - before["rss_mb"], 1),
                          "kept_pss_mb": round(after["pss_mb"] - before["pss_mb"], 1)})
@@ -281,7 +272,7 @@ def mixed_load(base: str, pid: int, normal: list[bytes], hostile: list[tuple[str
     normal_s: list[float] = []
     hostile_s: list[float] = []
     statuses: Counter[str] = Counter()
-    mem = MemorySampler(pid, every=0.1)
+    mem = MemorySampler(pid, every=0.1, pss=True)
     mem.sample()
     mem.start()
 
@@ -325,6 +316,7 @@ def mixed_load(base: str, pid: int, normal: list[bytes], hostile: list[tuple[str
         "statuses": dict(sorted(statuses.items())), "status_5xx_or_failed": bad,
         "status_503_busy": busy,
         "peak_rss_mb": round(mem.peak_rss_kb / 1024, 1),
+        "peak_pss_mb": round(mem.peak_pss_kb / 1024, 1),
     }
 
 
@@ -387,7 +379,7 @@ def main() -> None:
             warm = settle(proc.pid)
             print("per class:", file=sys.stderr)
             per_class = run_classes(base, proc.pid, classes)
-            mem = MemorySampler(proc.pid, every=0.05)
+            mem = MemorySampler(proc.pid, every=0.05, pss=True)
             mem.sample()
             mem.start()
             t1 = time.perf_counter()
@@ -422,6 +414,8 @@ def main() -> None:
     n5xx += mixed["status_5xx_or_failed"]
     peak_mb = max([mem.peak_rss_kb / 1024, mixed["peak_rss_mb"]]
                   + [row["peak_rss_mb"] for row in per_class])
+    peak_pss = max([mem.peak_pss_kb / 1024, mixed["peak_pss_mb"]]
+                   + [row["peak_pss_mb"] for row in per_class])
     latency_max = max([worst["seconds"]] + [row["seconds_max"] for row in per_class])
     hostile_requests = len(results) + sum(row["n"] for row in per_class)
     kept = after_hostile["rss_mb"] - warm["rss_mb"]
@@ -437,7 +431,9 @@ def main() -> None:
         "kept_rss_mb_after_hostile": round(kept, 1),
         "kept_pss_mb_after_hostile": round(after_hostile["pss_mb"] - warm["pss_mb"], 1),
         "server_peak_rss_mb": round(peak_mb, 1),
+        "server_peak_pss_mb": round(peak_pss, 1),
         "corpus_peak_rss_mb": round(mem.peak_rss_kb / 1024, 1),
+        "corpus_peak_pss_mb": round(mem.peak_pss_kb / 1024, 1),
         "status_5xx_or_failed": n5xx,
         "latency_s_max": round(latency_max, 3),
         "corpus_latency_s_p99": round(float(np.percentile([r["seconds"] for r in results],
@@ -454,6 +450,8 @@ def main() -> None:
         "sandbox_overhead": overhead,
         "targets": TARGETS,
         "met": {"server_rss_mb_max": peak_mb <= TARGETS["server_rss_mb_max"],
+                # the same limit on PSS: what the processes hold, shared pages counted once
+                "server_pss_mb_max": peak_pss <= TARGETS["server_rss_mb_max"],
                 "status_5xx": n5xx == 0,
                 "latency_s_max": latency_max <= TARGETS["latency_s_max"],
                 "kept_mb_max": kept <= TARGETS["kept_mb_max"],

@@ -98,15 +98,29 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class MemorySampler(threading.Thread):
-    """Sample the server tree's summed VmRSS every `every` s; VmHWM covers spikes in between."""
+def pss_kb(pid: int) -> int:
+    """Proportional set size: pages shared by n processes count 1/n in each."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
-    def __init__(self, pid: int, every: float = 0.25) -> None:
+
+class MemorySampler(threading.Thread):
+    """Sample the server tree's summed VmRSS every `every` s; VmHWM covers spikes in between.
+    With `pss`, also the summed PSS: what the tree really holds, since RSS counts the pages the
+    decode workers share with their zygote once in each of them."""
+
+    def __init__(self, pid: int, every: float = 0.25, pss: bool = False) -> None:
         super().__init__(daemon=True)
-        self.pid, self.every = pid, every
+        self.pid, self.every, self.pss = pid, every, pss
         self.stop = threading.Event()
         self.peak_rss_kb = 0
         self.peak_hwm_kb = 0
+        self.peak_pss_kb = 0
         self.pids = [pid]
 
     def sample(self) -> None:
@@ -115,6 +129,8 @@ class MemorySampler(threading.Thread):
                                sum(proc_status_kb(p, "VmRSS") for p in self.pids))
         self.peak_hwm_kb = max(self.peak_hwm_kb,
                                sum(proc_status_kb(p, "VmHWM") for p in self.pids))
+        if self.pss:
+            self.peak_pss_kb = max(self.peak_pss_kb, sum(pss_kb(p) for p in self.pids))
 
     def run(self) -> None:
         while not self.stop.wait(self.every):
@@ -122,6 +138,7 @@ class MemorySampler(threading.Thread):
 
     def reset(self) -> None:
         self.peak_rss_kb = 0  # VmHWM is the kernel's lifetime peak and cannot be reset
+        self.peak_pss_kb = 0
 
 
 def busy_neighbours() -> list[str]:
