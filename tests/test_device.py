@@ -373,7 +373,7 @@ def test_browser_parity_with_server_as_shipped(device_server: str, browser: Any,
         assert max(diffs) < 1e-3 and all(same)
         return
     off = server_kernels_off_graph(device_model_dir)
-    if off > 0.02:  # an int8 file quantised with full-range weights (issue 22, docs/device.md)
+    if off > 0.02:  # an int8 file quantised with full-range weights (docs/device.md)
         pytest.xfail(f"the served int8 file's x86 kernels saturate (median |dP| {off:.3f} from "
                      f"its own graph; same answer {np.mean(same):.0%}): re-quantise it")
     assert np.mean(same) >= 0.95 and np.median(diffs) < 0.01 and max(diffs) < 0.1
@@ -427,7 +427,7 @@ RULE_CASES = [  # (probs over the 8 classes, gate scores or None, quality issue 
 ]
 
 
-# shortlist cut-offs (issue 20): none (uncalibrated), a realistic set, and strict ones that
+# shortlist cut-offs: none (uncalibrated), a realistic set, and strict ones that
 # leave lists of one below the threshold (the list then takes the next class)
 SHORTLISTS = [None, {"level": 0.9, "cutoffs": [0.06, 0.02, 0.02, 0.1, 0.016, 0.011, 0.05, 0.02]},
               {"level": 0.8, "cutoffs": [0.3] * 8}]

@@ -1,4 +1,4 @@
-"""One product on both engines (issue 22): the server check and the on-device check, walked in
+"""One product on both engines: the server check and the on-device check, walked in
 Chromium at 360 px in Indonesian on the shipped model.
 
 - the same photos (in-scope, melanoma, blurred, dark, tiny, not skin, other conditions) get the

@@ -26,7 +26,7 @@ export function qualityIssue(lim, width, height, q) {
   return null;
 }
 
-// The answer rule (kulit/serving/answer.py `decide`, issue 20: shortlist and urgency), same
+// The answer rule (kulit/serving/answer.py `decide`: shortlist and urgency), same
 // order, same statuses, advice keys and urgency; rule.shortlist holds the card's cut-offs.
 export function decide(rule, probs, gate, qualityIssue) {
   const classes = rule.classes;
