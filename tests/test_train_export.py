@@ -108,6 +108,38 @@ def test_training_is_reproducible(tiny_dataset, tiny_split, tmp_path):
     assert (a / "history.csv").read_text() == (b / "history.csv").read_text()
 
 
+def test_cosine_schedule_decays_every_rate_to_zero(tiny_dataset, tiny_split, tmp_path):
+    """--schedule cosine: the head's and the fine-tuned top's rates fall to 0 by the last
+    epoch; constant keeps them; a cosine run trains to a different result; a bad name is one
+    clear error."""
+    import torch
+
+    from kulit.errors import DataError
+    from kulit.training.train import scheduler
+
+    cfg = make_config("d", "s.csv", epochs=4, schedule="cosine")
+    opt = torch.optim.AdamW([{"params": [torch.zeros(1, requires_grad=True)], "lr": 1e-3},
+                             {"params": [torch.zeros(1, requires_grad=True)], "lr": 3e-4}])
+    sched = scheduler(cfg, opt)
+    rates = []
+    for _ in range(cfg.epochs):
+        opt.step()
+        sched.step()
+        rates.append([g["lr"] for g in opt.param_groups])
+    assert rates[0][0] < 1e-3 and rates[1][0] < rates[0][0]
+    assert max(rates[-1]) < 1e-12
+    assert scheduler(make_config("d", "s.csv"), opt) is None
+    kw = dict(backbone="tiny", pretrained=False, input_size=32, epochs=4, views=2,
+              cache_dir=str(tmp_path / "cache"), patience=0, finetune_blocks=0)
+    a = train(make_config(str(tiny_dataset), str(tiny_split), out=str(tmp_path / "a"), **kw),
+              log=lambda s: None)
+    b = train(make_config(str(tiny_dataset), str(tiny_split), out=str(tmp_path / "b"),
+                          schedule="cosine", **kw), log=lambda s: None)
+    assert (a / "history.csv").read_text() != (b / "history.csv").read_text()
+    with pytest.raises((DataError, ValueError), match="schedule"):
+        make_config("d", "s.csv", schedule="warm")
+
+
 def test_paper_recipe_defaults():
     cfg = make_config("d", "s.csv", "paper")
     assert (cfg.input_size, cfg.epochs, cfg.batch_size, cfg.lr, cfg.head) == (

@@ -22,6 +22,7 @@ from kulit.serving.preprocess import Preprocessing
 # Where the DermNet logo sits in a centre crop of a 640x480 photo (see README, source confound).
 LOGO_BOX = (0.0, 0.64, 0.42, 0.95)
 HEADS = ("linear", "paper")
+SCHEDULES = ("constant", "cosine")  # learning rate over the epochs (benchmarks/levers.py)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class TrainConfig:
     epochs: int = 100  # upper bound; early stopping may end sooner
     batch_size: int = 64  # images per optimiser step
     lr: float = 1e-3  # Adam(W) learning rate
+    schedule: str = "constant"  # "constant" or "cosine" (decays to 0 by the last of --epochs)
     weight_decay: float = 1e-4  # AdamW decoupled weight decay
     label_smoothing: float = 0.1  # cross-entropy label smoothing
     balance: bool = False  # weight the loss by inverse class frequency
@@ -78,6 +80,8 @@ class TrainConfig:
             (0 <= self.clean_max_frac < 1, "clean_max_frac must be at least 0 and below 1"),
             (self.finetune_blocks >= 0, "finetune_blocks must be 0 (frozen) or more"),
             (self.head in HEADS, f"head must be one of {', '.join(HEADS)}, not {self.head!r}"),
+            (self.schedule in SCHEDULES,
+             f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -1,12 +1,10 @@
 """TrainConfig -> run directory (checkpoint here; config, history, curves: run_files).
 
-The ImageNet backbone's output up to the trained part (the head, plus the last
-`finetune_blocks` blocks in the kulit recipe) is computed once per image and view and cached
-on disk (kulit.training.features), so each epoch trains only on the cache.
-- `paper`: the published recipe (64x64, BN -> GAP -> Dense 128 ReLU -> Dropout -> Dense, Adam 1e-4,
-  32 epochs, batch 64), on the efficientnet-lite0 base by default (densenet201 with --weights).
-- `kulit`: higher resolution, augmented views, class balancing, label smoothing, early stopping
-  on validation balanced accuracy, flip test-time augmentation, temperature scaling on val.
+The backbone's output up to the trained part (the head, plus the last `finetune_blocks` blocks)
+is computed once per image and view and cached (kulit.training.features); epochs use the cache.
+- `paper`: the published recipe (64 px, BN-GAP-Dense 128-Dropout-Dense, Adam 1e-4, 32 epochs, 64).
+- `kulit`: higher resolution, augmented views, source-balanced draws, label smoothing, early
+  stopping on validation balanced accuracy, flip test-time augmentation, temperature on val.
 """
 
 from __future__ import annotations
@@ -232,6 +230,12 @@ def _optimiser(cfg: TrainConfig, net: _Net, y_train: np.ndarray, k: int
     return opt, nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
 
 
+def scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> Any:
+    """Stepped per epoch: "cosine" takes every rate to 0 by epoch cfg.epochs; else None."""
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR
+    return cosine(opt, T_max=cfg.epochs) if cfg.schedule == "cosine" else None
+
+
 def _kept_photos(cfg: TrainConfig, data: _Data, net: _Net, out: Path,
                  log: Callable[[str], None]) -> tuple[np.ndarray, dict[str, dict[str, int]]]:
     """Which training photos train: all, or those cleanlab does not flag (cache on)."""
@@ -290,6 +294,7 @@ def _fit(cfg: TrainConfig, net: _Net, opt: torch.optim.Optimizer, loss_fn: nn.Mo
     gen = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
     fit = _Fit([], {"score": -1.0, "epoch": 0, "state": None}, False)
+    sched = scheduler(cfg, opt)
     bar = tqdm(range(1, cfg.epochs + 1), desc=f"train {cfg.recipe}", unit="epoch")
     try:
         for epoch in bar:
@@ -299,6 +304,8 @@ def _fit(cfg: TrainConfig, net: _Net, opt: torch.optim.Optimizer, loss_fn: nn.Mo
             pick = gen.integers(0, tr.shape[1], len(chosen))  # one random view per draw
             loss, accuracy = _epoch(net.model, opt, loss_fn, torch.from_numpy(tr[chosen, pick]),
                                     torch.from_numpy(data.y["train"][chosen]), cfg.batch_size)
+            if sched is not None:
+                sched.step()
             row = _val_row(net.model, data, epoch, loss, accuracy)
             fit.history.append(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", val_acc=f"{row['val_accuracy']:.3f}",
