@@ -43,7 +43,7 @@ from kulit.config import make_config  # noqa: E402
 from kulit.dataprep.fitzpatrick import BANDS, bands_of  # noqa: E402
 from kulit.training import features as feature_module  # noqa: E402
 from kulit.training.features import extract_features  # noqa: E402
-from kulit.training.train import load_samples  # noqa: E402
+from kulit.training.train import load_samples, sampling_probs  # noqa: E402
 
 N_BOOT = 1000
 SEEDS = (0, 1, 2)
@@ -145,23 +145,19 @@ def load_features(data: str, split: str, tone: bool) -> dict[str, Any]:
         "classes": classes, "seconds": seconds, "train": feats["train"], "val": feats["val"],
         "y": {s: np.array([index[r.label] for r in rows[s]]) for s in rows},
         "source": {s: np.array([r.source for r in rows[s]]) for s in rows},
-        "band": np.array([b or "" for b in bands_of([r.path for r in rows["val"]])]),
-        # every val photo's band estimated from its colours (ITA), for the sources without labels
-        "est_band": np.array([(t.band if t else None) or "" for t in
-                              estimate_many([r.path for r in rows["val"]])]),
+        "val_paths": [r.path for r in rows["val"]],
     }
 
 
+def with_bands(f: dict[str, Any]) -> dict[str, Any]:
+    """Each val photo's Fitzpatrick band from atlas/'s labels, and its band estimated from its
+    colours (ITA) for the sources without labels; computed once, shared by every lever."""
+    return {**f, "band": np.array([b or "" for b in bands_of(f["val_paths"])]),
+            "est_band": np.array([(t.band if t else None) or ""
+                                  for t in estimate_many(f["val_paths"])])}
+
+
 # ------------------------------------------------------------------ training
-
-
-def draw_probs(y: np.ndarray, source: np.ndarray, balance: bool) -> np.ndarray:
-    """Equal mass per (class, source) cell, as kulit.training.train draws; or uniform."""
-    if not balance:
-        return np.full(len(y), 1 / len(y))
-    cell = np.array([f"{a}|{b}" for a, b in zip(y, source, strict=True)])
-    p = np.array([1.0 / (cell == c).sum() for c in cell])
-    return p / p.sum()
 
 
 def train_head(f: dict[str, Any], lever: Lever, seed: int) -> np.ndarray:
@@ -179,7 +175,7 @@ def train_head(f: dict[str, Any], lever: Lever, seed: int) -> np.ndarray:
         counts = np.bincount(y, minlength=k)
         weight = torch.tensor(counts.sum() / (k * np.maximum(counts, 1)), dtype=torch.float32)
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=lever.label_smoothing)
-    p = draw_probs(y, f["source"]["train"], lever.source_balance)
+    p = sampling_probs(y, f["source"]["train"], np.ones(len(y), bool), lever.source_balance)
     ema = [t.detach().clone() for t in head.parameters()] if lever.ema else None
     for _ in range(lever.epochs):
         chosen = gen.choice(len(y), size=len(y), p=p)
@@ -293,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    feats = {"base": load_features(args.data, args.split, tone=False)}
+    feats = {"base": with_bands(load_features(args.data, args.split, tone=False))}
     levers = list(LEVERS)
     if args.tone:
         feats["tone"] = load_features(args.data, args.split, tone=True)

@@ -10,7 +10,7 @@ pytest.importorskip("cleanlab")
 
 from kulit.training.augment import augment  # noqa: E402
 from kulit.training.label_issues import find_issues  # noqa: E402
-from kulit.training.train import _sampling_probs  # noqa: E402
+from kulit.training.train import sampling_probs  # noqa: E402
 
 
 def blobs(n_per: int, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -50,12 +50,12 @@ def test_source_balanced_sampling_gives_every_cell_the_same_mass() -> None:
     src = np.array(["a"] * 10 + ["b"] * 90 + ["a"] * 30 + ["b"] * 5)
     keep = np.ones(len(y), bool)
     keep[0] = False  # a left-out photo is never drawn
-    p = _sampling_probs(y, src, keep, balance=True)
+    p = sampling_probs(y, src, keep, balance=True)
     assert p[0] == 0 and p.sum() == pytest.approx(1.0)
     for c in (0, 1):
         for s in ("a", "b"):
             assert p[(y == c) & (src == s)].sum() == pytest.approx(0.25)
-    flat = _sampling_probs(y, src, keep, balance=False)
+    flat = sampling_probs(y, src, keep, balance=False)
     assert flat[1] == pytest.approx(flat[-1])  # off: every kept photo alike
 
 

@@ -99,7 +99,7 @@ class Trainable(nn.Module):
         return self
 
 
-def _sampling_probs(y: np.ndarray, source: np.ndarray, keep: np.ndarray, balance: bool
+def sampling_probs(y: np.ndarray, source: np.ndarray, keep: np.ndarray, balance: bool
                     ) -> np.ndarray:
     """Per training photo, the chance to be drawn: equal mass per (class, source) cell."""
     if not balance:
@@ -370,7 +370,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
     net = _build_net(cfg, data)
     opt, loss_fn = _optimiser(cfg, net, data.y["train"], len(classes))
     keep, label_issues = _kept_photos(cfg, data, net, out, log)
-    draw_p = _sampling_probs(data.y["train"], data.src["train"], keep, cfg.source_balance)
+    draw_p = sampling_probs(data.y["train"], data.src["train"], keep, cfg.source_balance)
     out.mkdir(parents=True, exist_ok=True)
     fit = _fit(cfg, net, opt, loss_fn, data, keep, draw_p, log)
     if fit.best["state"] is None:

@@ -199,11 +199,11 @@ export async function cropPhoto(blob) {
   const full = document.createElement("canvas");
   full.width = w; full.height = h;
   const fctx = full.getContext("2d", { willReadFrequently: true });
-  fctx.fillStyle = `rgb(${(m.background || [255, 255, 255]).join(",")})`;
+  fctx.fillStyle = `rgb(${m.background.join(",")})`;
   fctx.fillRect(0, 0, w, h);
   fctx.drawImage(bmp, 0, 0);
   bmp.close();
-  const rgb = resizeCrop(fctx.getImageData(0, 0, w, h).data, w, h, s, m.crop_pct || 1, m.interpolation || "bilinear");
+  const rgb = resizeCrop(fctx.getImageData(0, 0, w, h).data, w, h, s, m.crop_pct, m.interpolation);
   full.width = full.height = 0; // let the full-size pixels go
   const canvas = document.createElement("canvas");
   canvas.width = canvas.height = s;

@@ -93,7 +93,7 @@ const verticalFirst = (w, h, ow, oh) => oh < h && h - oh > 2 * (w - ow);
 
 // src: RGBA bytes (w x h; alpha ignored: composite first); box: [x0, y0, x1, y1] in src
 // pixels. -> RGB bytes, size x size.
-export function resizeBox(src, w, h, box, size, interpolation = "bilinear") {
+export function resizeBox(src, w, h, box, size, interpolation) {
   const filter = FILTERS[interpolation];
   if (!filter) throw new Error(`interpolation ${interpolation}`);
   const H = coefficients(w, box[0], box[2], size, filter);
@@ -116,7 +116,7 @@ export function resizeBox(src, w, h, box, size, interpolation = "bilinear") {
 
 // resize_crop's geometry: the shorter side to round(size / cropPct), the centre square of
 // `size`; only that square is resampled. -> RGB bytes, size x size.
-export function resizeCrop(src, w, h, size, cropPct = 1, interpolation = "bilinear") {
+export function resizeCrop(src, w, h, size, cropPct, interpolation) {
   const short = Math.max(1, pyRound(size / cropPct));
   const scale = short / Math.min(w, h);
   const nw = Math.max(short, pyRound(w * scale)), nh = Math.max(short, pyRound(h * scale));
