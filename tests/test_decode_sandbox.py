@@ -4,8 +4,10 @@ One small case of each class benchmarks/hostile.py measures at full size."""
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
+import signal
 import socket
 import threading
 import time
@@ -21,7 +23,16 @@ from kulit.cli import app as cli
 from kulit.errors import ImageError, printable
 from kulit.explain.steps import load_rgb_patch
 from kulit.serving.decode_sandbox import DecodePool, SandboxLimits, reduce_for_model
-from kulit.serving.preprocess import MAX_PIXELS, Preprocessing, decode_image, to_rgb
+from kulit.serving.decode_worker import BigSlot, slot_file
+from kulit.serving.preprocess import (
+    MAX_JPEG_SCANS,
+    MAX_PIXELS,
+    MAX_SCAN_PIXELS,
+    Preprocessing,
+    decode_image,
+    set_big_decode_slot,
+    to_rgb,
+)
 from kulit.serving.quality import QualityLimits
 from tests.conftest import image_bytes, make_image, serve_on_loopback
 from tests.hostile_files import (
@@ -86,22 +97,76 @@ def test_a_decode_over_the_memory_limit_is_413_and_the_worker_goes_on() -> None:
         assert small.reduce_for_model(png(64, 64), PRE, QL).pixels.shape == (224, 224, 3)
 
 
-def test_a_decode_past_the_deadline_is_killed_and_the_worker_replaced() -> None:
+def slow_jpeg(folder: Path, side: int, scans: int) -> Path:
+    """A file (a path skips the scan check, which only bytes uploads get) that decodes slowly."""
+    path = folder / f"slow-{side}-{scans}.jpg"
+    path.write_bytes(many_scan_jpeg(side, scans))
+    return path
+
+
+def test_a_decode_past_the_deadline_is_killed_and_the_worker_replaced(tmp_path: Path) -> None:
     with DecodePool(1, SandboxLimits(deadline_s=0.2)) as quick:
         first = quick.pids()
         with pytest.raises(ImageError) as e:
-            quick.reduce_for_model(many_scan_jpeg(512, 3000), PRE, QL)
+            quick.reduce_for_model(slow_jpeg(tmp_path, 512, 3000), PRE, QL)
         assert e.value.code == "decode_timeout" and "1.5" not in e.value.message
         assert quick.reduce_for_model(png(64, 64), PRE, QL).pixels.shape == (224, 224, 3)
         assert quick.replaced == 1 and quick.pids()[1:] != first[1:]
 
 
-def test_a_decode_over_its_cpu_budget_is_stopped() -> None:
+def test_a_decode_over_its_cpu_budget_is_stopped(tmp_path: Path) -> None:
     with DecodePool(1, SandboxLimits(cpu_s=1, deadline_s=60)) as cpu:
         with pytest.raises(ImageError) as e:
-            cpu.reduce_for_model(many_scan_jpeg(1024, 8000), PRE, QL)  # < MAX_JPEG_MARKERS
+            cpu.reduce_for_model(slow_jpeg(tmp_path, 1024, 8000), PRE, QL)
         assert e.value.code == "unreadable" and "limit" in e.value.message
         assert cpu.reduce_for_model(png(64, 64), PRE, QL).pixels.shape == (224, 224, 3)
+
+
+def test_a_jpeg_with_more_scans_than_any_encoder_writes_is_refused_before_decoding() -> None:
+    assert decode_image(many_scan_jpeg(64, 50)).size == (64, 64)  # a bogus but cheap one
+    for data in (many_scan_jpeg(256, MAX_JPEG_SCANS + 1),  # too many scans
+                 many_scan_jpeg(4000, 70)):  # few enough, but 70 x 16 MP > MAX_SCAN_PIXELS
+        with pytest.raises(ImageError) as e:
+            decode_image(data, draft=PRE.draft)
+        assert e.value.code == "unreadable" and "scans" in e.value.message
+    assert 70 * 4000 * 4000 > MAX_SCAN_PIXELS >= 10 * 40_000_000  # ten scans of 40 MP pass
+
+
+def test_only_big_decodes_take_the_shared_slot() -> None:
+    taken: list[int] = []
+    set_big_decode_slot(lambda: taken.append(1))
+    try:
+        decode_image(png(3000, 2000), draft=PRE.draft)  # 6 MP: no slot
+        decode_image(image_bytes(make_image(1, (4000, 3000)), "JPEG"), draft=PRE.draft)
+        assert taken == []  # a 12 MP JPEG is DCT-reduced first: a small decode
+        decode_image(png(3000, 3000), draft=PRE.draft)  # 9 MP
+        assert taken == [1]
+    finally:
+        set_big_decode_slot(None)
+
+
+def test_the_big_decode_slot_excludes_a_sibling_and_is_freed_when_its_holder_dies() -> None:
+    fd = slot_file()
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child holds the slot until it is killed
+        BigSlot(fd).take()
+        os.write(ready_w, b"1")
+        time.sleep(60)
+        os._exit(0)
+    try:
+        assert os.read(ready_r, 1) == b"1"
+        with pytest.raises(OSError):  # held by the child: a sibling cannot have it
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 0, 0, os.SEEK_SET)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    mine = BigSlot(fd)
+    mine.take()  # the killed holder left no stale lock (this would wait forever)
+    assert mine.held
+    mine.release()
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 0, 0, os.SEEK_SET)  # free again
+    os.close(fd)
 
 
 def test_big_and_truncated_decodes_keep_no_memory_anywhere() -> None:

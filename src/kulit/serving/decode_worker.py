@@ -11,7 +11,9 @@ A worker sets its own hard limits (address space, no core file; a CPU-time budge
 then decodes jobs one at a time: a name from `_jobs()` and its arguments; the answer is
 (("ok", value) | ("err", code, message), retire). After each job it hands freed heap back to
 the system; if it still holds more than `keep_mb` over its size at birth, or a decode ran out
-of memory, it says `retire` and exits, and the pool asks the zygote for a fresh one.
+of memory, it says `retire` and exits, and the pool asks the zygote for a fresh one. A decode of more than
+BIG_DECODE_PIXELS waits for the one big-decode slot the workers share (`BigSlot`, a lock the
+kernel frees if its holder is killed), so two big decodes never add up in memory at once.
 
 Only the standard library is imported at the top, so the limits and the one-thread BLAS
 setting are in place before numpy loads.
@@ -124,14 +126,50 @@ def _is_memory(e: BaseException) -> bool:
     return isinstance(e, MemoryError) or "memory" in text or "cannot allocate" in text
 
 
+class BigSlot:
+    """The one big-decode slot the workers share: a POSIX record lock on a file the zygote
+    opened before forking them. The lock belongs to the process, so siblings exclude each
+    other, and the kernel frees it when a holder exits or is killed (no stale lock)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.held = False
+
+    def take(self) -> None:
+        import fcntl
+
+        if not self.held:
+            fcntl.lockf(self.fd, fcntl.LOCK_EX, 0, 0, os.SEEK_SET)  # waits for a sibling
+            self.held = True
+
+    def release(self) -> None:
+        import fcntl
+
+        if self.held:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN, 0, 0, os.SEEK_SET)
+            self.held = False
+
+
+def slot_file() -> int:
+    """A file to lock, unlinked at once (only the zygote and its workers hold it)."""
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="kulit-decode-slot-")
+    os.unlink(path)
+    return fd
+
+
 def run_worker(conn: Connection, memory_mb: int, cpu_s: int, keep_mb: int,
-               jobs: dict[str, Callable[..., Any]], samples: list[bytes]) -> None:
-    """A worker's loop, in the forked child: limits, then one job at a time."""
+               jobs: dict[str, Callable[..., Any]], samples: list[bytes],
+               slot: BigSlot | None = None) -> None:
+    """A worker's loop, in the forked child: limits, then one job at a time. A job whose
+    decode is big holds `slot` until it ends, so one big decode runs at a time."""
     from kulit.errors import KulitError
     from kulit.serving.decode_sandbox import encode_reply
-    from kulit.serving.preprocess import DECODE_MEMORY_MESSAGE
+    from kulit.serving.preprocess import DECODE_MEMORY_MESSAGE, set_big_decode_slot
 
     _set_limits(memory_mb)
+    set_big_decode_slot(slot.take if slot is not None else None)
     _warm_up(samples)  # touch the codecs' pages here, so the first real job is not slow
     _trim()
     born = rss_bytes()
@@ -161,6 +199,8 @@ def run_worker(conn: Connection, memory_mb: int, cpu_s: int, keep_mb: int,
         if failed:  # an exception's traceback holds the decoded frames: free them now
             gc.collect()
         _trim()
+        if slot is not None:
+            slot.release()
         retire = out_of_memory or rss_bytes() > born + keep_mb * MB
         try:
             conn.send_bytes(encode_reply(kind, reply, retire))
@@ -175,6 +215,7 @@ def zygote(ctl: socket.socket, memory_mb: int, cpu_s: int, keep_mb: int) -> None
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the workers
     jobs = _jobs()
     samples = _samples()
+    slot_fd = slot_file()
     _warm_up(samples)
     gc.collect()
     gc.freeze()  # the workers share these pages instead of copying them when gc runs
@@ -195,7 +236,7 @@ def zygote(ctl: socket.socket, memory_mb: int, cpu_s: int, keep_mb: int) -> None
                 mine.close()
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 run_worker(Connection(theirs.detach()), memory_mb, cpu_s, keep_mb, jobs,
-                           samples)
+                           samples, BigSlot(slot_fd))
             except BaseException:  # noqa: BLE001 - a worker never returns into the zygote
                 code = 1
             finally:

@@ -10,6 +10,7 @@ import io
 import os
 import stat
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -142,6 +143,8 @@ def decode_image(source: str | Path | bytes | BinaryIO, *, draft: int | None = N
         raise ImageError(f"{name}: image too large (decompression bomb)", "too_large") from None
     except Exception as e:  # Pillow plugins raise many types on hostile headers
         raise ImageError(f"{name}: unreadable image header ({_short(e)})", "unreadable") from None
+    if isinstance(source, bytes) and img.format in DRAFT_FORMATS:
+        refuse_many_scans(source, img.size, name)
     if fit_pixels and img.format in DRAFT_FORMATS and img.width * img.height > MAX_PIXELS:
         k = next((k for k in (2, 4, 8) if -(-img.width // k) * -(-img.height // k)
                   <= MAX_PIXELS), 8)
@@ -155,6 +158,13 @@ def decode_image(source: str | Path | bytes | BinaryIO, *, draft: int | None = N
                 f"{name}: unreadable image header ({_short(e)})", "unreadable"
             ) from None
     check_size(img.size, name, min_side)
+    if _take_big_slot is not None and img.width * img.height > BIG_DECODE_PIXELS:
+        _take_big_slot()
+    return _load(img, name, draft)
+
+
+def _load(img: Image.Image, name: str, draft: int | None) -> Image.Image:
+    """Decode an opened image's pixels (a huge non-JPEG is box-reduced right after)."""
     relaxed = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # fail on truncation even if someone relaxed Pillow
     try:
@@ -171,6 +181,38 @@ def decode_image(source: str | Path | bytes | BinaryIO, *, draft: int | None = N
     if draft and img.format not in ("JPEG", "MPO") and img.width * img.height > REDUCE_ABOVE:
         img = _reduce(img, draft)
     return img
+
+
+# The decode sandbox's workers share one slot for big decodes (set_big_decode_slot): two
+# workers decoding 40 MP at once is what took the server past its memory budget, while a
+# phone photo (a JPEG, DCT-reduced to the draft size first) never needs the slot.
+BIG_DECODE_PIXELS = 8_000_000
+_take_big_slot: Callable[[], None] | None = None
+
+
+def set_big_decode_slot(take: Callable[[], None] | None) -> None:
+    """Call `take()` before decoding more than BIG_DECODE_PIXELS (after the JPEG draft): a
+    decode worker's wait for the slot it shares with its siblings, held until its job ends.
+    None (in-process decoding): no slot."""
+    global _take_big_slot
+    _take_big_slot = take
+
+
+# A progressive JPEG's decoding time grows with its scans times its pixels (libjpeg keeps
+# decoding a bogus progression): 2,000 scans of 1500x1500 took over a second. Cameras write one
+# scan, web encoders about ten; these caps (~0.5 s of one core at most) are far above either.
+MAX_JPEG_SCANS = 100
+MAX_SCAN_PIXELS = 1_000_000_000  # scans x width x height
+
+
+def refuse_many_scans(data: bytes, size: tuple[int, int], name: str = "upload") -> None:
+    """ImageError ("unreadable") for a JPEG with more scans than any encoder writes, or with
+    more scans x pixels than MAX_SCAN_PIXELS (counts every SOS marker: stuffing means FF DA
+    never occurs inside entropy-coded data)."""
+    scans = data.count(b"\xff\xda")
+    if scans > MAX_JPEG_SCANS or scans * size[0] * size[1] > MAX_SCAN_PIXELS:
+        raise ImageError(f"{name}: unreadable JPEG ({scans:,} scans of {size[0]}x{size[1]} "
+                         f"pixels: too costly to decode)", "unreadable")
 
 
 # Pillow walks JPEG markers, fill bytes and PNG chunks one at a time in Python: a 5 MB run of
