@@ -22,11 +22,13 @@ from typer.testing import CliRunner
 from kulit.cli import app as cli
 from kulit.errors import ImageError, printable
 from kulit.explain.steps import load_rgb_patch
+from kulit.serving import preprocess
 from kulit.serving.decode_sandbox import DecodePool, SandboxLimits, reduce_for_model
 from kulit.serving.decode_worker import BigSlot, slot_file
 from kulit.serving.preprocess import (
     MAX_JPEG_SCANS,
     MAX_PIXELS,
+    MAX_PIXELS_LOSSLESS,
     MAX_SCAN_PIXELS,
     Preprocessing,
     decode_image,
@@ -92,7 +94,7 @@ def test_the_sandbox_gives_the_same_pixels_as_decoding_here(pool: DecodePool) ->
 def test_a_decode_over_the_memory_limit_is_413_and_the_worker_goes_on() -> None:
     with DecodePool(1, SandboxLimits(memory_mb=200)) as small:
         with pytest.raises(ImageError) as e:
-            small.reduce_for_model(png(5000, 5000, colour=6), PRE, QL)  # 100 MB of RGBA
+            small.reduce_for_model(png(4800, 4800, colour=6), PRE, QL)  # 92 MB of RGBA
         assert e.value.code == "decode_memory"
         assert small.reduce_for_model(png(64, 64), PRE, QL).pixels.shape == (224, 224, 3)
 
@@ -125,14 +127,15 @@ def test_a_decode_over_its_cpu_budget_is_stopped(tmp_path: Path) -> None:
 def test_a_jpeg_with_more_scans_than_any_encoder_writes_is_refused_before_decoding() -> None:
     assert decode_image(many_scan_jpeg(64, 50)).size == (64, 64)  # a bogus but cheap one
     for data in (many_scan_jpeg(256, MAX_JPEG_SCANS + 1),  # too many scans
-                 many_scan_jpeg(4000, 70)):  # few enough, but 70 x 16 MP > MAX_SCAN_PIXELS
+                 many_scan_jpeg(4000, 40)):  # few enough, but 40 x 16 MP > MAX_SCAN_PIXELS
         with pytest.raises(ImageError) as e:
             decode_image(data, draft=PRE.draft)
         assert e.value.code == "unreadable" and "scans" in e.value.message
-    assert 70 * 4000 * 4000 > MAX_SCAN_PIXELS >= 10 * 40_000_000  # ten scans of 40 MP pass
+    assert 40 * 4000 * 4000 > MAX_SCAN_PIXELS >= 10 * 40_000_000  # ten scans of 40 MP pass
 
 
-def test_only_big_decodes_take_the_shared_slot() -> None:
+def test_only_big_decodes_take_the_shared_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(preprocess, "BIG_DECODE_PIXELS", 8_000_000)  # small test files
     taken: list[int] = []
     set_big_decode_slot(lambda: taken.append(1))
     try:
@@ -143,6 +146,17 @@ def test_only_big_decodes_take_the_shared_slot() -> None:
         assert taken == [1]
     finally:
         set_big_decode_slot(None)
+
+
+def test_png_and_webp_past_their_pixel_limit_are_413_before_decoding(
+        client: TestClient) -> None:
+    side = int(MAX_PIXELS_LOSSLESS ** 0.5) + 1  # under MAX_PIXELS, over the lossless limit
+    for data in (png(side, side, colour=6), png16(side, side)):
+        r = post(client, data)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"
+    page = post(client, png(side, side), "/predict?lang=en")
+    assert page.status_code == 413 and "24 million for PNG and WebP" in page.text
+    assert MAX_PIXELS_LOSSLESS < side * side < MAX_PIXELS
 
 
 def test_the_big_decode_slot_excludes_a_sibling_and_is_freed_when_its_holder_dies() -> None:

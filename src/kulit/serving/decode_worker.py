@@ -11,9 +11,9 @@ A worker sets its own hard limits (address space, no core file; a CPU-time budge
 then decodes jobs one at a time: a name from `_jobs()` and its arguments; the answer is
 (("ok", value) | ("err", code, message), retire). After each job it hands freed heap back to
 the system; if it still holds more than `keep_mb` over its size at birth, or a decode ran out
-of memory, it says `retire` and exits, and the pool asks the zygote for a fresh one. A decode of more than
-BIG_DECODE_PIXELS waits for the one big-decode slot the workers share (`BigSlot`, a lock the
-kernel frees if its holder is killed), so two big decodes never add up in memory at once.
+of memory, it says `retire` and exits, and the pool asks the zygote for a fresh one. A decode
+of more than BIG_DECODE_PIXELS waits for the one big-decode slot the workers share (`BigSlot`,
+a lock the kernel frees if its holder is killed), so two big decodes never add up in memory.
 
 Only the standard library is imported at the top, so the limits and the one-thread BLAS
 setting are in place before numpy loads.

@@ -28,6 +28,10 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "HEIF")
 ACCEPTED_NAMES = "JPEG, PNG, WebP or HEIC/HEIF"  # as people know them, in messages
 DRAFT_FORMATS = ("JPEG", "MPO")  # decoded at reduced size in the DCT when a draft size is given
 MAX_PIXELS = 40_000_000  # larger images are treated as decompression bombs
+# PNG and WebP have no DCT draft, so they are decoded at full size (4 bytes a pixel with alpha).
+# No phone writes them at photo size; past this they are refused as too large (413).
+MAX_PIXELS_LOSSLESS = 24_000_000
+LOSSLESS_FORMATS = ("PNG", "WEBP")
 MIN_SIDE = 1  # serving accepts tiny images (they are upsampled); `kulit data` asks for more
 # Longer side over shorter side. A 40000x1 strip is 85 bytes yet, resized on its short side,
 # would become ~9,000,000x224 pixels; nothing past 20:1 is a photo of skin.
@@ -157,7 +161,8 @@ def decode_image(source: str | Path | bytes | BinaryIO, *, draft: int | None = N
             raise ImageError(
                 f"{name}: unreadable image header ({_short(e)})", "unreadable"
             ) from None
-    check_size(img.size, name, min_side)
+    check_size(img.size, name, min_side,
+               MAX_PIXELS_LOSSLESS if img.format in LOSSLESS_FORMATS else MAX_PIXELS)
     if _take_big_slot is not None and img.width * img.height > BIG_DECODE_PIXELS:
         _take_big_slot()
     return _load(img, name, draft)
@@ -184,9 +189,9 @@ def _load(img: Image.Image, name: str, draft: int | None) -> Image.Image:
 
 
 # The decode sandbox's workers share one slot for big decodes (set_big_decode_slot): two
-# workers decoding 40 MP at once is what took the server past its memory budget, while a
-# phone photo (a JPEG, DCT-reduced to the draft size first) never needs the slot.
-BIG_DECODE_PIXELS = 8_000_000
+# workers decoding 40 MP at once would take the server past its memory budget, while a phone
+# photo (a JPEG, DCT-reduced to the draft size first) never needs the slot.
+BIG_DECODE_PIXELS = REDUCE_ABOVE
 _take_big_slot: Callable[[], None] | None = None
 
 
@@ -200,9 +205,9 @@ def set_big_decode_slot(take: Callable[[], None] | None) -> None:
 
 # A progressive JPEG's decoding time grows with its scans times its pixels (libjpeg keeps
 # decoding a bogus progression): 2,000 scans of 1500x1500 took over a second. Cameras write one
-# scan, web encoders about ten; these caps (~0.5 s of one core at most) are far above either.
+# scan, web encoders about ten; these caps (~0.3 s of one core at most) are far above either.
 MAX_JPEG_SCANS = 100
-MAX_SCAN_PIXELS = 1_000_000_000  # scans x width x height
+MAX_SCAN_PIXELS = 500_000_000  # scans x width x height: ten scans of 40 MP, 40 of 12 MP
 
 
 def refuse_many_scans(data: bytes, size: tuple[int, int], name: str = "upload") -> None:
@@ -287,15 +292,16 @@ def _open_regular(path: str | Path) -> BinaryIO:
         raise ImageError(f"{path}: cannot read ({e.strerror or e})", "unreadable") from None
 
 
-def check_size(size: tuple[int, int], name: str = "upload", min_side: int = MIN_SIDE) -> None:
+def check_size(size: tuple[int, int], name: str = "upload", min_side: int = MIN_SIDE,
+               max_pixels: int = MAX_PIXELS) -> None:
     """The header checks every decode passes before any pixel is decoded; or ImageError.
 
     Plain Python ints, so no product overflows whatever the header claims.
     """
     w, h = (int(v) for v in size)
-    if w * h > MAX_PIXELS:
+    if w * h > max_pixels:
         raise ImageError(
-            f"{name}: image too large ({w}x{h} pixels, limit {MAX_PIXELS:,})", "too_large"
+            f"{name}: image too large ({w}x{h} pixels, limit {max_pixels:,})", "too_large"
         )
     if w < min_side or h < min_side:
         what = "empty" if min(w, h) < 1 else f"too small (under {min_side} px on a side)"

@@ -28,7 +28,7 @@ from kulit.serving.i18n import (
     t,
 )
 from kulit.serving.predict import Predictor
-from kulit.serving.preprocess import MAX_PIXELS
+from kulit.serving.preprocess import MAX_PIXELS, MAX_PIXELS_LOSSLESS
 from kulit.web.deps import SettingsDep
 from kulit.web.errors import status_of
 from kulit.web.inference import Analysis, data_uri, page_image_uri
@@ -97,7 +97,8 @@ def render_upload_error(request: Request, lang: Lang, settings: Settings, predic
     if isinstance(error, ImageError) and error.code == "too_large":
         key = "too_many_pixels"
     text = t(lang.code, f"err_{key}", mb=f"{settings.max_upload_mb:g}",
-             mp=f"{MAX_PIXELS / 1e6:g}", s=f"{settings.decode_deadline_s:g}")
+             mp=f"{MAX_PIXELS / 1e6:g}", mp_lossless=f"{MAX_PIXELS_LOSSLESS / 1e6:g}",
+             s=f"{settings.decode_deadline_s:g}")
     return render(request, "index.html", lang, settings, predictor,
                   status=status_of(error.code), classes=class_list(predictor, lang.code),
                   error=text)
