@@ -1,5 +1,6 @@
 """Two models on the same photos: the change in balanced accuracy and top-3, with a paired
-bootstrap (the same resampled photos for both), over all photos and per source.
+bootstrap (the same resampled photos for both), over all photos, per source and per skin-type
+band estimated from the photo's colours.
 
     python benchmarks/compare_models.py --candidate runs/cand-cosine \
         [--base models/kulit-skin8] [--split val] [--split-csv runs/data/split.csv] \
@@ -44,7 +45,7 @@ def predictions(model: Path, split: str, split_csv: Path) -> dict[str, Any]:
         for r, p in zip(batch, predictor.predict([r.path for r in batch]), strict=True):
             top3 = [p.classes[k] for k in np.argsort(-p.probs)[:3]]
             out[r.file] = {"true": r.label, "source": r.source, "top1": top3[0] == r.label,
-                           "top3": r.label in top3}
+                           "top3": r.label in top3, "path": r.path}
     return out
 
 
@@ -102,6 +103,14 @@ def main() -> None:
         "per_source": {s: paired(base, cand, [f for f in files if base[f]["source"] == s])
                        for s in sorted({base[f]["source"] for f in files})},
     }
+    from kulit.build.skintone import estimate_many
+    from kulit.dataprep.fitzpatrick import BANDS
+
+    # skin-type band estimated from each photo's colours (ITA), as report.md does
+    bands = {f: (t.band if t else None)
+             for f, t in zip(files, estimate_many([base[f]["path"] for f in files]), strict=True)}
+    result["per_estimated_band"] = {b: paired(base, cand, [f for f in files if bands[f] == b])
+                                    for b in BANDS if any(v == b for v in bands.values())}
     result["seconds"] = round(time.perf_counter() - t0, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
