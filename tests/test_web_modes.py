@@ -9,7 +9,7 @@ Chromium at 360 px in Indonesian on the shipped model.
 - the check is offered with its size (and flagged on Save-Data), never downloaded unasked;
   without HTTPS the page says why; a HEIC is never sent without asking;
 - offline, every link of the page works or says "needs internet" in the page's words;
-- docs/figures/result-phone.png, the README's screenshot, is taken here so it stays current.
+- runs/figures/result-phone.png, the screenshot the README names, is taken here (not committed).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from tests.test_web_phone import AXE, english_sentences, serious_axe_violations
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 ORT_WASM = ROOT / "src/kulit/web/static/ort/ort-wasm-simd-threaded.wasm"
-FIGURE = ROOT / "docs" / "figures" / "result-phone.png"
+FIGURE = ROOT / "runs" / "figures" / "result-phone.png"
 ID = STRINGS["id"]
 PER_CLASS = 6  # in-scope photos of each of the 8 classes, from skin8 and skin8-web
 PER_OTHER = 8  # photos of each other kind (not skin, other conditions, each degradation)
@@ -251,8 +251,8 @@ def test_one_result_page_in_both_modes(server: str, browser: Any) -> None:
     assert dev.locator(".print-facts").is_visible() and dev.locator("#print-advice").is_visible()
     assert dev.locator(".main-nav").is_hidden()
     dev_ctx.close()
-    # the README's first screen: the server's result page on a phone, at a fixed time
-    # the committed figure never carries a data set's photo: every image on the page is blanked
+    # the README's screenshot: the server's result page on a phone, at a fixed time; it never
+    # carries a data set's photo: every image on the page is blanked
     srv.evaluate("""() => { const t = document.querySelector('#checked-at');
         t.textContent = '2 Desember 2026 pukul 10.00 WIB';
         for (const img of document.querySelectorAll('img')) img.style.visibility = 'hidden';
