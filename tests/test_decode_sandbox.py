@@ -23,16 +23,14 @@ from kulit.cli import app as cli
 from kulit.errors import ImageError, printable
 from kulit.explain.steps import load_rgb_patch
 from kulit.serving import preprocess
+from kulit.serving.decode_guards import MAX_JPEG_SCANS, MAX_SCAN_PIXELS, set_big_decode_slot
 from kulit.serving.decode_sandbox import DecodePool, SandboxLimits, reduce_for_model
 from kulit.serving.decode_worker import BigSlot, slot_file
 from kulit.serving.preprocess import (
-    MAX_JPEG_SCANS,
     MAX_PIXELS,
     MAX_PIXELS_LOSSLESS,
-    MAX_SCAN_PIXELS,
     Preprocessing,
     decode_image,
-    set_big_decode_slot,
     to_rgb,
 )
 from kulit.serving.quality import QualityLimits

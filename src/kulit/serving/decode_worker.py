@@ -165,8 +165,9 @@ def run_worker(conn: Connection, memory_mb: int, cpu_s: int, keep_mb: int,
     """A worker's loop, in the forked child: limits, then one job at a time. A job whose
     decode is big holds `slot` until it ends, so one big decode runs at a time."""
     from kulit.errors import KulitError
+    from kulit.serving.decode_guards import set_big_decode_slot
     from kulit.serving.decode_sandbox import encode_reply
-    from kulit.serving.preprocess import DECODE_MEMORY_MESSAGE, set_big_decode_slot
+    from kulit.serving.preprocess import DECODE_MEMORY_MESSAGE
 
     _set_limits(memory_mb)
     set_big_decode_slot(slot.take if slot is not None else None)

@@ -10,7 +10,6 @@ import io
 import os
 import stat
 import warnings
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -19,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from kulit.errors import ImageError
+from kulit.serving import decode_guards
 
 # What phones and the web produce, and nothing else: only these Pillow plugins ever parse the
 # bytes (Image.open(formats=...)), so BMP, ICO, TIFF, GIF ... are refused before any decoding.
@@ -132,7 +132,7 @@ def decode_image(source: str | Path | bytes | BinaryIO, *, draft: int | None = N
     if isinstance(source, bytes) and not source:
         raise ImageError(f"{name}: empty file, not an image", "not_image")
     if isinstance(source, bytes):
-        refuse_floods(source, name)
+        decode_guards.refuse_floods(source, name)
     # HEIF only when pillow-heif registered it (Pillow loads its own plugins on demand)
     formats = [f for f in ACCEPTED_FORMATS if f != "HEIF" or f in Image.OPEN]
     try:
@@ -148,7 +148,7 @@ def decode_image(source: str | Path | bytes | BinaryIO, *, draft: int | None = N
     except Exception as e:  # Pillow plugins raise many types on hostile headers
         raise ImageError(f"{name}: unreadable image header ({_short(e)})", "unreadable") from None
     if isinstance(source, bytes) and img.format in DRAFT_FORMATS:
-        refuse_many_scans(source, img.size, name)
+        decode_guards.refuse_many_scans(source, img.size, name)
     if fit_pixels and img.format in DRAFT_FORMATS and img.width * img.height > MAX_PIXELS:
         k = next((k for k in (2, 4, 8) if -(-img.width // k) * -(-img.height // k)
                   <= MAX_PIXELS), 8)
@@ -163,8 +163,8 @@ def decode_image(source: str | Path | bytes | BinaryIO, *, draft: int | None = N
             ) from None
     check_size(img.size, name, min_side,
                MAX_PIXELS_LOSSLESS if img.format in LOSSLESS_FORMATS else MAX_PIXELS)
-    if _take_big_slot is not None and img.width * img.height > BIG_DECODE_PIXELS:
-        _take_big_slot()
+    if img.width * img.height > BIG_DECODE_PIXELS:
+        decode_guards.take_big_slot()
     return _load(img, name, draft)
 
 
@@ -188,68 +188,10 @@ def _load(img: Image.Image, name: str, draft: int | None) -> Image.Image:
     return img
 
 
-# The decode sandbox's workers share one slot for big decodes (set_big_decode_slot): two
-# workers decoding 40 MP at once would take the server past its memory budget, while a phone
-# photo (a JPEG, DCT-reduced to the draft size first) never needs the slot.
+# Past this many pixels (after the JPEG draft) a decode in the sandbox takes the one slot the
+# workers share (decode_guards.take_big_slot): two workers decoding 40 MP at once would take the
+# server past its memory budget; a phone photo (a JPEG, DCT-reduced first) never needs it.
 BIG_DECODE_PIXELS = REDUCE_ABOVE
-_take_big_slot: Callable[[], None] | None = None
-
-
-def set_big_decode_slot(take: Callable[[], None] | None) -> None:
-    """Call `take()` before decoding more than BIG_DECODE_PIXELS (after the JPEG draft): a
-    decode worker's wait for the slot it shares with its siblings, held until its job ends.
-    None (in-process decoding): no slot."""
-    global _take_big_slot
-    _take_big_slot = take
-
-
-# A progressive JPEG's decoding time grows with its scans times its pixels (libjpeg keeps
-# decoding a bogus progression): 2,000 scans of 1500x1500 took over a second. Cameras write one
-# scan, web encoders about ten; these caps (~0.3 s of one core at most) are far above either.
-MAX_JPEG_SCANS = 100
-MAX_SCAN_PIXELS = 500_000_000  # scans x width x height: ten scans of 40 MP, 40 of 12 MP
-
-
-def refuse_many_scans(data: bytes, size: tuple[int, int], name: str = "upload") -> None:
-    """ImageError ("unreadable") for a JPEG with more scans than any encoder writes, or with
-    more scans x pixels than MAX_SCAN_PIXELS (counts every SOS marker: stuffing means FF DA
-    never occurs inside entropy-coded data)."""
-    scans = data.count(b"\xff\xda")
-    if scans > MAX_JPEG_SCANS or scans * size[0] * size[1] > MAX_SCAN_PIXELS:
-        raise ImageError(f"{name}: unreadable JPEG ({scans:,} scans of {size[0]}x{size[1]} "
-                         f"pixels: too costly to decode)", "unreadable")
-
-
-# Pillow walks JPEG markers, fill bytes and PNG chunks one at a time in Python: a 5 MB run of
-# 0xFF fill bytes or 200,000 markers or chunks takes seconds. No camera writes more
-# than a few of each; these caps are far above any real file's.
-MAX_FILL_RUN = 65_536  # 0xFF bytes in a row (an ICC profile may hold short runs)
-MAX_JPEG_MARKERS = 20_000
-MAX_PNG_CHUNKS = 20_000
-
-
-def refuse_floods(data: bytes, name: str = "upload") -> None:
-    """ImageError ("unreadable") for a JPEG or PNG made of markers, fill bytes or chunks."""
-    if data[:2] == b"\xff\xd8":
-        if b"\xff" * MAX_FILL_RUN in data:
-            raise ImageError(f"{name}: unreadable JPEG (a flood of fill bytes)", "unreadable")
-        # an upper bound in two C passes: every 0xFF that is not byte stuffing (FF 00)
-        if data.count(b"\xff") - data.count(b"\xff\x00") > MAX_JPEG_MARKERS:
-            arr = np.frombuffer(data, np.uint8)
-            nxt = arr[1:]
-            markers = np.count_nonzero((arr[:-1] == 0xFF) & (nxt >= 0xC0) & (nxt != 0xFF)
-                                       & ((nxt < 0xD0) | (nxt > 0xD7)))
-            if markers > MAX_JPEG_MARKERS:
-                raise ImageError(f"{name}: unreadable JPEG (a flood of {markers:,} markers)",
-                                 "unreadable")
-    elif data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 12 * MAX_PNG_CHUNKS:
-        pos, n = 8, 0
-        while pos + 8 <= len(data) and n <= MAX_PNG_CHUNKS:
-            pos += 12 + int.from_bytes(data[pos:pos + 4], "big")
-            n += 1
-        if n > MAX_PNG_CHUNKS:
-            raise ImageError(f"{name}: unreadable PNG (over {MAX_PNG_CHUNKS:,} chunks)",
-                             "unreadable")
 
 
 def _reduce(img: Image.Image, draft: int) -> Image.Image:
