@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.common import N_BOOT  # noqa: E402
 
-from kulit.build.metrics import bootstrap  # noqa: E402
+from kulit.build.metrics import balanced_accuracy_rows, bootstrap  # noqa: E402
 
 
 def predictions(model: Path, split: str, split_csv: Path) -> dict[str, Any]:
@@ -50,38 +50,27 @@ def predictions(model: Path, split: str, split_csv: Path) -> dict[str, Any]:
 
 
 def paired(base: dict[str, Any], cand: dict[str, Any], files: list[str]) -> dict[str, Any]:
+    """Both models' balanced accuracy and top-3 on `files`, and the change with its interval."""
     classes = sorted({base[f]["true"] for f in files})
     y = np.array([classes.index(base[f]["true"]) for f in files])
-    right = {name: (np.array([m[f]["top1"] for f in files]),
-                    np.array([m[f]["top3"] for f in files]))
-             for name, m in (("base", base), ("candidate", cand))}
-
-    def bacc(correct: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        yy, cc = y[idx], correct[idx]
-        recalls = []
-        for k in range(len(classes)):
-            m = yy == k
-            n = m.sum(axis=1)
-            recalls.append(np.where(n > 0, (cc & m).sum(axis=1) / np.maximum(n, 1), np.nan))
-        return np.nanmean(np.array(recalls), axis=0)
+    k = len(classes)
+    b1, b3, c1, c3 = (np.array([m[f][t] for f in files])
+                      for m in (base, cand) for t in ("top1", "top3"))
 
     def stat(idx: np.ndarray) -> dict[str, np.ndarray]:
-        cand_top1, cand_top3 = right["candidate"]
-        base_top1, base_top3 = right["base"]
-        return {"balanced_accuracy": bacc(cand_top1, idx) - bacc(base_top1, idx),
-                "top3": cand_top3[idx].mean(1) - base_top3[idx].mean(1)}
+        return {"balanced_accuracy": balanced_accuracy_rows(y, c1, idx, k)
+                - balanced_accuracy_rows(y, b1, idx, k),
+                "top3": c3[idx].mean(1) - b3[idx].mean(1)}
 
     whole = np.arange(len(files))[None]
-    point = {k: float(v[0]) for k, v in stat(whole).items()}
-    ci = bootstrap(stat, len(files), n_boot=N_BOOT, seed=0)
     return {"n": len(files),
-            "base": {"balanced_accuracy": float(bacc(right["base"][0], whole)[0]),
-                     "top3": float(right["base"][1].mean())},
-            "candidate": {"balanced_accuracy": float(bacc(right["candidate"][0], whole)[0]),
-                          "top3": float(right["candidate"][1].mean())},
-            "change": point, "change_ci95": ci,
-            "same_top1_outcome": float(np.mean([base[f]["top1"] == cand[f]["top1"]
-                                                for f in files]))}
+            "base": {"balanced_accuracy": float(balanced_accuracy_rows(y, b1, whole, k)[0]),
+                     "top3": float(b3.mean())},
+            "candidate": {"balanced_accuracy": float(balanced_accuracy_rows(y, c1, whole, k)[0]),
+                          "top3": float(c3.mean())},
+            "change": {name: float(v[0]) for name, v in stat(whole).items()},
+            "change_ci95": bootstrap(stat, len(files), n_boot=N_BOOT, seed=0),
+            "same_top1_outcome": float(np.mean(b1 == c1))}
 
 
 def main() -> None:

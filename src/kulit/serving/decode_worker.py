@@ -21,6 +21,7 @@ setting are in place before numpy loads.
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import os
 import signal
@@ -136,15 +137,11 @@ class BigSlot:
         self.held = False
 
     def take(self) -> None:
-        import fcntl
-
         if not self.held:
             fcntl.lockf(self.fd, fcntl.LOCK_EX, 0, 0, os.SEEK_SET)  # waits for a sibling
             self.held = True
 
     def release(self) -> None:
-        import fcntl
-
         if self.held:
             fcntl.lockf(self.fd, fcntl.LOCK_UN, 0, 0, os.SEEK_SET)
             self.held = False
